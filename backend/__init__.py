@@ -1,0 +1,27 @@
+"""The backend abstraction: the Backend base class, the registry and selection.
+
+Knows nothing of captioning. Choose a backend with ``get_backend(name)`` or the
+``CAPTION_BACKEND`` environment variable (numpy, numba or cupy).
+"""
+
+from backend.base import Backend
+from backend.registry import (
+    ENV_VAR,
+    BackendStatus,
+    BackendUnavailable,
+    available_backends,
+    backend_for,
+    get_backend,
+    known_backends,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "Backend",
+    "BackendStatus",
+    "BackendUnavailable",
+    "available_backends",
+    "backend_for",
+    "get_backend",
+    "known_backends",
+]

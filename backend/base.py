@@ -1,0 +1,299 @@
+"""The Backend base class: every hot operation written once against an array namespace.
+
+Shape letters: N batch, T time steps, D input size, H hidden size, V vocabulary size.
+Every operation works for float32 and float64 and never promotes a float32 input to
+float64 (Python scalars are "weak" under NumPy 2's promotion rules; NumPy scalars such
+as ``np.sqrt(n)`` are not, so none appear here).
+
+The sequence functions hoist the input projection out of the time loop: ``x @ Wx`` for
+all T steps is one matrix product, and in the backward pass ``dx``, ``dWx``, ``dWh`` and
+``db`` are one product each after the loop. Only ``h @ Wh`` (forward) and ``da @ Wh.T``
+(backward) stay inside it. The per-step gate maths lives in ``rnn_gates_*`` and
+``lstm_gates_*``, which both the step functions and the sequence loops call, so a
+subclass that fuses the gates speeds up both.
+
+Caches are opaque tuples that belong to the backend that made them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Backend:
+    """Reference implementation of the backend contract over ``xp`` (numpy or cupy)."""
+
+    name: str = "base"
+    xp: Any = np
+
+    # ------------------------------------------------------------------ transfer
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Host (or device) array -> array of this backend; no copy when nothing changes."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Array of this backend -> host NumPy array."""
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a barrier for timing); a no-op on the CPU."""
+
+    def owns(self, a: Any) -> bool:
+        """True when ``a`` is an array of this backend's namespace."""
+        return isinstance(a, self.xp.ndarray)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # ------------------------------------------------------------------ plain layers
+    def affine_forward(self, x, w, b):
+        """x (N, D...) flattened to (N, D), w (D, M), b (M,) -> out (N, M)."""
+        x2 = x.reshape(x.shape[0], -1)
+        return x2 @ w + b, (x, w)
+
+    def affine_backward(self, dout, cache):
+        """dout (N, M) -> dx (shape of x), dw (D, M), db (M,)."""
+        x, w = cache
+        x2 = x.reshape(x.shape[0], -1)
+        return (dout @ w.T).reshape(x.shape), x2.T @ dout, dout.sum(axis=0)
+
+    def temporal_affine_forward(self, x, w, b):
+        """x (N, T, D), w (D, M), b (M,) -> out (N, T, M): one matrix product for all T."""
+        N, T, D = x.shape
+        out = x.reshape(N * T, D) @ w
+        out += b
+        return out.reshape(N, T, -1), (x, w)
+
+    def temporal_affine_backward(self, dout, cache):
+        """dout (N, T, M) -> dx (N, T, D), dw (D, M), db (M,) summed over N and T."""
+        x, w = cache
+        N, T, D = x.shape
+        d2 = dout.reshape(N * T, -1)
+        dx = (d2 @ w.T).reshape(N, T, D)
+        return dx, x.reshape(N * T, D).T @ d2, d2.sum(axis=0)
+
+    def word_embedding_forward(self, x, W):
+        """x int (N, T), W (V, D) -> out (N, T, D), the rows of W that x names."""
+        return W[x], (x, W.shape[0])
+
+    def word_embedding_backward(self, dout, cache):
+        """dout (N, T, D) -> dW (V, D)."""
+        x, vocab_size = cache
+        return self.embedding_backward(x, dout, vocab_size)
+
+    def embedding_backward(self, idx, dout, vocab_size: int):
+        """Scatter-add: dW[idx[n, t]] += dout[n, t]; repeated indices accumulate.
+
+        idx int (N, T) or (K,), dout (..., D) -> dW (vocab_size, D) in dout's dtype.
+        """
+        D = dout.shape[-1]
+        dW = self.xp.zeros((vocab_size, D), dtype=dout.dtype)
+        self.xp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
+        return dW
+
+    # ------------------------------------------------------------------ gates
+    def sigmoid(self, x, out=None):
+        """Logistic function, stable for any x: 0.5 * tanh(x / 2) + 0.5 (no exp overflow)."""
+        xp = self.xp
+        out = xp.multiply(x, 0.5, out=out)
+        xp.tanh(out, out=out)
+        out *= 0.5
+        out += 0.5
+        return out
+
+    def rnn_gates_forward(self, a, next_h):
+        """a (N, H) pre-activation -> next_h = tanh(a), written into next_h."""
+        return self.xp.tanh(a, out=next_h)
+
+    def rnn_gates_backward(self, dnext_h, next_h, da):
+        """da = dnext_h * (1 - next_h**2), written into da (N, H)."""
+        xp = self.xp
+        xp.multiply(next_h, next_h, out=da)
+        xp.subtract(1, da, out=da)
+        da *= dnext_h
+        return da
+
+    def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
+        """One LSTM cell update from its pre-activations.
+
+        a (N, 4H) = x Wx + prev_h Wh + b in blocks i, f, o, g; prev_c (N, H).
+        Writes the activated gates (N, 4H), next_c, next_h and tanh(next_c) (N, H each).
+        ``gates`` may be ``a`` itself.
+        """
+        H = prev_c.shape[1]
+        self.sigmoid(a[:, : 3 * H], out=gates[:, : 3 * H])
+        self.xp.tanh(a[:, 3 * H :], out=gates[:, 3 * H :])
+        i, f, o, g = (gates[:, k * H : (k + 1) * H] for k in range(4))
+        self.xp.multiply(f, prev_c, out=next_c)
+        next_c += i * g
+        self.xp.tanh(next_c, out=tanh_c)
+        self.xp.multiply(o, tanh_c, out=next_h)
+
+    def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+        """Gradient through one LSTM cell update, down to its pre-activations.
+
+        dnext_h, dnext_c, prev_c, tanh_c (N, H); gates (N, 4H) as written by
+        ``lstm_gates_forward``. Writes da (N, 4H) and dprev_c (N, H). ``dprev_c`` may be
+        ``dnext_c`` itself.
+        """
+        H = prev_c.shape[1]
+        i, f, o, g = (gates[:, k * H : (k + 1) * H] for k in range(4))
+        da_i, da_f, da_o, da_g = (da[:, k * H : (k + 1) * H] for k in range(4))
+        dc = dnext_c + dnext_h * o * (1 - tanh_c * tanh_c)
+        self.xp.multiply(dnext_h * tanh_c, o * (1 - o), out=da_o)
+        self.xp.multiply(dc * g, i * (1 - i), out=da_i)
+        self.xp.multiply(dc * prev_c, f * (1 - f), out=da_f)
+        self.xp.multiply(dc * i, 1 - g * g, out=da_g)
+        self.xp.multiply(dc, f, out=dprev_c)
+
+    # ------------------------------------------------------------------ vanilla RNN
+    def rnn_step_forward(self, x, prev_h, Wx, Wh, b):
+        """x (N, D), prev_h (N, H) -> next_h (N, H) = tanh(x Wx + prev_h Wh + b)."""
+        a = x @ Wx
+        a += prev_h @ Wh
+        a += b
+        next_h = self.rnn_gates_forward(a, a)
+        return next_h, (x, prev_h, Wx, Wh, next_h)
+
+    def rnn_step_backward(self, dnext_h, cache):
+        """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, H), dWh (H, H), db (H,)."""
+        x, prev_h, Wx, Wh, next_h = cache
+        da = self.rnn_gates_backward(dnext_h, next_h, self.xp.empty_like(next_h))
+        return self._step_weight_grads(da, x, prev_h, Wx, Wh)
+
+    def rnn_forward(self, x, h0, Wx, Wh, b):
+        """x (N, T, D), h0 (N, H) -> h (N, T, H), every hidden state."""
+        N, T, _ = x.shape
+        a = self.temporal_affine_forward(x, Wx, b)[0]  # (N, T, H): the hoisted x Wx + b
+        h = self.xp.empty_like(a)
+        prev_h = h0
+        for t in range(T):
+            a_t = a[:, t]
+            a_t += prev_h @ Wh
+            prev_h = self.rnn_gates_forward(a_t, h[:, t])
+        return h, (x, h0, Wx, Wh, h)
+
+    def rnn_backward(self, dh, cache):
+        """dh (N, T, H), upstream gradient of every state -> dx, dh0, dWx, dWh, db."""
+        x, h0, Wx, Wh, h = cache
+        N, T, H = h.shape
+        da = self.xp.empty_like(h)
+        dprev_h = self.xp.zeros_like(h0)
+        for t in reversed(range(T)):
+            self.rnn_gates_backward(dh[:, t] + dprev_h, h[:, t], da[:, t])
+            dprev_h = da[:, t] @ Wh.T
+        dx, dWx, dWh, db = self._sequence_weight_grads(da, x, h0, h, Wx)
+        return dx, dprev_h, dWx, dWh, db
+
+    # ------------------------------------------------------------------ LSTM
+    def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
+        """x (N, D), prev_h, prev_c (N, H) -> next_h, next_c (N, H)."""
+        a = x @ Wx
+        a += prev_h @ Wh
+        a += b
+        xp = self.xp
+        next_c, next_h, tanh_c = (xp.empty_like(prev_c) for _ in range(3))
+        self.lstm_gates_forward(a, prev_c, a, next_c, next_h, tanh_c)
+        return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, a, tanh_c)
+
+    def lstm_step_backward(self, dnext_h, dnext_c, cache):
+        """-> dx (N, D), dprev_h, dprev_c (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
+        x, prev_h, prev_c, Wx, Wh, gates, tanh_c = cache
+        da = self.xp.empty_like(gates)
+        dprev_c = self.xp.empty_like(prev_c)
+        self.lstm_gates_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c)
+        dx, dprev_h, dWx, dWh, db = self._step_weight_grads(da, x, prev_h, Wx, Wh)
+        return dx, dprev_h, dprev_c, dWx, dWh, db
+
+    def lstm_forward(self, x, h0, Wx, Wh, b):
+        """x (N, T, D), h0 (N, H) -> h (N, T, H); the cell state starts at zero."""
+        N, T, _ = x.shape
+        H = h0.shape[1]
+        xp = self.xp
+        gates = self.temporal_affine_forward(x, Wx, b)[0]  # (N, T, 4H), activated in place
+        h, c, tanh_c = (xp.empty((N, T, H), dtype=gates.dtype) for _ in range(3))
+        prev_h, prev_c = h0, xp.zeros_like(h0)
+        for t in range(T):
+            a_t = gates[:, t]
+            a_t += prev_h @ Wh
+            self.lstm_gates_forward(a_t, prev_c, a_t, c[:, t], h[:, t], tanh_c[:, t])
+            prev_h, prev_c = h[:, t], c[:, t]
+        return h, (x, h0, Wx, Wh, h, c, gates, tanh_c)
+
+    def lstm_backward(self, dh, cache):
+        """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
+        x, h0, Wx, Wh, h, c, gates, tanh_c = cache
+        N, T, H = h.shape
+        xp = self.xp
+        da = xp.empty_like(gates)
+        dprev_h = xp.zeros_like(h0)
+        dprev_c = xp.zeros_like(h0)
+        zeros = xp.zeros_like(h0)
+        for t in reversed(range(T)):
+            prev_c = c[:, t - 1] if t > 0 else zeros
+            self.lstm_gates_backward(
+                dh[:, t] + dprev_h, dprev_c, gates[:, t], prev_c, tanh_c[:, t], da[:, t], dprev_c
+            )
+            dprev_h = da[:, t] @ Wh.T
+        dx, dWx, dWh, db = self._sequence_weight_grads(da, x, h0, h, Wx)
+        return dx, dprev_h, dWx, dWh, db
+
+    # ------------------------------------------------------------------ shared gradient tails
+    def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
+        """Gradients of a = x Wx + prev_h Wh + b given da: dx, dprev_h, dWx, dWh, db."""
+        return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+    def _sequence_weight_grads(self, da, x, h0, h, Wx):
+        """After the backward loop: dx (N, T, D), dWx, dWh, db from da (N, T, kH),
+        one matrix product each (dWh pairs step t's da with the state before it)."""
+        N, T, D = x.shape
+        H = h0.shape[1]
+        da2 = da.reshape(N * T, -1)
+        prev_h = self.xp.concatenate([h0[:, None, :], h[:, :-1]], axis=1).reshape(N * T, H)
+        dx = (da2 @ Wx.T).reshape(N, T, D)
+        return dx, x.reshape(N * T, D).T @ da2, prev_h.T @ da2, da2.sum(axis=0)
+
+    # ------------------------------------------------------------------ loss and update
+    def softmax_loss(self, x, y, mask):
+        """Temporal softmax loss. x (N, T, V) scores, y int (N, T), mask (N, T).
+
+        Returns (loss, dx): loss is the sum of -log p(y) over masked-in positions divided
+        by N, as a 0-d array of x's dtype left on the device; dx (N, T, V) is zero where
+        the mask is false.
+        """
+        xp = self.xp
+        N, T, V = x.shape
+        flat = x.reshape(N * T, V)
+        yf = y.reshape(N * T)
+        rows = xp.arange(N * T)
+        probs = flat - flat.max(axis=1, keepdims=True)
+        picked = probs[rows, yf]
+        xp.exp(probs, out=probs)
+        sums = probs.sum(axis=1)
+        weight = mask.reshape(N * T).astype(x.dtype)
+        loss = -((picked - xp.log(sums)) * weight).sum() / N
+        probs *= (weight / (sums * N))[:, None]
+        probs[rows, yf] -= weight / N
+        return loss, probs.reshape(N, T, V)
+
+    def adam_update(self, w, dw, m, v, t: int, learning_rate: float, beta1: float,
+                    beta2: float, epsilon: float) -> None:
+        """One Adam step, in place on w, m and v (all the same shape and dtype).
+
+        ``t`` is the step number after incrementing (1 on the first step); the bias
+        corrections are folded into one step size, so the update is
+        w -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps * sqrt(1 - beta2**t)),
+        which equals the textbook lr * m_hat / (sqrt(v_hat) + eps).
+        """
+        xp = self.xp
+        m *= beta1
+        m += (1 - beta1) * dw
+        v *= beta2
+        v += (1 - beta2) * (dw * dw)
+        c2 = (1 - beta2**t) ** 0.5
+        step = learning_rate * c2 / (1 - beta1**t)
+        denom = xp.sqrt(v)
+        denom += epsilon * c2
+        w -= step * (m / denom)

@@ -1,0 +1,207 @@
+"""The COCO captioning folder layout: the one reader, its checks, and minibatches.
+
+A folder holds coco2014_captions.h5 (train/val captions and image indices),
+{train,val}2014_vgg16_fc7.h5 and their _pca.h5 versions (dataset ``features``),
+coco2014_vocab.json (idx_to_word, word_to_idx) and {train,val}2014_urls.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SPLITS = ("train", "val")
+CAPTIONS_FILE = "coco2014_captions.h5"
+VOCAB_FILE = "coco2014_vocab.json"
+DATA_ENV_VAR = "CAPTION_DATA"
+SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")  # indices 0..3 in files we write
+_FINITE_CHECK_ROWS = 8192  # rows per chunk when scanning features for NaN / inf
+
+
+def features_file(split: str, pca: bool) -> str:
+    return f"{split}2014_vgg16_fc7{'_pca' if pca else ''}.h5"
+
+
+def urls_file(split: str) -> str:
+    return f"{split}2014_urls.txt"
+
+
+def default_data_dir() -> Path:
+    """$CAPTION_DATA if set, else the built-in dataset (generated on first use)."""
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR])
+    from captioning.shapes import builtin_dataset_dir
+
+    return builtin_dataset_dir()
+
+
+def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | None = None,
+                   pca_features: bool = True) -> dict[str, Any]:
+    """Read and check one folder in the COCO captioning layout.
+
+    Returns train_captions / val_captions (M, 17) int32, train_image_idxs / val_image_idxs
+    (M,) int32, train_features / val_features (images, 512 or 4096) float32,
+    idx_to_word (list), word_to_idx (dict), train_urls / val_urls (str arrays).
+    ``max_train`` keeps a random subset (NumPy's global generator) of the training
+    captions with their image indices; features stay whole.
+    Raises FileNotFoundError or ValueError naming the file, key and what was expected.
+    """
+    base = Path(base_dir) if base_dir is not None else default_data_dir()
+    if not base.is_dir():
+        raise FileNotFoundError(f"data folder {base} does not exist (expected a folder in the "
+                                "COCO captioning layout; see the README)")
+    data: dict[str, Any] = {}
+    captions_path = _require(base / CAPTIONS_FILE)
+    with h5py.File(captions_path, "r") as f:
+        for split in SPLITS:
+            captions = _read(f, captions_path, f"{split}_captions", ndim=2, kind="iu")
+            idxs = _read(f, captions_path, f"{split}_image_idxs", ndim=1, kind="iu")
+            if len(idxs) != len(captions):
+                raise ValueError(
+                    f"{captions_path}: {split}_image_idxs has {len(idxs)} entries but "
+                    f"{split}_captions has {len(captions)} rows (expected one image index "
+                    "per caption)"
+                )
+            data[f"{split}_captions"] = captions.astype(np.int32, copy=False)
+            data[f"{split}_image_idxs"] = idxs.astype(np.int32, copy=False)
+
+    vocab_path = _require(base / VOCAB_FILE)
+    data["idx_to_word"], data["word_to_idx"] = read_vocab(vocab_path)
+    vocab_size = len(data["idx_to_word"])
+
+    for split in SPLITS:
+        path = _require(base / features_file(split, pca_features))
+        data[f"{split}_features"] = read_features(path)
+        num_images = len(data[f"{split}_features"])
+        idxs = data[f"{split}_image_idxs"]
+        if idxs.size and (idxs.min() < 0 or idxs.max() >= num_images):
+            raise ValueError(
+                f"{captions_path}: {split}_image_idxs reach index {int(idxs.max())} (min "
+                f"{int(idxs.min())}) but {path.name} holds {num_images} feature rows (expected "
+                f"indices 0..{num_images - 1})"
+            )
+        captions = data[f"{split}_captions"]
+        if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
+            raise ValueError(
+                f"{captions_path}: {split}_captions hold word indices {int(captions.min())}.."
+                f"{int(captions.max())}, outside the vocabulary of {vocab_size} words in "
+                f"{vocab_path.name} (expected 0..{vocab_size - 1})"
+            )
+        url_path = _require(base / urls_file(split))
+        urls = np.asarray(url_path.read_text(encoding="utf-8").splitlines())
+        if len(urls) != num_images:
+            raise ValueError(f"{url_path}: {len(urls)} lines, expected one URL per image "
+                             f"({num_images}, the rows of {path.name})")
+        data[f"{split}_urls"] = urls
+
+    if max_train is not None:
+        num_train = len(data["train_captions"])
+        if int(max_train) != max_train or max_train < 1:
+            raise ValueError(f"max_train must be a positive integer, got {max_train!r}")
+        if max_train < num_train:
+            keep = np.random.choice(num_train, int(max_train), replace=False)
+            data["train_captions"] = data["train_captions"][keep]
+            data["train_image_idxs"] = data["train_image_idxs"][keep]
+    return data
+
+
+def read_vocab(path: Path) -> tuple[list[str], dict[str, int]]:
+    """idx_to_word and word_to_idx from a vocabulary JSON, checked for consistency."""
+    try:
+        vocab = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    for key, kind in (("idx_to_word", list), ("word_to_idx", dict)):
+        if not isinstance(vocab.get(key), kind):
+            raise ValueError(f"{path}: key {key!r} missing or not a {kind.__name__} "
+                             "(expected idx_to_word as a list and word_to_idx as a dict)")
+    idx_to_word, word_to_idx = vocab["idx_to_word"], vocab["word_to_idx"]
+    if "<NULL>" not in word_to_idx:
+        raise ValueError(f"{path}: the vocabulary has no '<NULL>' token (expected it at index 0)")
+    mismatched = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
+    if mismatched or len(word_to_idx) != len(idx_to_word):
+        raise ValueError(
+            f"{path}: idx_to_word and word_to_idx disagree (e.g. {mismatched[:3]}); expected "
+            "word_to_idx[idx_to_word[i]] == i for every i"
+        )
+    return idx_to_word, word_to_idx
+
+
+def read_features(path: Path) -> np.ndarray:
+    """The ``features`` dataset of an HDF5 file as one float32 array (no second copy),
+    checked to be 2-D and finite."""
+    with h5py.File(path, "r") as f:
+        ds = f.get("features")
+        if not isinstance(ds, h5py.Dataset):
+            raise ValueError(f"{path}: no dataset 'features' (found keys {sorted(f.keys())})")
+        if ds.ndim != 2 or ds.dtype.kind != "f":
+            raise ValueError(f"{path}: 'features' is {ds.dtype} with shape {ds.shape}; "
+                             "expected a 2-D float array (images, feature size)")
+        features = np.empty(ds.shape, dtype=np.float32)
+        if features.size:
+            ds.read_direct(features)
+    for start in range(0, len(features), _FINITE_CHECK_ROWS):
+        chunk = features[start : start + _FINITE_CHECK_ROWS]
+        if not np.isfinite(chunk).all():
+            row = start + int(np.argwhere(~np.isfinite(chunk))[0, 0])
+            raise ValueError(f"{path}: 'features' row {row} holds NaN or infinite values "
+                             "(expected finite numbers)")
+    return features
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"missing file {path.name} in {path.parent} (the COCO captioning layout needs "
+            f"{CAPTIONS_FILE}, {VOCAB_FILE}, the feature .h5 files and the url .txt files)"
+        )
+    return path
+
+
+def _read(f: h5py.File, path: Path, key: str, ndim: int, kind: str) -> np.ndarray:
+    if key not in f:
+        raise ValueError(f"{path}: missing HDF5 key {key!r} (found {sorted(f.keys())})")
+    array = f[key][()]
+    if array.ndim != ndim or array.dtype.kind not in kind:
+        raise ValueError(f"{path}: {key!r} is {array.dtype} with shape {array.shape}; "
+                         f"expected a {ndim}-D integer array")
+    return array
+
+
+def decode_captions(captions, idx_to_word) -> str | list[str]:
+    """Word indices -> text. (T,) gives one string, (N, T) a list of N strings.
+
+    Words are joined by spaces, <NULL> is skipped, and decoding stops after <END>
+    (which is kept, as is a leading <START>).
+    """
+    captions = np.asarray(captions)
+    if captions.ndim not in (1, 2):
+        raise ValueError(f"captions must be (T,) or (N, T), got shape {captions.shape}")
+    rows = captions[None] if captions.ndim == 1 else captions
+    decoded = []
+    for row in rows:
+        words = []
+        for idx in row:
+            word = idx_to_word[int(idx)]
+            if word != "<NULL>":
+                words.append(word)
+            if word == "<END>":
+                break
+        decoded.append(" ".join(words))
+    return decoded[0] if captions.ndim == 1 else decoded
+
+
+def sample_coco_minibatch(data: dict[str, Any], batch_size: int = 100,
+                          split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random batch (drawn with replacement) -> (captions, image features, urls)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    mask = np.random.choice(len(data[f"{split}_captions"]), batch_size)
+    captions = data[f"{split}_captions"][mask]
+    image_idxs = data[f"{split}_image_idxs"][mask]
+    return captions, data[f"{split}_features"][image_idxs], data[f"{split}_urls"][image_idxs]

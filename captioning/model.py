@@ -1,0 +1,201 @@
+"""CaptioningRNN: image features set the first hidden state of an RNN or LSTM that
+writes the caption one word at a time.
+
+Shape letters: N images, T time steps, D feature size (input_dim), W word-vector size,
+H hidden size, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backend import Backend, get_backend
+
+CELL_WIDTH = {"rnn": 1, "lstm": 4}  # how many H-wide blocks the recurrence's Wx has
+
+
+class CaptioningRNN:
+    """The exercise's captioning model, computed on a Backend.
+
+    ``params`` holds W_proj (D, H), b_proj (H,), W_embed (V, W), Wx (W, kH), Wh (H, kH),
+    b (kH,), W_vocab (H, V), b_vocab (V,), with k = 1 for 'rnn' and 4 for 'lstm'.
+    Parameters are initialised on the host (``seed`` picks a private generator; without
+    it NumPy's global one is used, as in the exercise) and then moved to the backend, so
+    one seed gives one model on every backend.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int = 512,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        cell_type: str = "rnn",
+        dtype: Any = np.float64,
+        *,
+        backend: str | Backend | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if cell_type not in CELL_WIDTH:
+            raise ValueError(f"invalid cell_type {cell_type!r}; expected 'rnn' or 'lstm'")
+        if "<NULL>" not in word_to_idx:
+            raise ValueError("the vocabulary word_to_idx has no '<NULL>' token, which is required")
+        for name, size in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim),
+                           ("hidden_dim", hidden_dim)):
+            if int(size) != size or size < 1:
+                raise ValueError(f"{name} must be a positive integer, got {size!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.cell_type = cell_type
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {i: w for w, i in word_to_idx.items()}
+        self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
+        self.vocab_size = len(word_to_idx)  # as in the exercise, whatever the indices
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx.get("<START>")
+        self._end = word_to_idx.get("<END>")
+        self.backend = get_backend(backend)
+        self.params = {
+            name: self.backend.asarray(value)
+            for name, value in init_params(
+                input_dim, wordvec_dim, hidden_dim, self.vocab_size, CELL_WIDTH[cell_type],
+                self.dtype, seed,
+            ).items()
+        }
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model's shapes (for checkpoints)."""
+        return {
+            "cell_type": self.cell_type, "input_dim": self.input_dim,
+            "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim,
+            "dtype": self.dtype.name,
+        }
+
+    # ------------------------------------------------------------------ training loss
+    def loss(self, features, captions) -> tuple[Any, dict[str, Any]]:
+        """features (N, D), captions int (N, T+1) -> (loss, grads keyed like params).
+
+        The input words are captions[:, :-1], the targets captions[:, 1:]; targets equal
+        to <NULL> are masked out. Results come back where the features came from: host
+        features give a host loss and host gradients; device features leave both on the
+        device (no synchronisation).
+        """
+        be = self.backend
+        host = isinstance(features, np.ndarray) and be.xp is not np
+        p = {k: be.asarray(v) for k, v in self.params.items()}
+        features, captions = self._check_inputs(be.asarray(features), be.asarray(captions))
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        mask = captions_out != self._null
+
+        h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
+        x, embed_cache = be.word_embedding_forward(captions_in, p["W_embed"])
+        forward, backward = self._recurrence()
+        h, rec_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        scores, vocab_cache = be.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+        loss, dscores = be.softmax_loss(scores, captions_out, mask)
+
+        grads = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = be.temporal_affine_backward(dscores, vocab_cache)
+        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rec_cache)
+        grads["W_embed"] = be.word_embedding_backward(dx, embed_cache)
+        grads["W_proj"] = features.T @ dh0  # the features need no gradient of their own
+        grads["b_proj"] = dh0.sum(axis=0)
+        if host:
+            return float(be.to_numpy(loss)), {k: be.to_numpy(g) for k, g in grads.items()}
+        return loss, grads
+
+    # ------------------------------------------------------------------ decoding
+    def sample(self, features, max_length: int = 30) -> np.ndarray:
+        """Greedy decoding. features (N, D) -> int array (N, max_length) on the host.
+
+        The first input word is <START>; column 0 holds the first generated word; after
+        <END> a caption is padded with <NULL>.
+        """
+        be = self.backend
+        xp = be.xp
+        p = {k: be.asarray(v) for k, v in self.params.items()}
+        features = self._check_features(be.asarray(features))
+        N = features.shape[0]
+        h, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
+        c = xp.zeros_like(h)
+        start = self._start if self._start is not None else self._null
+        words = xp.full(N, start, dtype=xp.int64)
+        captions = xp.full((N, max_length), self._null, dtype=xp.int64)
+        done = xp.zeros(N, dtype=bool)
+        for t in range(max_length):
+            x = p["W_embed"][words]
+            if self.cell_type == "rnn":
+                h, _ = be.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
+            else:
+                h, c, _ = be.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+            words = (h @ p["W_vocab"] + p["b_vocab"]).argmax(axis=1)
+            captions[:, t] = xp.where(done, self._null, words)
+            if self._end is not None:
+                done |= words == self._end
+        return be.to_numpy(captions)
+
+    # ------------------------------------------------------------------ helpers
+    def _recurrence(self):
+        be = self.backend
+        if self.cell_type == "rnn":
+            return be.rnn_forward, be.rnn_backward
+        return be.lstm_forward, be.lstm_backward
+
+    def _check_features(self, features):
+        if features.ndim != 2 or features.shape[1] != self.input_dim:
+            raise ValueError(
+                f"features have shape {tuple(features.shape)}; this model expects "
+                f"(N, {self.input_dim}) (input_dim={self.input_dim}: use the PCA or the full "
+                "features the model was built for)"
+            )
+        return features
+
+    def _check_inputs(self, features, captions):
+        features = self._check_features(features)
+        if captions.ndim != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
+            raise ValueError(
+                f"captions have shape {tuple(captions.shape)}; expected ({features.shape[0]}, "
+                "T+1) with T >= 1, one row per feature row"
+            )
+        if captions.dtype.kind not in "iu":
+            raise ValueError(f"captions must hold integer word indices, got dtype {captions.dtype}")
+        if isinstance(captions, np.ndarray):  # device captions were checked once, on loading
+            check_word_indices(captions, self.vocab_size, "captions")
+        return features, captions
+
+
+def check_word_indices(captions: np.ndarray, vocab_size: int, what: str) -> None:
+    """Raise ValueError naming ``what`` if any index lies outside [0, vocab_size)."""
+    if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
+        bad = captions[(captions < 0) | (captions >= vocab_size)][0]
+        raise ValueError(
+            f"{what} hold word index {int(bad)}, outside the vocabulary of {vocab_size} words "
+            f"(expected 0..{vocab_size - 1})"
+        )
+
+
+def init_params(input_dim: int, wordvec_dim: int, hidden_dim: int, vocab_size: int,
+                k: int, dtype: Any, seed: int | None) -> dict[str, np.ndarray]:
+    """The exercise's initialisation, on the host, in the seed's drawing order."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+
+    def normal(*shape: int, scale: float) -> np.ndarray:
+        draw = np.random.randn(*shape) if rng is None else rng.standard_normal(shape)
+        return (draw / scale).astype(dtype)
+
+    def zeros(n: int) -> np.ndarray:
+        return np.zeros(n, dtype=dtype)
+
+    return {
+        "W_embed": normal(vocab_size, wordvec_dim, scale=100),
+        "W_proj": normal(input_dim, hidden_dim, scale=np.sqrt(input_dim)),
+        "b_proj": zeros(hidden_dim),
+        "Wx": normal(wordvec_dim, k * hidden_dim, scale=np.sqrt(wordvec_dim)),
+        "Wh": normal(hidden_dim, k * hidden_dim, scale=np.sqrt(hidden_dim)),
+        "b": zeros(k * hidden_dim),
+        "W_vocab": normal(hidden_dim, vocab_size, scale=np.sqrt(hidden_dim)),
+        "b_vocab": zeros(vocab_size),
+    }

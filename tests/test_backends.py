@@ -1,0 +1,140 @@
+"""Backend selection, and every backend against the plain reference on random inputs."""
+
+import numpy as np
+import pytest
+
+import backend as backend_pkg
+from backend import BackendUnavailable, available_backends, get_backend
+from captioning import rel_error
+
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+def test_default_and_environment(monkeypatch):
+    monkeypatch.delenv("CAPTION_BACKEND", raising=False)
+    assert get_backend().name == "numpy"
+    monkeypatch.setenv("CAPTION_BACKEND", "NumPy")
+    assert get_backend().name == "numpy"
+
+
+def test_unknown_backend_lists_the_known_ones(monkeypatch):
+    expected = "unknown backend 'torch'; expected one of: numpy, numba, cupy"
+    with pytest.raises(ValueError, match=expected):
+        get_backend("torch")
+    monkeypatch.setenv("CAPTION_BACKEND", "jax")
+    with pytest.raises(ValueError, match=r"'jax' \(from \$CAPTION_BACKEND\)"):
+        get_backend()
+
+
+def test_available_backends_explains_the_missing():
+    status = available_backends()
+    assert set(status) == {"numpy", "numba", "cupy"}
+    assert status["numpy"].available
+    for s in status.values():
+        if not s.available:
+            assert "install" in s.reason or "device" in s.reason or "not implemented" in s.reason
+            with pytest.raises(BackendUnavailable, match=s.name):
+                get_backend(s.name)
+
+
+def test_missing_package_names_it_and_how_to_install(monkeypatch):
+    """A kernel module whose package is absent: the error names the package and the fix."""
+    registry = backend_pkg.registry
+
+    def import_without_numba(name):
+        raise ModuleNotFoundError("No module named 'numba'", name="numba")
+
+    monkeypatch.setattr(registry.importlib, "import_module", import_without_numba)
+    monkeypatch.delitem(registry._instances, "numba", raising=False)
+    with pytest.raises(BackendUnavailable, match=r"needs the Python package 'numba'.*\[numba\]"):
+        get_backend("numba")
+    assert not available_backends()["numba"].available
+
+
+# ---------------------------------------------------------------- parity with the reference
+SHAPES = [(1, 1, 3, 5), (4, 7, 6, 9), (3, 5, 8, 13)]  # N, T, D, H (H not a multiple of 8)
+
+
+def _inputs(rng, N, T, D, H, k, dtype):
+    def r(*s):
+        return rng.standard_normal(s).astype(dtype)
+    return r(N, T, D), r(N, H), r(D, k * H), r(H, k * H), r(k * H), r(N, T, H)
+
+
+def _close(be, got, want, dtype):
+    for g, w in zip(got, want):
+        g = be.to_numpy(g)
+        assert g.dtype == dtype
+        assert rel_error(g, w) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_sequences_match_reference(backend, reference, cell, shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x, h0, Wx, Wh, b, dh = _inputs(rng, *shape, 4 if cell == "lstm" else 1, dtype)
+    fwd, bwd = f"{cell}_forward", f"{cell}_backward"
+    h_ref, cache_ref = getattr(reference, fwd)(x, h0, Wx, Wh, b)
+    h, cache = getattr(backend, fwd)(*(backend.asarray(a) for a in (x, h0, Wx, Wh, b)))
+    _close(backend, [h], [h_ref], dtype)
+    _close(backend, getattr(backend, bwd)(backend.asarray(dh), cache),
+           getattr(reference, bwd)(dh, cache_ref), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 5), (5, 1, 8, 13)])
+def test_lstm_step_matches_reference(backend, reference, shape, dtype):
+    rng = np.random.default_rng(1)
+    x, h, Wx, Wh, b, _ = _inputs(rng, *shape, 4, dtype)
+    x, c = x[:, 0], rng.standard_normal(h.shape).astype(dtype)
+    ref = reference.lstm_step_forward(x, h, c, Wx, Wh, b)
+    got = backend.lstm_step_forward(*(backend.asarray(a) for a in (x, h, c, Wx, Wh, b)))
+    _close(backend, got[:2], ref[:2], dtype)
+    dnext_h, dnext_c = h[::-1].copy(), c[::-1].copy()
+    _close(backend, backend.lstm_step_backward(backend.asarray(dnext_h),
+                                               backend.asarray(dnext_c), got[2]),
+           reference.lstm_step_backward(dnext_h, dnext_c, ref[2]), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37)])
+def test_scatter_add_matches_reference(backend, reference, K, V, D, dtype):
+    rng = np.random.default_rng(K)
+    idx = rng.integers(0, V, K)
+    idx[: K // 2] = idx[0]  # many repeats of one word
+    dout = rng.standard_normal((K, D)).astype(dtype)
+    got = backend.embedding_backward(backend.asarray(idx), backend.asarray(dout), V)
+    _close(backend, [got], [reference.embedding_backward(idx, dout, V)], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("N", "T", "V"), [(1, 1, 2), (7, 8, 9), (16, 4, 1004)])
+def test_softmax_loss_matches_reference(backend, reference, N, T, V, dtype):
+    rng = np.random.default_rng(V)
+    x = (3 * rng.standard_normal((N, T, V))).astype(dtype)
+    y = rng.integers(0, V, (N, T))
+    mask = rng.random((N, T)) > 0.3
+    got = backend.softmax_loss(*(backend.asarray(a) for a in (x, y, mask)))
+    _close(backend, got, reference.softmax_loss(x, y, mask), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_matches_reference(backend, reference, dtype):
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((37, 11)).astype(dtype) for _ in range(4)]
+    arrays[3] = np.abs(arrays[3])  # v is non-negative
+    w, dw, m, v = (a.copy() for a in arrays)
+    reference.adam_update(w, dw, m, v, 3, 1e-3, 0.9, 0.999, 1e-8)
+    dev = [backend.asarray(a.copy()) for a in arrays]
+    backend.adam_update(*dev, 3, 1e-3, 0.9, 0.999, 1e-8)
+    _close(backend, [dev[0], dev[2], dev[3]], [w, m, v], dtype)
+
+
+def test_sigmoid_is_stable():
+    from captioning import sigmoid
+
+    with np.errstate(all="raise"):
+        out = sigmoid(np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0]))
+    np.testing.assert_allclose(out, [0, 1 / (1 + np.exp(30)), 0.5, 1 / (1 + np.exp(-30)), 1],
+                               atol=1e-15)
