@@ -164,27 +164,32 @@ class Backend:
         return self._step_weight_grads(da, x, prev_h, Wx, Wh)
 
     def rnn_forward(self, x, h0, Wx, Wh, b):
-        """x (N, T, D), h0 (N, H) -> h (N, T, H), every hidden state."""
-        N, T, _ = x.shape
-        a = self.temporal_affine_forward(x, Wx, b)[0]  # (N, T, H): the hoisted x Wx + b
-        h = self.xp.empty_like(a)
-        prev_h = h0
+        """x (N, T, D), h0 (N, H) -> h (N, T, H), every hidden state.
+
+        Works time-major inside, so each step's operands are contiguous; h is returned as
+        an (N, T, H) view of the (T, N, H) states.
+        """
+        xp = self.xp
+        a, x_tm = self._project_inputs(x, Wx, b)  # (T, N, H)
+        T, N, H = a.shape
+        hs = xp.empty((T + 1, N, H), dtype=a.dtype)  # hs[0] = h0, hs[t + 1] = h_t
+        hs[0] = h0
+        buf = xp.empty((N, H), dtype=a.dtype)
         for t in range(T):
-            a_t = a[:, t]
-            a_t += prev_h @ Wh
-            prev_h = self.rnn_gates_forward(a_t, h[:, t])
-        return h, (x, h0, Wx, Wh, h)
+            a[t] += xp.matmul(hs[t], Wh, out=buf)
+            self.rnn_gates_forward(a[t], hs[t + 1])
+        return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs)
 
     def rnn_backward(self, dh, cache):
         """dh (N, T, H), upstream gradient of every state -> dx, dh0, dWx, dWh, db."""
-        x, h0, Wx, Wh, h = cache
-        N, T, H = h.shape
-        da = self.xp.empty_like(h)
-        dprev_h = self.xp.zeros_like(h0)
+        x_tm, Wx, Wh, hs = cache
+        T = hs.shape[0] - 1
+        da = self.xp.empty_like(hs[1:])
+        dprev_h = self.xp.zeros_like(hs[0])
         for t in reversed(range(T)):
-            self.rnn_gates_backward(dh[:, t] + dprev_h, h[:, t], da[:, t])
-            dprev_h = da[:, t] @ Wh.T
-        dx, dWx, dWh, db = self._sequence_weight_grads(da, x, h0, h, Wx)
+            self.rnn_gates_backward(dh[:, t] + dprev_h, hs[t + 1], da[t])
+            dprev_h = da[t] @ Wh.T
+        dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
     # ------------------------------------------------------------------ LSTM
@@ -208,36 +213,38 @@ class Backend:
         return dx, dprev_h, dprev_c, dWx, dWh, db
 
     def lstm_forward(self, x, h0, Wx, Wh, b):
-        """x (N, T, D), h0 (N, H) -> h (N, T, H); the cell state starts at zero."""
-        N, T, _ = x.shape
-        H = h0.shape[1]
+        """x (N, T, D), h0 (N, H) -> h (N, T, H); the cell state starts at zero.
+
+        Time-major inside, like rnn_forward; the gates are activated in place in the
+        (T, N, 4H) buffer of the hoisted input projection.
+        """
         xp = self.xp
-        gates = self.temporal_affine_forward(x, Wx, b)[0]  # (N, T, 4H), activated in place
-        h, c, tanh_c = (xp.empty((N, T, H), dtype=gates.dtype) for _ in range(3))
-        prev_h, prev_c = h0, xp.zeros_like(h0)
+        gates, x_tm = self._project_inputs(x, Wx, b)  # (T, N, 4H)
+        T, N, _ = gates.shape
+        H = h0.shape[1]
+        hs = xp.empty((T + 1, N, H), dtype=gates.dtype)  # hs[0] = h0, hs[t + 1] = h_t
+        cs = xp.empty_like(hs)  # cs[0] = 0, cs[t + 1] = c_t
+        tanh_c = xp.empty_like(hs[1:])
+        hs[0], cs[0] = h0, 0
+        buf = xp.empty_like(gates[0])
         for t in range(T):
-            a_t = gates[:, t]
-            a_t += prev_h @ Wh
-            self.lstm_gates_forward(a_t, prev_c, a_t, c[:, t], h[:, t], tanh_c[:, t])
-            prev_h, prev_c = h[:, t], c[:, t]
-        return h, (x, h0, Wx, Wh, h, c, gates, tanh_c)
+            gates[t] += xp.matmul(hs[t], Wh, out=buf)
+            self.lstm_gates_forward(gates[t], cs[t], gates[t], cs[t + 1], hs[t + 1], tanh_c[t])
+        return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
 
     def lstm_backward(self, dh, cache):
         """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
-        x, h0, Wx, Wh, h, c, gates, tanh_c = cache
-        N, T, H = h.shape
+        x_tm, Wx, Wh, hs, cs, gates, tanh_c = cache
         xp = self.xp
         da = xp.empty_like(gates)
-        dprev_h = xp.zeros_like(h0)
-        dprev_c = xp.zeros_like(h0)
-        zeros = xp.zeros_like(h0)
-        for t in reversed(range(T)):
-            prev_c = c[:, t - 1] if t > 0 else zeros
+        dprev_h = xp.zeros_like(hs[0])
+        dprev_c = xp.zeros_like(hs[0])
+        for t in reversed(range(gates.shape[0])):
             self.lstm_gates_backward(
-                dh[:, t] + dprev_h, dprev_c, gates[:, t], prev_c, tanh_c[:, t], da[:, t], dprev_c
+                dh[:, t] + dprev_h, dprev_c, gates[t], cs[t], tanh_c[t], da[t], dprev_c
             )
-            dprev_h = da[:, t] @ Wh.T
-        dx, dWx, dWh, db = self._sequence_weight_grads(da, x, h0, h, Wx)
+            dprev_h = da[t] @ Wh.T
+        dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
     # ------------------------------------------------------------------ shared gradient tails
@@ -245,15 +252,23 @@ class Backend:
         """Gradients of a = x Wx + prev_h Wh + b given da: dx, dprev_h, dWx, dWh, db."""
         return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
-    def _sequence_weight_grads(self, da, x, h0, h, Wx):
-        """After the backward loop: dx (N, T, D), dWx, dWh, db from da (N, T, kH),
-        one matrix product each (dWh pairs step t's da with the state before it)."""
+    def _project_inputs(self, x, Wx, b):
+        """x (N, T, D) -> (x Wx + b as (T, N, kH), x time-major as (T*N, D)): the input
+        projection of every step in one matrix product."""
         N, T, D = x.shape
-        H = h0.shape[1]
-        da2 = da.reshape(N * T, -1)
-        prev_h = self.xp.concatenate([h0[:, None, :], h[:, :-1]], axis=1).reshape(N * T, H)
-        dx = (da2 @ Wx.T).reshape(N, T, D)
-        return dx, x.reshape(N * T, D).T @ da2, prev_h.T @ da2, da2.sum(axis=0)
+        x_tm = self.xp.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, D)
+        a = x_tm @ Wx
+        a += b
+        return a.reshape(T, N, -1), x_tm
+
+    def _sequence_weight_grads(self, da, x_tm, hs, Wx):
+        """After the backward loop: dx (N, T, D), dWx, dWh, db from da (T, N, kH), one
+        matrix product each; dWh pairs step t's da with the state before it, hs[t]."""
+        T, N, _ = da.shape
+        da2 = da.reshape(T * N, -1)
+        dx = (da2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
+        prev_h = hs[:-1].reshape(T * N, -1)
+        return dx, x_tm.T @ da2, prev_h.T @ da2, da2.sum(axis=0)
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):
@@ -263,20 +278,57 @@ class Backend:
         by N, as a 0-d array of x's dtype left on the device; dx (N, T, V) is zero where
         the mask is false.
         """
-        xp = self.xp
         N, T, V = x.shape
-        flat = x.reshape(N * T, V)
-        yf = y.reshape(N * T)
-        rows = xp.arange(N * T)
-        probs = flat - flat.max(axis=1, keepdims=True)
-        picked = probs[rows, yf]
+        weight = mask.reshape(N * T).astype(x.dtype)
+        loss, dx = self._cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
+        return loss, dx.reshape(N, T, V)
+
+    def _cross_entropy(self, scores, y, weight, n: int):
+        """scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
+        dscores (M, V)). One new (M, V) buffer, reused for the gradient."""
+        xp = self.xp
+        rows = xp.arange(len(y))
+        probs = scores - scores.max(axis=1, keepdims=True)
+        picked = probs[rows, y]
         xp.exp(probs, out=probs)
         sums = probs.sum(axis=1)
-        weight = mask.reshape(N * T).astype(x.dtype)
-        loss = -((picked - xp.log(sums)) * weight).sum() / N
-        probs *= (weight / (sums * N))[:, None]
-        probs[rows, yf] -= weight / N
-        return loss, probs.reshape(N, T, V)
+        loss = -((picked - xp.log(sums)) * weight).sum() / n
+        probs *= (weight / (sums * n))[:, None]
+        probs[rows, y] -= weight / n
+        return loss, probs
+
+    compact_masked_positions = True  # vocab_loss skips rows whose target is masked out
+
+    def vocab_loss(self, h, W_vocab, b_vocab, y, mask):
+        """Scores over the vocabulary, the temporal softmax loss, and their gradients.
+
+        h (N, T, H), W_vocab (H, V), b_vocab (V,), y int (N, T), mask bool (N, T) ->
+        (loss, dh (N, T, H), dW_vocab, db_vocab). Positions whose target is masked out add
+        nothing to the loss or any gradient, so, where ``compact_masked_positions`` holds,
+        their scores are never computed: the three (N*T x H x V) products shrink by the
+        share of padding. (A device backend may prefer dense work over the host sync that
+        finding those rows costs.)
+        """
+        xp = self.xp
+        N, T, H = h.shape
+        if self.compact_masked_positions:
+            kept = xp.nonzero(mask)  # (n, t) of every scored position
+            h_kept, y_kept = h[kept], y[kept]
+            weight = xp.ones(len(y_kept), dtype=h.dtype)
+        else:
+            h_kept, y_kept = h.reshape(N * T, H), y.reshape(N * T)
+            weight = mask.reshape(N * T).astype(h.dtype)
+        scores = h_kept @ W_vocab
+        scores += b_vocab
+        loss, dscores = self._cross_entropy(scores, y_kept, weight, N)
+        dh_kept = dscores @ W_vocab.T
+        dW_vocab, db_vocab = h_kept.T @ dscores, dscores.sum(axis=0)
+        if self.compact_masked_positions:
+            dh = xp.zeros((N, T, H), dtype=h.dtype)
+            dh[kept] = dh_kept
+        else:
+            dh = dh_kept.reshape(N, T, H)
+        return loss, dh, dW_vocab, db_vocab
 
     def adam_update(self, w, dw, m, v, t: int, learning_rate: float, beta1: float,
                     beta2: float, epsilon: float) -> None:

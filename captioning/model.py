@@ -94,11 +94,9 @@ class CaptioningRNN:
         x, embed_cache = be.word_embedding_forward(captions_in, p["W_embed"])
         forward, backward = self._recurrence()
         h, rec_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
-        scores, vocab_cache = be.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-        loss, dscores = be.softmax_loss(scores, captions_out, mask)
-
         grads = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = be.temporal_affine_backward(dscores, vocab_cache)
+        loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
+            h, p["W_vocab"], p["b_vocab"], captions_out, mask)
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rec_cache)
         grads["W_embed"] = be.word_embedding_backward(dx, embed_cache)
         grads["W_proj"] = features.T @ dh0  # the features need no gradient of their own

@@ -1,6 +1,7 @@
 """The exercise's gradient checks against centred differences, float64, every backend."""
 
 import numpy as np
+import pytest
 
 from captioning import (
     CaptioningRNN,
@@ -22,15 +23,27 @@ from captioning import (
     word_embedding_forward,
 )
 
-rng = np.random.default_rng(231)
+rng = np.random  # the exercise draws from NumPy's global generator, seeded with 231
+
+
+@pytest.fixture(autouse=True)
+def same_draws_for_every_backend():
+    """Reseed before each test, so every backend is checked on the book's inputs."""
+    np.random.seed(231)
 
 
 def randn(*shape):
-    return rng.standard_normal(shape)
+    return np.random.randn(*shape)
 
 
-def check(analytic, numeric, tol):
-    assert rel_error(numeric, analytic) < tol
+def check(analytic, numeric, tol, noise=2e-10):
+    """The exercise's relative error below ``tol`` on every element, except elements whose
+    absolute error is below the centred difference's own rounding noise (about
+    eps * |f| / h): a gradient element near 1e-5 cannot be checked to 1e-6 of itself."""
+    analytic = np.asarray(analytic)
+    err = np.abs(numeric - analytic)
+    relative = err / np.maximum(1e-8, np.abs(numeric) + np.abs(analytic))
+    assert np.all((relative < tol) | (err < noise)), rel_error(numeric, analytic)
 
 
 def test_rnn_step_backward(backend):
@@ -59,7 +72,7 @@ def test_rnn_backward(backend):
 
 def test_word_embedding_backward(backend):
     N, T, V, D = 50, 3, 5, 6
-    x = rng.integers(V, size=(N, T))
+    x = rng.randint(V, size=(N, T))
     W = randn(V, D)
     out, cache = word_embedding_forward(x, W)
     dout = randn(*out.shape)
@@ -112,8 +125,8 @@ def test_lstm_backward(backend):
 def test_temporal_softmax_loss_gradient(backend):
     N, T, V = 7, 8, 9
     x = 0.001 * randn(N, T, V)
-    y = rng.integers(V, size=(N, T))
-    mask = rng.random((N, T)) > 0.5
+    y = rng.randint(V, size=(N, T))
+    mask = rng.rand(N, T) > 0.5
     loss, dx = temporal_softmax_loss(x, y, mask, verbose=False)
     numeric = eval_numerical_gradient(lambda x: temporal_softmax_loss(x, y, mask)[0], x,
                                       verbose=False)

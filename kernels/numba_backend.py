@@ -1,0 +1,133 @@
+"""The Numba backend: the NumPy backend with compiled loops where they measurably win.
+
+Overridden: the embedding scatter-add (a plain loop instead of ``np.add.at``), the
+LSTM gate backward (pure arithmetic, one fused pass), the arithmetic around the gate
+forward, the softmax cross-entropy and its gradient (one pass per row), and Adam (one
+pass over each parameter). Transcendentals stay with NumPy: its SIMD ``tanh``/``exp``
+run about 40x faster than the scalar libm calls Numba makes without SVML (measured:
+tanh over 128x2048 float32, 95 us in NumPy, 4.1 ms in a Numba loop).
+Every kernel is compiled lazily per dtype and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels.numpy_backend import NumpyBackend
+
+_JIT = {"cache": True, "nogil": True}
+
+
+@njit(**_JIT)
+def _scatter_add(dW, idx, dout):
+    for k in range(idx.shape[0]):
+        row = idx[k]
+        for j in range(dout.shape[1]):
+            dW[row, j] += dout[k, j]
+
+
+@njit(**_JIT)
+def _lstm_forward_finish(gates, prev_c, next_c):
+    """gates hold tanh(a/2) for i, f, o and tanh(a) for g: finish the sigmoids in place
+    and write next_c = f * prev_c + i * g."""
+    N, H = prev_c.shape
+    for n in range(N):
+        for j in range(H):
+            i = 0.5 * gates[n, j] + 0.5
+            f = 0.5 * gates[n, H + j] + 0.5
+            gates[n, j] = i
+            gates[n, H + j] = f
+            gates[n, 2 * H + j] = 0.5 * gates[n, 2 * H + j] + 0.5
+            next_c[n, j] = f * prev_c[n, j] + i * gates[n, 3 * H + j]
+
+
+@njit(**_JIT)
+def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+    N, H = prev_c.shape
+    for n in range(N):
+        for j in range(H):
+            i = gates[n, j]
+            f = gates[n, H + j]
+            o = gates[n, 2 * H + j]
+            g = gates[n, 3 * H + j]
+            tc = tanh_c[n, j]
+            dh = dnext_h[n, j]
+            dc = dnext_c[n, j] + dh * o * (1 - tc * tc)
+            da[n, j] = dc * g * i * (1 - i)
+            da[n, H + j] = dc * prev_c[n, j] * f * (1 - f)
+            da[n, 2 * H + j] = dh * tc * o * (1 - o)
+            da[n, 3 * H + j] = dc * i * (1 - g * g)
+            dprev_c[n, j] = dc * f
+
+
+@njit(**_JIT)
+def _cross_entropy(probs, y, weight, n, losses):
+    """probs holds exp(scores - rowmax) and losses[m] the shifted score of y[m]: turn
+    probs into the gradient in place, and losses into each row's weighted -log p(y) / n."""
+    M, V = probs.shape
+    for m in range(M):
+        total = 0.0
+        for v in range(V):
+            total += probs[m, v]
+        scale = weight[m] / (total * n)
+        for v in range(V):
+            probs[m, v] *= scale
+        probs[m, y[m]] -= weight[m] / n
+        losses[m] = weight[m] * (np.log(total) - losses[m]) / n
+
+
+@njit(**_JIT)
+def _adam(w, dw, m, v, step, beta1, beta2, eps_hat):
+    w, dw, m, v = w.ravel(), dw.ravel(), m.ravel(), v.ravel()
+    for k in range(w.size):
+        g = dw[k]
+        mk = beta1 * m[k] + (1 - beta1) * g
+        vk = beta2 * v[k] + (1 - beta2) * g * g
+        m[k] = mk
+        v[k] = vk
+        w[k] -= step * mk / (np.sqrt(vk) + eps_hat)
+
+
+class NumbaBackend(NumpyBackend):
+    name = "numba"
+
+    def embedding_backward(self, idx, dout, vocab_size: int):
+        D = dout.shape[-1]
+        dW = np.zeros((vocab_size, D), dtype=dout.dtype)
+        _scatter_add(dW, np.ascontiguousarray(idx.reshape(-1)),
+                     np.ascontiguousarray(dout.reshape(-1, D)))
+        return dW
+
+    def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
+        H = prev_c.shape[1]
+        np.multiply(a[:, : 3 * H], 0.5, out=gates[:, : 3 * H])
+        np.tanh(gates[:, : 3 * H], out=gates[:, : 3 * H])
+        np.tanh(a[:, 3 * H :], out=gates[:, 3 * H :])
+        _lstm_forward_finish(gates, _c(prev_c), next_c)
+        np.tanh(next_c, out=tanh_c)
+        np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
+
+    def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+        _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
+                       dprev_c)
+
+    def _cross_entropy(self, scores, y, weight, n: int):
+        rows = np.arange(len(y))
+        probs = scores - scores.max(axis=1, keepdims=True)
+        losses = probs[rows, y]
+        np.exp(probs, out=probs)
+        _cross_entropy(probs, np.ascontiguousarray(y), np.ascontiguousarray(weight),
+                       scores.dtype.type(n), losses)
+        return losses.sum(), probs
+
+    def adam_update(self, w, dw, m, v, t, learning_rate, beta1, beta2, epsilon):
+        c2 = (1 - beta2**t) ** 0.5
+        dtype = w.dtype.type
+        _adam(w, _c(dw), m, v, dtype(learning_rate * c2 / (1 - beta1**t)), dtype(beta1),
+              dtype(beta2), dtype(epsilon * c2))
+
+
+def _c(a):
+    """A C-contiguous view or copy, as the compiled loops index rows directly."""
+    return np.ascontiguousarray(a)
