@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 
+class BackendUnavailable(RuntimeError):
+    """A known backend that cannot run on this machine (package or device missing)."""
+
+
 class Backend:
     """Reference implementation of the backend contract over ``xp`` (numpy or cupy)."""
 
@@ -283,12 +287,14 @@ class Backend:
         loss, dx = self._cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
         return loss, dx.reshape(N, T, V)
 
-    def _cross_entropy(self, scores, y, weight, n: int):
+    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         """scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
-        dscores (M, V)). One new (M, V) buffer, reused for the gradient."""
+        dscores (M, V)). The gradient reuses one (M, V) buffer: ``scores`` itself when
+        ``overwrite`` allows it, else a new one."""
         xp = self.xp
         rows = xp.arange(len(y))
-        probs = scores - scores.max(axis=1, keepdims=True)
+        probs = scores if overwrite else scores.copy()
+        probs -= scores.max(axis=1, keepdims=True)
         picked = probs[rows, y]
         xp.exp(probs, out=probs)
         sums = probs.sum(axis=1)
@@ -320,7 +326,7 @@ class Backend:
             weight = mask.reshape(N * T).astype(h.dtype)
         scores = h_kept @ W_vocab
         scores += b_vocab
-        loss, dscores = self._cross_entropy(scores, y_kept, weight, N)
+        loss, dscores = self._cross_entropy(scores, y_kept, weight, N, overwrite=True)
         dh_kept = dscores @ W_vocab.T
         dW_vocab, db_vocab = h_kept.T @ dscores, dscores.sum(axis=0)
         if self.compact_masked_positions:

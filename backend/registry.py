@@ -10,14 +10,10 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from backend.base import Backend
+from backend.base import Backend, BackendUnavailable
 
 ENV_VAR = "CAPTION_BACKEND"
 DEFAULT = "numpy"
-
-
-class BackendUnavailable(RuntimeError):
-    """A known backend that cannot run on this machine (package or device missing)."""
 
 
 @dataclass(frozen=True)

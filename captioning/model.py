@@ -102,7 +102,7 @@ class CaptioningRNN:
         grads["W_proj"] = features.T @ dh0  # the features need no gradient of their own
         grads["b_proj"] = dh0.sum(axis=0)
         if host:
-            return float(be.to_numpy(loss)), {k: be.to_numpy(g) for k, g in grads.items()}
+            return be.to_numpy(loss)[()], {k: be.to_numpy(g) for k, g in grads.items()}
         return loss, grads
 
     # ------------------------------------------------------------------ decoding

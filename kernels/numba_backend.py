@@ -112,9 +112,10 @@ class NumbaBackend(NumpyBackend):
         _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
                        dprev_c)
 
-    def _cross_entropy(self, scores, y, weight, n: int):
+    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         rows = np.arange(len(y))
-        probs = scores - scores.max(axis=1, keepdims=True)
+        probs = scores if overwrite else scores.copy()
+        probs -= scores.max(axis=1, keepdims=True)
         losses = probs[rows, y]
         np.exp(probs, out=probs)
         _cross_entropy(probs, np.ascontiguousarray(y), np.ascontiguousarray(weight),

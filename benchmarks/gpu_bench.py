@@ -1,0 +1,88 @@
+"""GPU figures for the CuPy backend beside PyTorch (cuDNN) on the same GPU.
+
+python -m benchmarks.gpu_bench [--epoch-batch 1024] [--skip-epoch]
+
+Prints, last, a table: training-step captions per second at N=128 and N=1024 for the
+CuPy backend and PyTorch's nn.LSTM model, the time of one full epoch over 400,135
+synthetic captions with 82,783 x 4096 float32 features, and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks.workload import Sizes, library_step, median_time, synthetic_data
+
+
+def _cuda_timer(fn, repeats=20, warmup=5):
+    return median_time(fn, repeats=repeats, warmup=warmup)
+
+
+def full_epoch(batch_size: int) -> tuple[float, int, float]:
+    """Seconds for one epoch over 400,135 captions, iterations, peak GPU memory (GB)."""
+    import cupy as cp
+
+    from captioning.model import CaptioningRNN
+    from captioning.trainer import CaptioningTrainer
+
+    sizes = Sizes()
+    rng = np.random.default_rng(0)
+    num_images, num_captions = 82_783, 400_135
+    data = synthetic_data(sizes, num_captions=num_captions, num_images=8)
+    data["train_features"] = rng.random((num_images, sizes.D), dtype=np.float32)
+    data["train_image_idxs"] = rng.integers(0, num_images, num_captions).astype(np.int32)
+    pool = cp.get_default_memory_pool()
+    model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
+                          hidden_dim=sizes.H, cell_type="lstm", dtype=np.float32,
+                          backend="cupy", seed=0)
+    trainer = CaptioningTrainer(model, data, batch_size=batch_size, num_epochs=1,
+                                verbose=False, seed=0)
+    cp.cuda.get_current_stream().synchronize()
+    start = time.perf_counter()
+    history = trainer.train()
+    cp.cuda.get_current_stream().synchronize()
+    elapsed = time.perf_counter() - start
+    assert np.isfinite(history).all() and history[-1] < history[0]
+    return elapsed, len(history), pool.total_bytes() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epoch-batch", type=int, default=1024)
+    parser.add_argument("--skip-epoch", action="store_true")
+    args = parser.parse_args()
+    import cupy as cp
+
+    rows = []
+    for n in (128, 1024):
+        sizes = Sizes(N=n)
+        data = synthetic_data(sizes, num_captions=4096, num_images=1024)
+        t_cupy = _cuda_timer(library_step("cupy", sizes, data))
+        try:
+            from benchmarks.torch_reference import torch_step
+
+            t_torch = _cuda_timer(torch_step(sizes, data, device="cuda"))
+        except ImportError:
+            t_torch = float("nan")
+        rows.append((n, n / t_cupy, n / t_torch, sizes.flops() / t_cupy / 1e12))
+        print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch {t_torch * 1e3:.2f} ms", flush=True)
+    epoch = None if args.skip_epoch else full_epoch(args.epoch_batch)
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"\nGPU: {name}")
+    print("| N | CuPy captions/s | PyTorch cuDNN captions/s | CuPy / PyTorch | CuPy TFLOP/s |")
+    print("|---|---|---|---|---|")
+    for n, c, t, tf in rows:
+        print(f"| {n} | {c:,.0f} | {t:,.0f} | {c / t:.2f}x | {tf:.1f} |")
+    if epoch:
+        seconds, iters, peak = epoch
+        print(f"\nfull epoch, 400,135 captions, 4096-d features, batch {args.epoch_batch}: "
+              f"{seconds:.1f} s ({iters} iterations, {400_135 / seconds:,.0f} captions/s); "
+              f"peak GPU memory held by CuPy's pool {peak:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

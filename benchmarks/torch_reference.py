@@ -1,0 +1,59 @@
+"""The same captioning model in PyTorch (nn.LSTM, nn.Embedding, nn.Linear, Adam), for
+reference timings only: the library never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def torch_step(sizes, data: dict, device: str = "cpu") -> Callable[[], None]:
+    """One training step (forward, backward, Adam) of the PyTorch model, with the
+    exercise's loss normalisation: summed over scored positions, divided by N."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(sizes.D, sizes.H)
+            self.embed = nn.Embedding(sizes.V, sizes.W)
+            cell = nn.LSTM if sizes.cell == "lstm" else nn.RNN
+            self.rnn = cell(sizes.W, sizes.H, batch_first=True)
+            self.vocab = nn.Linear(sizes.H, sizes.V)
+
+        def forward(self, features, captions):
+            h0 = self.proj(features).unsqueeze(0)
+            x = self.embed(captions[:, :-1])
+            state = (h0, torch.zeros_like(h0)) if sizes.cell == "lstm" else h0
+            h, _ = self.rnn(x, state)
+            scores = self.vocab(h)
+            target = captions[:, 1:]
+            losses = nn.functional.cross_entropy(scores.reshape(-1, sizes.V),
+                                                 target.reshape(-1), reduction="none")
+            return (losses * (target.reshape(-1) != 0)).sum() / captions.shape[0]
+
+    model = Model().to(dev)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    features = torch.as_tensor(data["train_features"], device=dev)
+    captions = torch.as_tensor(data["train_captions"].astype(np.int64), device=dev)
+    image_idxs = torch.as_tensor(data["train_image_idxs"].astype(np.int64), device=dev)
+    rng = np.random.default_rng(1)
+    batches = [torch.as_tensor(rng.integers(0, len(captions), sizes.N), device=dev)
+               for _ in range(8)]
+    counter = iter(range(10**12))
+
+    def step() -> None:
+        idx = batches[next(counter) % len(batches)]
+        optim.zero_grad(set_to_none=True)
+        loss = model(features[image_idxs[idx]], captions[idx])
+        loss.backward()
+        optim.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step

@@ -1,0 +1,175 @@
+"""The CuPy backend: the base class's maths on an NVIDIA GPU, with fused kernels where
+the per-step work is small enough that kernel launches dominate.
+
+Overridden: one elementwise kernel per step for the LSTM gates forward and one for
+their backward (blocks i, f, o, g), one for the RNN's tanh backward, the embedding
+scatter-add (atomicAdd through ``cupyx.scatter_add``), the softmax cross-entropy and its
+gradient (one block per row, in place), and Adam (one kernel per parameter). The
+vocabulary layer works densely (``compact_masked_positions = False``): finding the
+scored rows would cost a host synchronisation per step. Nothing here synchronises with
+the host; kernels compile once per dtype and are cached by CuPy.
+"""
+
+from __future__ import annotations
+
+import cupy as cp
+import cupyx
+
+from backend.base import Backend, BackendUnavailable
+
+_LSTM_FORWARD = cp.ElementwiseKernel(
+    "raw T a, T prev_c, int32 H",
+    "raw T gates, T next_c, T next_h, T tanh_c",
+    """
+    const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
+    const T ig = 1 / (1 + exp(-a[base]));
+    const T fg = 1 / (1 + exp(-a[base + H]));
+    const T og = 1 / (1 + exp(-a[base + 2 * H]));
+    const T gg = tanh(a[base + 3 * H]);
+    gates[base] = ig;
+    gates[base + H] = fg;
+    gates[base + 2 * H] = og;
+    gates[base + 3 * H] = gg;
+    next_c = fg * prev_c + ig * gg;
+    tanh_c = tanh(next_c);
+    next_h = og * tanh_c;
+    """,
+    "caption_lstm_forward",
+)
+
+_LSTM_BACKWARD = cp.ElementwiseKernel(
+    "T dnext_h, T dnext_c, raw T gates, T prev_c, T tanh_c, int32 H",
+    "raw T da, T dprev_c",
+    """
+    const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
+    const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
+    const T gg = gates[base + 3 * H];
+    const T dc = dnext_c + dnext_h * og * (1 - tanh_c * tanh_c);
+    da[base] = dc * gg * ig * (1 - ig);
+    da[base + H] = dc * prev_c * fg * (1 - fg);
+    da[base + 2 * H] = dnext_h * tanh_c * og * (1 - og);
+    da[base + 3 * H] = dc * ig * (1 - gg * gg);
+    dprev_c = dc * fg;
+    """,
+    "caption_lstm_backward",
+)
+
+_TANH_BACKWARD = cp.ElementwiseKernel(
+    "T dnext_h, T next_h", "T da", "da = dnext_h * (1 - next_h * next_h)",
+    "caption_tanh_backward",
+)
+
+_ADAM = cp.ElementwiseKernel(
+    "T dw, T step, T beta1, T beta2, T eps_hat",
+    "T w, T m, T v",
+    """
+    m = beta1 * m + (1 - beta1) * dw;
+    v = beta2 * v + (1 - beta2) * dw * dw;
+    w -= step * m / (sqrt(v) + eps_hat);
+    """,
+    "caption_adam",
+)
+
+_XENT_SOURCE = r"""
+template <typename T>
+__global__ void caption_xent(T* scores, const int* y, const T* weight, const T inv_n,
+                             const int V, T* row_loss) {
+    // One block per row: scores[m] becomes the gradient in place; row_loss[m] gets
+    // weight[m] * -log softmax(scores[m])[y[m]] / n.
+    __shared__ T red[256];
+    const int tid = threadIdx.x;
+    T* s = scores + (long long)blockIdx.x * V;
+    const int target = y[blockIdx.x];
+    const T picked = s[target];
+    T mx = -INFINITY;
+    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, s[v]);
+    red[tid] = mx;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] = max(red[tid], red[tid + k]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    T sum = 0;
+    for (int v = tid; v < V; v += blockDim.x) sum += exp(s[v] - mx);
+    red[tid] = sum;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] += red[tid + k];
+        __syncthreads();
+    }
+    sum = red[0];
+    const T w = weight[blockIdx.x] * inv_n;
+    const T scale = w / sum;
+    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(s[v] - mx) * scale;
+    __syncthreads();
+    if (tid == 0) {
+        s[target] -= w;
+        row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
+    }
+}
+"""
+_XENT_THREADS = 256
+_XENT = cp.RawModule(code=_XENT_SOURCE, options=("-std=c++14",),
+                     name_expressions=("caption_xent<float>", "caption_xent<double>"))
+_XENT_NAME = {"float32": "caption_xent<float>", "float64": "caption_xent<double>"}
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    xp = cp
+    compact_masked_positions = False
+
+    def __init__(self) -> None:
+        try:
+            count = cp.cuda.runtime.getDeviceCount()
+        except cp.cuda.runtime.CUDARuntimeError as exc:
+            raise BackendUnavailable(
+                f"backend 'cupy': CuPy is installed but no CUDA device or driver is usable "
+                f"here ({exc}); run on a machine with an NVIDIA GPU and its driver"
+            ) from exc
+        if count == 0:
+            raise BackendUnavailable("backend 'cupy': CuPy is installed but this machine has "
+                                     "no CUDA device")
+
+    def to_numpy(self, a):
+        return cp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        cp.cuda.get_current_stream().synchronize()
+
+    def embedding_backward(self, idx, dout, vocab_size: int):
+        D = dout.shape[-1]
+        dW = cp.zeros((vocab_size, D), dtype=dout.dtype)
+        cupyx.scatter_add(dW, idx.reshape(-1), dout.reshape(-1, D))
+        return dW
+
+    def rnn_gates_backward(self, dnext_h, next_h, da):
+        return _TANH_BACKWARD(dnext_h, next_h, da)
+
+    def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
+        H = prev_c.shape[1]
+        _LSTM_FORWARD(cp.ascontiguousarray(a), prev_c, H, gates, next_c, next_h, tanh_c)
+
+    def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+        H = prev_c.shape[1]
+        _LSTM_BACKWARD(dnext_h, dnext_c, cp.ascontiguousarray(gates), prev_c, tanh_c, H,
+                       da, dprev_c)
+
+    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
+        M, V = scores.shape
+        grad = scores if overwrite and scores.flags.c_contiguous else scores.copy(order="C")
+        row_loss = cp.empty(M, dtype=scores.dtype)
+        kernel = _XENT.get_function(_XENT_NAME[scores.dtype.name])
+        kernel((M,), (_XENT_THREADS,),
+               (grad, cp.ascontiguousarray(y, dtype=cp.int32),
+                cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
+                cp.int32(V), row_loss))
+        return row_loss.sum(), grad
+
+    def adam_update(self, w, dw, m, v, t, learning_rate, beta1, beta2, epsilon):
+        c2 = (1 - beta2**t) ** 0.5
+        dtype = w.dtype.type
+        _ADAM(dw, dtype(learning_rate * c2 / (1 - beta1**t)), dtype(beta1), dtype(beta2),
+              dtype(epsilon * c2), w, m, v)
