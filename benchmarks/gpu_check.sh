@@ -8,7 +8,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
 echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
-timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests -x 2>&1 | tail -15
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -25
 tests_rc=${PIPESTATUS[0]}
 echo "== benchmarks"
 timeout 200 python3 -m benchmarks.gpu_bench "$@"

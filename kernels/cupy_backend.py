@@ -3,7 +3,7 @@ the per-step work is small enough that kernel launches dominate.
 
 Overridden: one elementwise kernel per step for the LSTM gates forward and one for
 their backward (blocks i, f, o, g), one for the RNN's tanh backward, the embedding
-scatter-add (atomicAdd through ``cupyx.scatter_add``), the softmax cross-entropy and its
+scatter-add (``cupy.add.at``, atomicAdd), the softmax cross-entropy and its
 gradient (one block per row, in place), and Adam (one kernel per parameter). The
 vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
@@ -13,7 +13,6 @@ the host; kernels compile once per dtype and are cached by CuPy.
 from __future__ import annotations
 
 import cupy as cp
-import cupyx
 
 from backend.base import Backend, BackendUnavailable
 
@@ -81,7 +80,7 @@ __global__ void caption_xent(T* scores, const int* y, const T* weight, const T i
     T* s = scores + (long long)blockIdx.x * V;
     const int target = y[blockIdx.x];
     const T picked = s[target];
-    T mx = -INFINITY;
+    T mx = s[0];
     for (int v = tid; v < V; v += blockDim.x) mx = max(mx, s[v]);
     red[tid] = mx;
     __syncthreads();
@@ -142,7 +141,7 @@ class CupyBackend(Backend):
     def embedding_backward(self, idx, dout, vocab_size: int):
         D = dout.shape[-1]
         dW = cp.zeros((vocab_size, D), dtype=dout.dtype)
-        cupyx.scatter_add(dW, idx.reshape(-1), dout.reshape(-1, D))
+        cp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
         return dW
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
