@@ -54,29 +54,37 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epoch-batch", type=int, default=1024)
     parser.add_argument("--skip-epoch", action="store_true")
+    parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args()
+    import os
+
     import cupy as cp
 
+    cupy_mode = "TF32" if os.environ.get("CUPY_TF32") == "1" else "FP32"
     rows = []
     for n in (128, 1024):
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
         t_cupy = _cuda_timer(library_step("cupy", sizes, data))
-        try:
+        t_torch = {}
+        if not args.skip_torch:
             from benchmarks.torch_reference import torch_step
 
-            t_torch = _cuda_timer(torch_step(sizes, data, device="cuda"))
-        except ImportError:
-            t_torch = float("nan")
-        rows.append((n, n / t_cupy, n / t_torch, sizes.flops() / t_cupy / 1e12))
-        print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch {t_torch * 1e3:.2f} ms", flush=True)
+            for label, tf32 in (("default", None), ("FP32", False)):
+                t_torch[label] = _cuda_timer(torch_step(sizes, data, "cuda", tf32=tf32))
+        rows.append((n, t_cupy, t_torch, sizes.flops()))
+        print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch "
+              + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)
     epoch = None if args.skip_epoch else full_epoch(args.epoch_batch)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"\nGPU: {name}")
-    print("| N | CuPy captions/s | PyTorch cuDNN captions/s | CuPy / PyTorch | CuPy TFLOP/s |")
-    print("|---|---|---|---|---|")
-    for n, c, t, tf in rows:
-        print(f"| {n} | {c:,.0f} | {t:,.0f} | {c / t:.2f}x | {tf:.1f} |")
+    print(f"\nGPU: {name}; CuPy matmuls in {cupy_mode}")
+    print("| N | CuPy cap/s | PyTorch default cap/s | PyTorch FP32 cap/s | CuPy / default "
+          "| CuPy / FP32 | CuPy TFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for n, tc, tt, flops in rows:
+        d, f = tt.get("default", float("nan")), tt.get("FP32", float("nan"))
+        print(f"| {n} | {n / tc:,.0f} | {n / d:,.0f} | {n / f:,.0f} | {d / tc:.2f}x | "
+              f"{f / tc:.2f}x | {flops / tc / 1e12:.1f} |")
     if epoch:
         seconds, iters, peak = epoch
         print(f"\nfull epoch, 400,135 captions, 4096-d features, batch {args.epoch_batch}: "

@@ -11,7 +11,9 @@ echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -25
 tests_rc=${PIPESTATUS[0]}
 echo "== benchmarks"
-timeout 200 python3 -m benchmarks.gpu_bench "$@"
+timeout 150 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
+echo "== the same with TF32 matmuls allowed in CuPy (CUPY_TF32=1), as cuDNN allows by default"
+CUPY_TF32=1 timeout 60 python3 -m benchmarks.gpu_bench --skip-torch --skip-epoch
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))

@@ -8,11 +8,18 @@ from collections.abc import Callable
 import numpy as np
 
 
-def torch_step(sizes, data: dict, device: str = "cpu") -> Callable[[], None]:
+def torch_step(sizes, data: dict, device: str = "cpu", tf32: bool | None = None
+               ) -> Callable[[], None]:
     """One training step (forward, backward, Adam) of the PyTorch model, with the
-    exercise's loss normalisation: summed over scored positions, divided by N."""
+    exercise's loss normalisation: summed over scored positions, divided by N.
+    ``tf32``: None keeps PyTorch's defaults (cuDNN may use TF32, plain matmuls do not);
+    False forces full float32 everywhere; True allows TF32 everywhere."""
     import torch
     from torch import nn
+
+    if tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
     torch.manual_seed(0)
     dev = torch.device(device)
