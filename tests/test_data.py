@@ -42,6 +42,17 @@ def test_data_dir_from_environment(tiny_coco, monkeypatch):
     assert load_coco_data()["train_captions"].shape == (12, 17)
 
 
+def test_no_folder_and_no_environment_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("CAPTION_DATA", raising=False)
+    try:
+        import captioning.shapes  # noqa: F401  (the built-in dataset, once it exists)
+    except ModuleNotFoundError:
+        with pytest.raises(FileNotFoundError, match="CAPTION_DATA"):
+            load_coco_data()
+    else:
+        pytest.skip("a built-in dataset exists")
+
+
 def test_sample_minibatch_matches_its_features(tiny_coco):
     data = load_coco_data(tiny_coco)
     captions, features, urls = sample_coco_minibatch(data, batch_size=7, split="val")
