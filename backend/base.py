@@ -291,16 +291,24 @@ class Backend:
         """scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
         dscores (M, V)). The gradient reuses one (M, V) buffer: ``scores`` itself when
         ``overwrite`` allows it, else a new one."""
-        xp = self.xp
-        rows = xp.arange(len(y))
+        probs, picked = self._shifted_exp(scores, y, overwrite)
+        return self._finish_cross_entropy(probs, picked, y, weight, n)
+
+    def _shifted_exp(self, scores, y, overwrite: bool):
+        """(exp(scores - rowmax), the shifted score of each row's target y)."""
         probs = scores if overwrite else scores.copy()
         probs -= scores.max(axis=1, keepdims=True)
-        picked = probs[rows, y]
-        xp.exp(probs, out=probs)
+        picked = probs[self.xp.arange(len(y)), y]
+        self.xp.exp(probs, out=probs)
+        return probs, picked
+
+    def _finish_cross_entropy(self, probs, picked, y, weight, n: int):
+        """Turn exp-shifted scores into the gradient in place; return (loss, gradient)."""
+        xp = self.xp
         sums = probs.sum(axis=1)
         loss = -((picked - xp.log(sums)) * weight).sum() / n
         probs *= (weight / (sums * n))[:, None]
-        probs[rows, y] -= weight / n
+        probs[xp.arange(len(y)), y] -= weight / n
         return loss, probs
 
     compact_masked_positions = True  # vocab_loss skips rows whose target is masked out

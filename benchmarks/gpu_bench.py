@@ -17,10 +17,6 @@ import numpy as np
 from benchmarks.workload import Sizes, library_step, median_time, synthetic_data
 
 
-def _cuda_timer(fn, repeats=20, warmup=5):
-    return median_time(fn, repeats=repeats, warmup=warmup)
-
-
 def full_epoch(batch_size: int) -> tuple[float, int, float]:
     """Seconds for one epoch over 400,135 captions, iterations, peak GPU memory (GB)."""
     import cupy as cp
@@ -65,13 +61,14 @@ def main() -> None:
     for n in (128, 1024):
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
-        t_cupy = _cuda_timer(library_step("cupy", sizes, data))
+        t_cupy = median_time(library_step("cupy", sizes, data), repeats=20, warmup=5)
         t_torch = {}
         if not args.skip_torch:
             from benchmarks.torch_reference import torch_step
 
             for label, tf32 in (("default", None), ("FP32", False)):
-                t_torch[label] = _cuda_timer(torch_step(sizes, data, "cuda", tf32=tf32))
+                t_torch[label] = median_time(
+                    torch_step(sizes, data, "cuda", tf32=tf32), repeats=20, warmup=5)
         rows.append((n, t_cupy, t_torch, sizes.flops()))
         print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch "
               + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)

@@ -91,13 +91,8 @@ def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | N
                 f"{int(idxs.min())}) but {path.name} holds {num_images} feature rows (expected "
                 f"indices 0..{num_images - 1})"
             )
-        captions = data[f"{split}_captions"]
-        if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
-            raise ValueError(
-                f"{captions_path}: {split}_captions hold word indices {int(captions.min())}.."
-                f"{int(captions.max())}, outside the vocabulary of {vocab_size} words in "
-                f"{vocab_path.name} (expected 0..{vocab_size - 1})"
-            )
+        check_word_indices(data[f"{split}_captions"], vocab_size,
+                           f"{captions_path}: {split}_captions (vocabulary {vocab_path.name})")
         url_path = _require(base / urls_file(split))
         urls = np.asarray(url_path.read_text(encoding="utf-8").splitlines())
         if len(urls) != num_images:
@@ -114,6 +109,16 @@ def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | N
             data["train_captions"] = data["train_captions"][keep]
             data["train_image_idxs"] = data["train_image_idxs"][keep]
     return data
+
+
+def check_word_indices(captions: np.ndarray, vocab_size: int, what: str) -> None:
+    """Raise ValueError naming ``what`` if any index lies outside [0, vocab_size)."""
+    if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
+        bad = captions[(captions < 0) | (captions >= vocab_size)][0]
+        raise ValueError(
+            f"{what} hold word index {int(bad)}, outside the vocabulary of {vocab_size} words "
+            f"(expected 0..{vocab_size - 1})"
+        )
 
 
 def read_vocab(path: Path) -> tuple[list[str], dict[str, int]]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from backend import Backend, get_backend
+from captioning.coco import check_word_indices
 
 CELL_WIDTH = {"rnn": 1, "lstm": 4}  # how many H-wide blocks the recurrence's Wx has
 
@@ -163,16 +164,6 @@ class CaptioningRNN:
         if isinstance(captions, np.ndarray):  # device captions were checked once, on loading
             check_word_indices(captions, self.vocab_size, "captions")
         return features, captions
-
-
-def check_word_indices(captions: np.ndarray, vocab_size: int, what: str) -> None:
-    """Raise ValueError naming ``what`` if any index lies outside [0, vocab_size)."""
-    if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
-        bad = captions[(captions < 0) | (captions >= vocab_size)][0]
-        raise ValueError(
-            f"{what} hold word index {int(bad)}, outside the vocabulary of {vocab_size} words "
-            f"(expected 0..{vocab_size - 1})"
-        )
 
 
 def init_params(input_dim: int, wordvec_dim: int, hidden_dim: int, vocab_size: int,

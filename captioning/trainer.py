@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioning.model import CaptioningRNN, check_word_indices
+from captioning.coco import check_word_indices
+from captioning.model import CaptioningRNN
 from captioning.optim import get_update_rule
 
 _OPTIONS = {

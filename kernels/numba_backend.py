@@ -112,14 +112,10 @@ class NumbaBackend(NumpyBackend):
         _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
                        dprev_c)
 
-    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
-        rows = np.arange(len(y))
-        probs = scores if overwrite else scores.copy()
-        probs -= scores.max(axis=1, keepdims=True)
-        losses = probs[rows, y]
-        np.exp(probs, out=probs)
+    def _finish_cross_entropy(self, probs, picked, y, weight, n: int):
+        losses = picked  # a fresh array (fancy indexing); the kernel turns it into row losses
         _cross_entropy(probs, np.ascontiguousarray(y), np.ascontiguousarray(weight),
-                       scores.dtype.type(n), losses)
+                       probs.dtype.type(n), losses)
         return losses.sum(), probs
 
     def adam_update(self, w, dw, m, v, t, learning_rate, beta1, beta2, epsilon):

@@ -90,9 +90,9 @@ def test_adam_matches_the_textbook_formula(backend):
     ref_w, m, v = w.copy(), np.zeros_like(w), np.zeros_like(w)
     for t in range(1, 4):
         dw = rng.standard_normal(w.shape)
-        w_before = w.copy()
-        w, config = adam(w, dw, config)
-        np.testing.assert_array_equal(w_before, w_before)  # the input was not mutated
+        w_in, w_before = w, w.copy()
+        w, config = adam(w_in, dw, config)
+        np.testing.assert_array_equal(w_in, w_before)  # the input was not mutated
         ref_w, m, v = textbook_adam(ref_w, dw, m, v, t)
         np.testing.assert_allclose(w, ref_w, rtol=1e-12)
     assert config["t"] == 3
