@@ -13,6 +13,7 @@ import numpy as np
 
 from backend import Backend, get_backend
 from captioning.coco import check_word_indices
+from captioning.decoding import greedy_decode
 
 CELL_WIDTH = {"rnn": 1, "lstm": 4}  # how many H-wide blocks the recurrence's Wx has
 
@@ -56,8 +57,6 @@ class CaptioningRNN:
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
         self.vocab_size = len(word_to_idx)  # as in the exercise, whatever the indices
         self._null = word_to_idx["<NULL>"]
-        self._start = word_to_idx.get("<START>")
-        self._end = word_to_idx.get("<END>")
         self.backend = get_backend(backend)
         self.params = {
             name: self.backend.asarray(value)
@@ -111,30 +110,10 @@ class CaptioningRNN:
         """Greedy decoding. features (N, D) -> int array (N, max_length) on the host.
 
         The first input word is <START>; column 0 holds the first generated word; after
-        <END> a caption is padded with <NULL>.
+        <END> a caption is padded with <NULL>. Beam search and sampling with a
+        temperature are in ``captioning.decoding``.
         """
-        be = self.backend
-        xp = be.xp
-        p = {k: be.asarray(v) for k, v in self.params.items()}
-        features = self._check_features(be.asarray(features))
-        N = features.shape[0]
-        h, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
-        c = xp.zeros_like(h)
-        start = self._start if self._start is not None else self._null
-        words = xp.full(N, start, dtype=xp.int64)
-        captions = xp.full((N, max_length), self._null, dtype=xp.int64)
-        done = xp.zeros(N, dtype=bool)
-        for t in range(max_length):
-            x = p["W_embed"][words]
-            if self.cell_type == "rnn":
-                h, _ = be.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
-            else:
-                h, c, _ = be.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
-            words = (h @ p["W_vocab"] + p["b_vocab"]).argmax(axis=1)
-            captions[:, t] = xp.where(done, self._null, words)
-            if self._end is not None:
-                done |= words == self._end
-        return be.to_numpy(captions)
+        return greedy_decode(self, features, max_length)
 
     # ------------------------------------------------------------------ helpers
     def _recurrence(self):

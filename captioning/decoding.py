@@ -1,0 +1,174 @@
+"""Turning image features into captions: greedy, sampled and beam-search decoding.
+
+Every decoder runs batched over the images (and beams) on the model's backend, one
+recurrent step per word, and returns host int arrays (N, max_length) in the layout of
+the exercise's ``sample``: column 0 holds the first generated word, <END> is kept, and
+<NULL> pads what follows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class _Stepper:
+    """The model run one word at a time: start(features) then step(words)."""
+
+    def __init__(self, model: Any, features: Any) -> None:
+        be = model.backend
+        self.model, self.be, self.xp = model, be, be.xp
+        self.p = {k: be.asarray(v) for k, v in model.params.items()}
+        features = model._check_features(be.asarray(features, dtype=model.dtype))
+        self.h, _ = be.affine_forward(features, self.p["W_proj"], self.p["b_proj"])
+        self.c = self.xp.zeros_like(self.h)
+        # Every input is a word embedding, so its projection is one row of this table.
+        self.word_inputs = self.p["W_embed"] @ self.p["Wx"] + self.p["b"]
+        self.null = model.word_to_idx["<NULL>"]
+        self.start = model.word_to_idx.get("<START>", self.null)
+        self.end = model.word_to_idx.get("<END>")
+
+    def step(self, words: Any) -> Any:
+        """Feed ``words`` (rows,) and return the next word's scores (rows, V)."""
+        p, be, xp = self.p, self.be, self.xp
+        a = self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
+        a += self.h @ p["Wh"]
+        if self.model.cell_type == "rnn":
+            self.h = be.rnn_gates_forward(a, a)
+        else:
+            next_c, next_h, tanh_c = (xp.empty_like(self.c) for _ in range(3))
+            be.lstm_gates_forward(a, self.c, a, next_c, next_h, tanh_c)
+            self.h, self.c = next_h, next_c
+        return self.h @ p["W_vocab"] + p["b_vocab"]
+
+    def reorder(self, rows: Any) -> None:
+        """Keep the states of ``rows`` (beam search's back-pointers)."""
+        self.h, self.c = self.h[rows], self.c[rows]
+
+
+def _check_length(max_length: int) -> None:
+    if int(max_length) != max_length or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+
+
+def _decode_one_choice(model: Any, features: Any, max_length: int, choose) -> np.ndarray:
+    """Feed back ``choose(scores)`` each step: the loop greedy and sampling share."""
+    _check_length(max_length)
+    run = _Stepper(model, features)
+    xp = run.xp
+    n = run.h.shape[0]
+    words = xp.full(n, run.start, dtype=xp.int64)
+    captions = xp.full((n, max_length), run.null, dtype=xp.int64)
+    done = xp.zeros(n, dtype=bool)
+    for t in range(max_length):
+        words = choose(run.step(words))
+        captions[:, t] = xp.where(done, run.null, words)
+        if run.end is not None:
+            done |= words == run.end
+    return run.be.to_numpy(captions)
+
+
+def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray:
+    """The most likely word at each step (the exercise's ``sample``)."""
+    return _decode_one_choice(model, features, max_length, lambda scores: scores.argmax(axis=1))
+
+
+def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: float = 1.0,
+                  top_k: int | None = None, seed: int | None = None) -> np.ndarray:
+    """Each word drawn from softmax(scores / temperature), optionally only among the
+    ``top_k`` most likely. The draws are Gumbel noise from a host generator (``seed``),
+    so a seed gives the same captions on every backend."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
+    vocab_size = model.vocab_size
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, "
+                         f"got {top_k!r}")
+    rng = np.random.default_rng(seed)
+    xp = model.backend.xp
+
+    def choose(scores):
+        scores = scores / temperature
+        if top_k is not None and top_k < vocab_size:
+            kth = xp.partition(scores, vocab_size - top_k, axis=1)[:, vocab_size - top_k]
+            scores = xp.where(scores >= kth[:, None], scores, -xp.inf)
+        gumbel = -np.log(-np.log(rng.random(scores.shape) + 1e-300) + 1e-300)
+        return (scores + model.backend.asarray(gumbel, dtype=scores.dtype)).argmax(axis=1)
+
+    return _decode_one_choice(model, features, max_length, choose)
+
+
+def _log_softmax(xp, scores):
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int = 30,
+                length_penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Beam search. Returns (captions (N, max_length), log-probabilities (N,)).
+
+    Each step extends the ``beam_size`` live hypotheses of every image by every word and
+    keeps the ``beam_size`` best continuations that do not end. A hypothesis ending in
+    <END> is finished when it ranks among the ``beam_size`` best candidates of its step
+    (so a beam of 1 is greedy decoding), and at the last step every one that ends is.
+    An image is done once it holds ``beam_size`` finished hypotheses. The answer is the
+    finished one with the best log-probability / length**length_penalty (length in
+    words, <END> included; 0 compares plain log-probabilities); an image with none
+    (no <END> in the vocabulary, or never likely enough) gets its best live one, whole.
+    """
+    _check_length(max_length)
+    if int(beam_size) != beam_size or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be non-negative, got {length_penalty!r}")
+    run = _Stepper(model, features)
+    xp, k = run.xp, beam_size
+    n, vocab = run.h.shape[0], model.vocab_size
+    run.reorder(xp.repeat(xp.arange(n), k))  # (n * k) rows, beam-major within an image
+    ninf = -np.inf
+    live = xp.full((n, k), ninf, dtype=run.h.dtype)
+    live[:, 0] = 0  # one live hypothesis to start with: identical beams would repeat
+    history = xp.full((n, k, max_length), run.null, dtype=xp.int64)
+    best_score = xp.full(n, ninf, dtype=run.h.dtype)  # ranking score of the best finished
+    best_logp = xp.full(n, ninf, dtype=run.h.dtype)
+    best_tokens = xp.full((n, max_length), run.null, dtype=xp.int64)
+    finished = xp.zeros(n, dtype=xp.int64)
+    words = xp.full(n * k, run.start, dtype=xp.int64)
+    rows = xp.arange(n)
+    for t in range(max_length):
+        candidates = live[:, :, None] + _log_softmax(xp, run.step(words)).reshape(n, k, vocab)
+        active = finished < k
+        if run.end is not None:
+            ends = candidates[:, :, run.end]
+            if t < max_length - 1:
+                flat = candidates.reshape(n, k * vocab)
+                kth = xp.partition(flat, k * vocab - k, axis=1)[:, k * vocab - k]
+                ending = (ends >= kth[:, None]) & (ends > ninf)
+            else:
+                ending = ends > ninf
+            ending &= active[:, None]
+            ranked = xp.where(ending, ends / float(t + 1) ** length_penalty, ninf)
+            beam = ranked.argmax(axis=1)
+            better = ranked[rows, beam] > best_score
+            tokens = history[rows, beam].copy()
+            tokens[:, t] = run.end
+            best_tokens = xp.where(better[:, None], tokens, best_tokens)
+            best_score = xp.where(better, ranked[rows, beam], best_score)
+            best_logp = xp.where(better, ends[rows, beam], best_logp)
+            finished += ending.sum(axis=1)
+            candidates[:, :, run.end] = ninf
+        flat = candidates.reshape(n, k * vocab)
+        top = xp.argsort(-flat, axis=1)[:, :k]  # stable: ties keep the lower index
+        live = xp.take_along_axis(flat, top, axis=1)
+        parent, word = top // vocab, top % vocab
+        history = xp.take_along_axis(history, parent[:, :, None], axis=1)
+        history[:, :, t] = word
+        run.reorder((rows[:, None] * k + parent).ravel())
+        words = word.ravel()
+        if t % 4 == 3 and not bool((finished < k).any()):  # a host sync, so not every step
+            break
+    unfinished = best_score == ninf
+    captions = xp.where(unfinished[:, None], history[:, 0], best_tokens)
+    logp = xp.where(unfinished, live[:, 0], best_logp)
+    return run.be.to_numpy(captions), run.be.to_numpy(logp)

@@ -1,0 +1,98 @@
+"""PCA of feature matrices too large to hold twice: the covariance is accumulated from
+chunks read one at a time (HDF5 datasets or arrays), and the projection written chunk
+by chunk, so fitting the real 82,783 x 4096 training file needs memory for one chunk
+and one D x D matrix, not for the file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captioning.atomic import atomic_path
+
+CHUNK_ROWS = 4096
+
+
+@dataclass
+class PCA:
+    """mean (D,) and components (D, k), both float64; ``explained`` (k,) is the share of
+    the total variance each component carries."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n, k) float32."""
+        return ((np.asarray(x, np.float64) - self.mean) @ self.components).astype(np.float32)
+
+
+def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> PCA:
+    """Fit ``dim`` components to ``features`` ((n, D) array or HDF5 dataset), reading
+    ``chunk_rows`` rows at a time. Signs are fixed (each component's largest entry is
+    positive), so a fit is reproducible."""
+    n, d = features.shape
+    if not 1 <= dim <= min(n, d):
+        raise ValueError(f"PCA dimension {dim} must be between 1 and min(rows, columns) = "
+                         f"{min(n, d)} for features of shape {(n, d)}")
+    shift = np.asarray(features[: min(n, chunk_rows)], np.float64).mean(axis=0)
+    total = np.zeros(d)
+    scatter = np.zeros((d, d))
+    for start in range(0, n, chunk_rows):
+        # float32 products per chunk (fast), summed in float64 around a shift near the
+        # mean, which keeps the one-pass formula from cancelling.
+        chunk = (np.asarray(features[start : start + chunk_rows], np.float64) - shift)
+        total += chunk.sum(axis=0)
+        chunk32 = chunk.astype(np.float32)
+        scatter += chunk32.T @ chunk32
+    mean_offset = total / n
+    covariance = (scatter - n * np.outer(mean_offset, mean_offset)) / max(n - 1, 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1][:dim]
+    components = eigenvectors[:, order]
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(dim)])
+    components *= np.where(signs == 0, 1, signs)
+    trace = max(float(np.clip(eigenvalues, 0, None).sum()), np.finfo(float).tiny)
+    return PCA(shift + mean_offset, components, np.clip(eigenvalues[order], 0, None) / trace)
+
+
+def write_projected(pca: PCA, src, dst: str | os.PathLike,
+                    chunk_rows: int = CHUNK_ROWS) -> None:
+    """Project ``src`` ((n, D) array or dataset) and write it atomically to the HDF5
+    file ``dst`` as dataset ``features`` (float32)."""
+    n = src.shape[0]
+    with atomic_path(dst) as tmp, h5py.File(tmp, "w") as out:
+        ds = out.create_dataset("features", (n, pca.components.shape[1]), dtype=np.float32)
+        for start in range(0, n, chunk_rows):
+            ds[start : start + chunk_rows] = pca.transform(src[start : start + chunk_rows])
+
+
+def pca_folder(folder: str | os.PathLike, dim: int = 512,
+               chunk_rows: int = CHUNK_ROWS) -> PCA:
+    """Fit on ``train2014_vgg16_fc7.h5`` of a COCO-layout folder and write the
+    ``_pca.h5`` file of both splits."""
+    from captioning.coco import SPLITS, features_file
+
+    folder = Path(folder)
+    sources = {s: folder / features_file(s, pca=False) for s in SPLITS}
+    for path in sources.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"missing {path} (PCA reads the full features of "
+                                    "both splits)")
+    pca = None
+    for split, path in sources.items():
+        with h5py.File(path, "r") as f:
+            ds = f.get("features")
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
+                raise ValueError(f"{path}: expected a 2-D dataset 'features'")
+            if pca is None:
+                pca = fit_pca(ds, dim, chunk_rows)
+            elif ds.shape[1] != pca.mean.shape[0]:
+                raise ValueError(f"{path}: features are {ds.shape[1]}-d but the training "
+                                 f"features are {pca.mean.shape[0]}-d")
+            write_projected(pca, ds, folder / features_file(split, pca=True), chunk_rows)
+    return pca
