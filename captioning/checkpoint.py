@@ -1,59 +1,74 @@
-"""Model checkpoints: one ``.npz`` of host arrays (no pickle), written atomically.
+"""Checkpoints: one ``.npz`` of host arrays (no pickle), written atomically.
 
 A checkpoint holds every parameter as ``param/NAME``, the model's configuration as JSON
-and the vocabulary, so a model trained on one backend loads on any other.
+and the vocabulary, so a model trained on one backend loads on any other. A training
+checkpoint adds the trainer's state: JSON ``state`` (epoch, iteration, RNG, history,
+settings) and arrays such as the update rule's buffers under their own names.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from backend import Backend
+from captioning.atomic import atomic_path
 from captioning.model import CaptioningRNN
 
 FORMAT = "captioning-checkpoint-1"
+_MODEL_KEYS = ("config", "vocab_words", "vocab_indices", "state")
 
 
-def save_model(path: str | os.PathLike, model: CaptioningRNN) -> Path:
-    """Write ``model`` to ``path`` through a temporary file in the same folder, renamed
-    into place, so a crash mid-write leaves any earlier file intact."""
+def save_checkpoint(path: str | os.PathLike, model: CaptioningRNN,
+                    state: dict[str, Any] | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``model`` (and a trainer's JSON ``state`` and extra host ``arrays``) to
+    ``path`` through a temporary file renamed into place, so a crash or a full disk
+    mid-write leaves any earlier file intact."""
     path = Path(path)
     be = model.backend
     words = [model.idx_to_word[i] for i in sorted(model.idx_to_word)]
-    arrays = {f"param/{k}": be.to_numpy(v) for k, v in model.params.items()}
-    arrays["config"] = np.array(json.dumps({"format": FORMAT, **model.config()}))
-    arrays["vocab_words"] = np.array(words)
-    arrays["vocab_indices"] = np.array(sorted(model.idx_to_word), dtype=np.int64)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    out = {f"param/{k}": be.to_numpy(v) for k, v in model.params.items()}
+    out["config"] = np.array(json.dumps({"format": FORMAT, **model.config()}))
+    out["vocab_words"] = np.array(words)
+    out["vocab_indices"] = np.array(sorted(model.idx_to_word), dtype=np.int64)
+    if state is not None:
+        out["state"] = np.array(json.dumps(state))
+    for key, value in (arrays or {}).items():
+        if key in out or key.startswith("param/"):
+            raise ValueError(f"extra checkpoint array {key!r} would overwrite a model entry")
+        out[key] = value
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **out)
     return path
 
 
-def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> CaptioningRNN:
-    """Rebuild the model saved at ``path`` on ``backend``. Raises ValueError naming the
-    file and what is wrong if it is not a complete checkpoint of this format."""
+def save_model(path: str | os.PathLike, model: CaptioningRNN) -> Path:
+    """The model alone (what evaluation and sampling need)."""
+    return save_checkpoint(path, model)
+
+
+def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = None
+                    ) -> tuple[CaptioningRNN, dict[str, Any] | None, dict[str, np.ndarray]]:
+    """(model on ``backend``, trainer state or None, the other arrays). Raises
+    ValueError naming the file and what is wrong if it is not a complete checkpoint."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError...
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, a CRC error, ValueError...
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                         "it may be truncated or not a checkpoint at all") from exc
     try:
         config = json.loads(str(arrays["config"]))
         words, indices = arrays["vocab_words"], arrays["vocab_indices"]
+        state = json.loads(str(arrays["state"])) if "state" in arrays else None
     except KeyError as exc:
         raise ValueError(f"{path}: checkpoint lacks {exc}") from exc
     if config.pop("format", None) != FORMAT:
@@ -73,4 +88,11 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
                 f"{tuple(value.shape)}"
             )
         model.params[name] = model.backend.asarray(stored, dtype=model.dtype)
-    return model
+    extra = {k: v for k, v in arrays.items()
+             if not k.startswith("param/") and k not in _MODEL_KEYS}
+    return model, state, extra
+
+
+def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> CaptioningRNN:
+    """Rebuild the model saved at ``path`` on ``backend``."""
+    return load_checkpoint(path, backend)[0]

@@ -35,14 +35,8 @@ def default_data_dir() -> Path:
     """$CAPTION_DATA if set, else the built-in dataset (generated on first use)."""
     if os.environ.get(DATA_ENV_VAR):
         return Path(os.environ[DATA_ENV_VAR])
-    try:
-        from captioning.shapes import builtin_dataset_dir
-    except ModuleNotFoundError as exc:
-        raise FileNotFoundError(
-            f"no data folder given: pass one (--data DIR / base_dir=) or set ${DATA_ENV_VAR} "
-            "to a folder in the COCO captioning layout (this version has no built-in "
-            "dataset yet; `python -m benchmarks.make_demo_data DIR` writes a small one)"
-        ) from exc
+    from captioning.shapes import builtin_dataset_dir
+
     return builtin_dataset_dir()
 
 

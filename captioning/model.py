@@ -75,8 +75,11 @@ class CaptioningRNN:
         }
 
     # ------------------------------------------------------------------ training loss
-    def loss(self, features, captions) -> tuple[Any, dict[str, Any]]:
+    def loss(self, features, captions, *, grads: bool = True):
         """features (N, D), captions int (N, T+1) -> (loss, grads keyed like params).
+
+        With ``grads=False`` only the loss is returned and no backward pass is run
+        (validation).
 
         The input words are captions[:, :-1], the targets captions[:, 1:]; targets equal
         to <NULL> are masked out. Results come back where the features came from: host
@@ -94,6 +97,9 @@ class CaptioningRNN:
         x, embed_cache = be.word_embedding_forward(captions_in, p["W_embed"])
         forward, backward = self._recurrence()
         h, rec_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        if not grads:
+            loss = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], captions_out, mask)[0]
+            return be.to_numpy(loss)[()] if host else loss
         grads = {}
         loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], captions_out, mask)

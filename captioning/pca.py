@@ -39,6 +39,8 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> PCA:
     if not 1 <= dim <= min(n, d):
         raise ValueError(f"PCA dimension {dim} must be between 1 and min(rows, columns) = "
                          f"{min(n, d)} for features of shape {(n, d)}")
+    if n < d:
+        return _fit_by_gram(np.asarray(features[:], np.float64), dim)
     shift = np.asarray(features[: min(n, chunk_rows)], np.float64).mean(axis=0)
     total = np.zeros(d)
     scatter = np.zeros((d, d))
@@ -53,11 +55,32 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> PCA:
     covariance = (scatter - n * np.outer(mean_offset, mean_offset)) / max(n - 1, 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1][:dim]
-    components = eigenvectors[:, order]
-    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(dim)])
-    components *= np.where(signs == 0, 1, signs)
+    return _pca(shift + mean_offset, eigenvectors[:, order], eigenvalues[order], eigenvalues)
+
+
+def _fit_by_gram(x: np.ndarray, dim: int) -> PCA:
+    """Fewer rows than columns: the (n, n) Gram matrix of the centred rows has the
+    covariance's non-zero spectrum and is cheaper to decompose (and x is small)."""
+    mean = x.mean(axis=0)
+    x = x - mean
+    eigenvalues, u = np.linalg.eigh(x @ x.T)
+    order = np.argsort(eigenvalues)[::-1][:dim]
+    kept = eigenvalues[order]
+    # Directions of (numerically) zero variance have no defined axis: leave them at zero.
+    defined = kept > 1e-12 * max(kept.max(), 0)
+    inverse_norm = np.where(defined, 1 / np.sqrt(np.where(defined, kept, 1)), 0)
+    components = x.T @ u[:, order] * inverse_norm
+    return _pca(mean, components, eigenvalues[order], eigenvalues)
+
+
+def _pca(mean: np.ndarray, components: np.ndarray, kept: np.ndarray,
+         eigenvalues: np.ndarray) -> PCA:
+    """Fix each component's sign (largest entry positive); ``kept`` of all
+    ``eigenvalues`` give the explained shares."""
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(len(kept))])
+    components = components * np.where(signs == 0, 1, signs)
     trace = max(float(np.clip(eigenvalues, 0, None).sum()), np.finfo(float).tiny)
-    return PCA(shift + mean_offset, components, np.clip(eigenvalues[order], 0, None) / trace)
+    return PCA(mean, components, np.clip(kept, 0, None) / trace)
 
 
 def write_projected(pca: PCA, src, dst: str | os.PathLike,

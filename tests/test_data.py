@@ -42,15 +42,16 @@ def test_data_dir_from_environment(tiny_coco, monkeypatch):
     assert load_coco_data()["train_captions"].shape == (12, 17)
 
 
-def test_no_folder_and_no_environment_says_what_to_do(monkeypatch):
+def test_no_folder_and_no_environment_uses_the_built_in_dataset(monkeypatch, tmp_path):
+    import captioning.shapes as shapes
+
     monkeypatch.delenv("CAPTION_DATA", raising=False)
-    try:
-        import captioning.shapes  # noqa: F401  (the built-in dataset, once it exists)
-    except ModuleNotFoundError:
-        with pytest.raises(FileNotFoundError, match="CAPTION_DATA"):
-            load_coco_data()
-    else:
-        pytest.skip("a built-in dataset exists")
+    monkeypatch.setenv("CAPTION_CACHE", str(tmp_path))
+    monkeypatch.setattr(shapes, "DEFAULT_TRAIN", 40)
+    monkeypatch.setattr(shapes, "DEFAULT_VAL", 10)
+    data = load_coco_data()
+    assert data["train_features"].shape == (40, 40)  # PCA of 40 images keeps 40 components
+    assert len(data["val_captions"]) == 10 * shapes.CAPTIONS_PER_IMAGE
 
 
 def test_sample_minibatch_matches_its_features(tiny_coco):

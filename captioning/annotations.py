@@ -1,0 +1,242 @@
+"""``captioning data build``: raw caption annotations + image features -> the COCO layout.
+
+Reads COCO caption files (``captions_train2014.json``: ``images`` with ``id``,
+``annotations`` with ``image_id`` and ``caption``) or a Karpathy-split
+``dataset_coco.json`` (``images[]`` with ``split``, ``cocoid``/``imgid`` and
+``sentences[].tokens``), and feature files holding the image ids they belong to.
+The vocabulary comes from the training split only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captioning.vocab import EncodeStats, build_vocab, encode_captions, tokenize
+from captioning.writer import SplitData, write_coco_folder
+
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val"}  # 'test' is left out
+COCO_IMAGE_ROOT = "http://images.cocodataset.org"
+
+
+@dataclass
+class Image:
+    image_id: int
+    url: str
+    captions: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class BuildReport:
+    """What ``build_dataset`` read, dropped and wrote, for the user to check."""
+
+    images: dict[str, int] = field(default_factory=dict)
+    encode: dict[str, EncodeStats] = field(default_factory=dict)
+    vocab_size: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    pca_explained: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"vocabulary: {self.vocab_size} words (training split only)"]
+        for split, count in self.images.items():
+            out.append(f"{split}: {count} images, {self.encode[split]}")
+        out += [f"skipped {n} {what}" for what, n in self.skipped.items() if n]
+        out.append(f"PCA keeps {100 * self.pca_explained:.1f}% of the training variance")
+        return out
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: expected a JSON object with an 'images' list (a COCO "
+                         "captions file or a Karpathy dataset_coco.json)")
+    return data
+
+
+def read_coco_captions(path: str | os.PathLike, skipped: dict[str, int]) -> list[Image]:
+    """One split from a COCO ``captions_*.json``. Annotations naming an image the file
+    does not list, and captions with no words, are counted in ``skipped``."""
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data.get("annotations"), list):
+        raise ValueError(f"{path}: no 'annotations' list (expected a COCO captions file "
+                         "with images and annotations)")
+    images: dict[int, Image] = {}
+    for entry in data["images"]:
+        try:
+            image_id = int(entry["id"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: an image entry has no integer 'id': {entry!r:.200}") \
+                from None
+        url = entry.get("coco_url") or entry.get("flickr_url") or entry.get("file_name", "")
+        images[image_id] = Image(image_id, str(url))
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise ValueError(f"{path}: an annotation lacks 'image_id' or 'caption': "
+                             f"{ann!r:.200}")
+        image = images.get(int(ann["image_id"]))
+        if image is None:
+            skipped["captions of unknown image ids"] = \
+                skipped.get("captions of unknown image ids", 0) + 1
+            continue
+        _add_caption(image, tokenize(str(ann["caption"])), skipped)
+    return list(images.values())
+
+
+def read_karpathy(path: str | os.PathLike, skipped: dict[str, int]) -> dict[str, list[Image]]:
+    """train (train + restval) and val from a Karpathy ``dataset_coco.json``."""
+    path = Path(path)
+    splits: dict[str, list[Image]] = {"train": [], "val": []}
+    for entry in _load_json(path)["images"]:
+        split = KARPATHY_SPLITS.get(entry.get("split"))
+        if split is None:
+            skipped[f"{entry.get('split')!s} images"] = \
+                skipped.get(f"{entry.get('split')!s} images", 0) + 1
+            continue
+        image_id = entry.get("cocoid", entry.get("imgid"))
+        if image_id is None or not isinstance(entry.get("sentences"), list):
+            raise ValueError(f"{path}: an image has no 'cocoid'/'imgid' or no 'sentences': "
+                             f"{entry!r:.200}")
+        url = f"{COCO_IMAGE_ROOT}/{entry.get('filepath', '')}/{entry.get('filename', '')}"
+        image = Image(int(image_id), url)
+        for sentence in entry["sentences"]:
+            words = sentence.get("tokens") if isinstance(sentence, dict) else None
+            if words is None:
+                words = tokenize(str(sentence.get("raw", ""))) if isinstance(sentence, dict) \
+                    else []
+            _add_caption(image, tokenize(" ".join(map(str, words))), skipped)
+        splits[split].append(image)
+    return splits
+
+
+def _add_caption(image: Image, words: list[str], skipped: dict[str, int]) -> None:
+    if words:
+        image.captions.append(words)
+    else:
+        skipped["empty captions"] = skipped.get("empty captions", 0) + 1
+
+
+class FeatureIndex:
+    """Image id -> feature row across several files: HDF5 (datasets ``features`` and
+    ``image_ids``) or ``.npy`` (ids beside it in ``<stem>_ids.npy`` or ``<stem>_ids.txt``)."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        self.sources: list[tuple[Path, np.ndarray]] = []
+        self.where: dict[int, tuple[int, int]] = {}
+        self.dim: int | None = None
+        for path in map(Path, paths):
+            features, ids = self._open(path)
+            if self.dim is not None and features.shape[1] != self.dim:
+                raise ValueError(f"{path}: {features.shape[1]}-d features, but earlier files "
+                                 f"hold {self.dim}-d ones")
+            self.dim = features.shape[1]
+            source = len(self.sources)
+            self.sources.append((path, features))
+            for row, image_id in enumerate(ids.tolist()):
+                self.where[int(image_id)] = (source, row)
+        if not self.sources:
+            raise ValueError("no feature files given (expected --features FILE ...)")
+
+    @staticmethod
+    def _open(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if not path.is_file():
+            raise FileNotFoundError(f"feature file {path} does not exist")
+        if path.suffix == ".npy":
+            features = np.load(path, mmap_mode="r")
+            for ids_path in (path.with_name(f"{path.stem}_ids.npy"),
+                             path.with_name(f"{path.stem}_ids.txt")):
+                if ids_path.is_file():
+                    ids = (np.load(ids_path) if ids_path.suffix == ".npy"
+                           else np.loadtxt(ids_path, dtype=np.int64, ndmin=1))
+                    break
+            else:
+                raise FileNotFoundError(f"{path}: no image ids beside it (expected "
+                                        f"{path.stem}_ids.npy or {path.stem}_ids.txt)")
+        else:
+            try:
+                with h5py.File(path, "r") as f:
+                    if "features" not in f or "image_ids" not in f:
+                        raise ValueError(f"{path}: expected HDF5 datasets 'features' and "
+                                         f"'image_ids', found {sorted(f.keys())}")
+                    features, ids = f["features"][()], f["image_ids"][()]
+            except OSError as exc:
+                raise ValueError(f"{path}: not a readable HDF5 file ({exc}); feature files "
+                                 "are .h5 (features, image_ids) or .npy with ids") from exc
+        if features.ndim != 2 or ids.ndim != 1 or len(ids) != len(features):
+            raise ValueError(f"{path}: features of shape {features.shape} with "
+                             f"{ids.shape} image ids; expected (n, D) and (n,)")
+        return features, ids
+
+    def gather(self, image_ids: list[int]) -> np.ndarray:
+        """(len(image_ids), D) float32, rows in the order given; every id must be known."""
+        out = np.empty((len(image_ids), self.dim or 0), np.float32)
+        for i, image_id in enumerate(image_ids):
+            source, row = self.where[image_id]
+            out[i] = self.sources[source][1][row]
+        if not np.isfinite(out).all():
+            bad = image_ids[int(np.argwhere(~np.isfinite(out))[0, 0])]
+            raise ValueError(f"the features of image id {bad} hold NaN or infinite values")
+        return out
+
+
+def build_dataset(out: str | os.PathLike, features: list[str | os.PathLike], *,
+                  coco_train: str | None = None, coco_val: str | None = None,
+                  karpathy: str | None = None, min_count: int = 1, max_length: int = 15,
+                  pca_dim: int = 512, skip_missing: bool = False) -> BuildReport:
+    """Write the COCO layout to ``out`` from annotations and features.
+
+    Give either ``coco_train`` and ``coco_val`` or ``karpathy``. Images without captions
+    are left out; images without features are an error unless ``skip_missing``.
+    """
+    report = BuildReport()
+    if karpathy is not None:
+        if coco_train or coco_val:
+            raise ValueError("give either the Karpathy file or the COCO caption files, "
+                             "not both")
+        splits = read_karpathy(karpathy, report.skipped)
+    elif coco_train and coco_val:
+        splits = {"train": read_coco_captions(coco_train, report.skipped),
+                  "val": read_coco_captions(coco_val, report.skipped)}
+    else:
+        raise ValueError("annotations missing: give --karpathy FILE, or both --coco-train "
+                         "and --coco-val")
+    index = FeatureIndex(features)
+    for split, images in splits.items():
+        kept = [im for im in images if im.captions]
+        report.skipped[f"{split} images without captions"] = len(images) - len(kept)
+        missing = [im.image_id for im in kept if im.image_id not in index.where]
+        if missing and not skip_missing:
+            raise ValueError(f"{len(missing)} {split} images have no features (ids "
+                             f"{missing[:5]}...); give the feature files that hold them, "
+                             "or --skip-missing to leave them out")
+        report.skipped[f"{split} images without features"] = len(missing)
+        splits[split] = [im for im in kept if im.image_id in index.where]
+        if not splits[split]:
+            raise ValueError(f"no {split} images left with both captions and features")
+    idx_to_word = build_vocab((c for im in splits["train"] for c in im.captions), min_count)
+    word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
+    report.vocab_size = len(idx_to_word)
+    data = {}
+    for split, images in splits.items():
+        captions, report.encode[split] = encode_captions(
+            [c for im in images for c in im.captions], word_to_idx, max_length)
+        image_idxs = np.repeat(np.arange(len(images), dtype=np.int32),
+                               [len(im.captions) for im in images])
+        data[split] = SplitData(captions, image_idxs,
+                                index.gather([im.image_id for im in images]),
+                                [im.url for im in images])
+        report.images[split] = len(images)
+    pca = write_coco_folder(out, idx_to_word, data, pca_dim)
+    report.pca_explained = float(pca.explained.sum())
+    return report

@@ -1,0 +1,58 @@
+"""What the commands share: finding a run's checkpoint and settings, loading its data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from captioning.coco import default_data_dir, features_file, load_coco_data
+
+RUN_FILE = "run.json"  # the settings a run was started with, beside its checkpoints
+CHECKPOINT_CHOICES = ("best.npz", "checkpoint.npz", "model.npz")
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", help="numpy, numba or cupy (default: $CAPTION_BACKEND, "
+                   "else numpy)")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="COCO-layout folder (default: the run's, else "
+                   "$CAPTION_DATA, else the built-in dataset, generated on first use)")
+
+
+def resolve_checkpoint(path: str) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or a run folder (its best.npz, else checkpoint.npz), and the
+    run's settings when a run.json lies beside it."""
+    p = Path(path)
+    if p.is_dir():
+        found = next((p / name for name in CHECKPOINT_CHOICES if (p / name).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{p} holds no checkpoint (expected one of "
+                                    f"{', '.join(CHECKPOINT_CHOICES)})")
+        p = found
+    elif not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist (give a .npz file or a run "
+                                "folder written by `captioning train`)")
+    run_file = p.parent / RUN_FILE
+    settings = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
+    return p, settings
+
+
+def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]) -> dict:
+    """The data a model of ``input_dim`` features was trained on: --data, else the run's
+    folder, else the default; the full or PCA features, whichever has that width."""
+    folder = Path(data_dir or settings.get("data") or default_data_dir())
+    features = settings.get("features")
+    if features is None or data_dir:
+        features = "full"
+        path = folder / features_file("train", pca=False)
+        if path.is_file():
+            with h5py.File(path, "r") as f:
+                if "features" in f and f["features"].shape[1] != input_dim:
+                    features = "pca"
+    return load_coco_data(folder, pca_features=features == "pca")

@@ -1,0 +1,149 @@
+"""``captioning evaluate``, ``sample`` and ``report``: judging a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from captioning.atomic import atomic_path
+from captioning.cli.common import add_backend, add_data, load_data_for, resolve_checkpoint
+
+_CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
+                    "checkpoint.npz)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("evaluate", formatter_class=fmt,
+                       help="BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR with Java) of a model",
+                       description="Decode every image of a split greedily and with beam "
+                       "search, score the captions against all references of each image "
+                       "with pycocoevalcap, print a table and write it as JSON.")
+    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    add_data(p)
+    p.add_argument("--split", choices=["train", "val"], default="val")
+    p.add_argument("--beam", type=int, default=3, help="beam size of the second row (1: "
+                   "greedy only)")
+    p.add_argument("--max-images", type=int, help="score only the first N images")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    p.add_argument("--json", help="where to write the table (default: metrics-<split>.json "
+                   "beside the checkpoint)")
+    add_backend(p)
+    p.set_defaults(run=run_evaluate)
+
+    p = sub.add_parser("sample", formatter_class=fmt,
+                       help="print generated captions next to their references",
+                       description="Caption random images of a split and print each "
+                       "caption with the image's references.")
+    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    add_data(p)
+    p.add_argument("--split", choices=["train", "val"], default="val")
+    p.add_argument("--n", type=int, default=8, help="images to caption")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    how.add_argument("--temperature", type=float, help="sample with this temperature")
+    p.add_argument("--top-k", type=int, help="with --temperature: only the K likeliest words")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the samples")
+    add_backend(p)
+    p.set_defaults(run=run_sample)
+
+    p = sub.add_parser("report", formatter_class=fmt,
+                       help="write loss.png, samples.png, metrics.json and index.html",
+                       description="Write a run's report folder: its loss curves, a grid "
+                       "of validation images titled with generated and reference captions, "
+                       "the metrics (greedy and beam 3) and an index.html tying them up.")
+    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    add_data(p)
+    p.add_argument("--out", help="report folder (default: report/ beside the checkpoint)")
+    p.add_argument("--images", type=int, default=12, help="images in the sample grid")
+    p.add_argument("--max-images", type=int, default=1000, help="images scored")
+    add_backend(p)
+    p.set_defaults(run=run_report)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, dict, dict]:
+    from captioning.checkpoint import load_checkpoint
+
+    path, settings = resolve_checkpoint(args.checkpoint)
+    model, state, arrays = load_checkpoint(path, args.backend)
+    data = load_data_for(model.input_dim, args.data, settings)
+    if data["word_to_idx"] != model.word_to_idx:
+        raise ValueError(f"{path} was trained with another vocabulary than the data in "
+                         f"{args.data or settings.get('data') or 'the default folder'}")
+    return model, data, path, state or {}, arrays
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from captioning.evaluation import evaluate
+    from captioning.metrics import format_metrics
+
+    if args.beam < 1:
+        raise ValueError(f"--beam must be at least 1, got {args.beam}")
+    model, data, path, _, _ = _load(args)
+    beams = (1,) if args.beam == 1 else (1, args.beam)
+    rows = evaluate(model, data, args.split, beams, args.max_images, not args.no_meteor)
+    print(f"{path}, {args.split} split, {int(rows['greedy']['images'])} images")
+    print(format_metrics(rows))
+    for name, scores in rows.items():
+        print(f"{name}: {scores['captions_per_s']:.0f} captions/s"
+              + (f"; METEOR {scores['METEOR']}" if isinstance(scores["METEOR"], str) else ""))
+    target = Path(args.json) if args.json else path.parent / f"metrics-{args.split}.json"
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from captioning.evaluation import pick_samples, references_by_image
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    model, data, _, _, _ = _load(args)
+    options: dict[str, Any] = {"beam": args.beam}
+    if args.temperature is not None:
+        options = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    refs = references_by_image(data, args.split)
+    urls = list(data[f"{args.split}_urls"])
+    for sample in pick_samples(model, data, args.split, args.n, args.seed, options):
+        print(f"{sample.url}\n  generated: {sample.generated}")
+        for ref in refs[urls.index(sample.url)]:
+            print(f"  reference: {ref}")
+    return 0
+
+
+def make_report(run_dir: Path, data: dict, data_dir: Path, model_path: Path | None = None,
+                out: Path | None = None, images: int = 12, max_images: int = 1000) -> Path:
+    """Evaluate the run's best (else latest) model and write its report folder."""
+    from captioning.checkpoint import load_checkpoint
+    from captioning.evaluation import evaluate, pick_samples
+    from captioning.report import write_report
+
+    model_path = model_path or resolve_checkpoint(str(run_dir))[0]
+    model, _, _ = load_checkpoint(model_path)
+    _, state, arrays = load_checkpoint(run_dir / "checkpoint.npz") \
+        if (run_dir / "checkpoint.npz").is_file() else (None, None, {})
+    state = state or {}
+    metrics = evaluate(model, data, "val", (1, 3), max_images)
+    samples = pick_samples(model, data, "val", images)
+    per_epoch = state.get("num_train", 1) // max(state.get("batch_size", 1), 1)
+    return write_report(out or run_dir / "report", samples, data_dir, metrics,
+                        list(arrays.get("loss_history", [])), state.get("val_history", []),
+                        max(per_epoch, 1), title=f"Captioning run {run_dir}")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from captioning.coco import default_data_dir
+
+    path, settings = resolve_checkpoint(args.checkpoint)
+    from captioning.checkpoint import load_model
+
+    model = load_model(path, args.backend)
+    data = load_data_for(model.input_dim, args.data, settings)
+    data_dir = Path(args.data or settings.get("data") or default_data_dir())
+    index = make_report(path.parent, data, data_dir, path,
+                        Path(args.out) if args.out else None, args.images, args.max_images)
+    print(f"wrote {index}")
+    return 0

@@ -1,0 +1,181 @@
+"""``captioning train``: train, checkpoint, validate, then report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captioning.atomic import atomic_path
+from captioning.cli.common import RUN_FILE, add_backend, add_data
+
+# Settings a resumed run takes from its run.json; the others may be given again.
+_FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
+                    "lr_decay", "batch_size", "max_train", "seed", "dtype", "grad_clip",
+                    "val_max_captions")
+DEFAULT_EPOCHS = 4
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a captioning model (default: on the built-in dataset)",
+        description="Train an RNN or LSTM captioning model, print the loss, check the "
+        "validation loss every epoch, write checkpoints, the log and a report (loss curve, "
+        "sample captions, metrics) into the run folder. Ctrl-C saves a checkpoint; "
+        "--resume continues a run exactly where it stopped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data(p)
+    p.add_argument("--out", help="run folder for checkpoints, train_log.jsonl and the report "
+                   "(default: runs/<cell>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in this folder with its own settings (--epochs, "
+                   "--backend, --print-every and --patience may change)")
+    p.add_argument("--cell", choices=["rnn", "lstm"], default="lstm", help="recurrent cell")
+    p.add_argument("--hidden", type=int, default=512, help="hidden size H")
+    p.add_argument("--wordvec", type=int, default=256, help="word-vector size W")
+    p.add_argument("--features", choices=["full", "pca"], default="full",
+                   help="4096-d fc7 features or their 512-d PCA")
+    p.add_argument("--update-rule", default="adam",
+                   choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, help=f"epochs in all (default {DEFAULT_EPOCHS})")
+    p.add_argument("--max-train", type=int, help="keep a random subset of the training captions")
+    p.add_argument("--print-every", type=int, default=50, help="iterations between loss lines")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batches")
+    add_backend(p)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--checkpoint-every", default="1e",
+                   help="'N' iterations or 'Ne' epochs between checkpoints")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better validation loss "
+                   "(0: never)")
+    p.add_argument("--grad-clip", type=float, help="clip gradients to this global norm")
+    p.add_argument("--val-max-captions", type=int, default=10_000,
+                   help="validation captions used for the loss each epoch")
+    p.add_argument("--metrics-every", type=int, default=2,
+                   help="epochs between validation BLEU/CIDEr checks (greedy, 500 images; "
+                   "0: never)")
+    p.add_argument("--samples", type=int, default=5, help="validation captions to print")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.set_defaults(run=run)
+
+
+def _settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], bool]:
+    """(run folder, settings, resuming?) from the arguments and, on --resume, run.json."""
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("run", "resume", "out", "command")}
+    if args.resume:
+        out = Path(args.resume)
+        run_file = out / RUN_FILE
+        if not run_file.is_file():
+            raise FileNotFoundError(f"{out} is not a run folder (no {RUN_FILE}); give the "
+                                    "--out folder of an earlier `captioning train`")
+        saved = json.loads(run_file.read_text(encoding="utf-8"))
+        settings = {**given, **{k: saved[k] for k in _FIXED_ON_RESUME if k in saved}}
+        settings["epochs"] = args.epochs or saved.get("epochs", DEFAULT_EPOCHS)
+        return out, settings, True
+    from captioning.coco import default_data_dir
+
+    given["data"] = str(Path(args.data or default_data_dir()).resolve())
+    given["epochs"] = args.epochs or DEFAULT_EPOCHS
+    out = Path(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "checkpoint.npz").exists():
+        raise ValueError(f"{out} already holds a run; continue it with --resume {out} or "
+                         "choose another --out")
+    return out, given, False
+
+
+def run(args: argparse.Namespace) -> int:
+    from backend import get_backend
+    from captioning.coco import load_coco_data
+    from captioning.model import CaptioningRNN
+    from captioning.trainer import CaptioningTrainer
+
+    out, s, resuming = _settings(args)
+    backend = get_backend(s["backend"])
+    np.random.seed(s["seed"])
+    data = load_coco_data(s["data"], max_train=s["max_train"],
+                          pca_features=s["features"] == "pca")
+    model = CaptioningRNN(
+        data["word_to_idx"], input_dim=data["train_features"].shape[1],
+        wordvec_dim=s["wordvec"], hidden_dim=s["hidden"], cell_type=s["cell"],
+        dtype=np.dtype(s["dtype"]), backend=backend, seed=s["seed"],
+    )
+    trainer = CaptioningTrainer(
+        model, data, update_rule=s["update_rule"], updater_config={"learning_rate": s["lr"]},
+        lr_decay=s["lr_decay"], batch_size=s["batch_size"], num_epochs=s["epochs"],
+        print_every=s["print_every"], seed=s["seed"], progress=sys.stderr.isatty(),
+        checkpoint_dir=out, checkpoint_every=s["checkpoint_every"], validate=True,
+        val_max_captions=s["val_max_captions"], patience=s["patience"] or None,
+        grad_clip=s["grad_clip"], handle_interrupt=True,
+        epoch_callback=_metrics_callback(data, s["metrics_every"]),
+    )
+    if resuming:
+        trainer.restore(out / "checkpoint.npz")
+        print(f"resuming {out} at epoch {trainer.epoch + 1}, iteration {trainer.iteration}")
+    with atomic_path(out / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps({k: v for k, v in s.items() if k != "no_report"}, indent=2),
+                       encoding="utf-8")
+    print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
+          f"{trainer.num_train} captions of {s['data']}, "
+          f"{data['train_features'].shape[1]}-d features, backend {backend.name}, "
+          f"{trainer.iterations_per_epoch * s['epochs']} iterations; run folder {out}")
+    start, first = time.perf_counter(), trainer.iteration
+    history = trainer.train()
+    elapsed = time.perf_counter() - start
+    if trainer.iteration > first:
+        print(f"trained {trainer.iteration - first} iterations in {elapsed:.1f} s "
+              f"({(trainer.iteration - first) * s['batch_size'] / elapsed:.0f} captions/s); "
+              f"last loss {history[-1]:.4f}")
+    if trainer.stop_reason and trainer.stop_reason.startswith("interrupted"):
+        print(f"stopped; continue with: captioning train --resume {out}")
+        return 130
+    trainer.save()
+    _print_samples(model, data, s["samples"], s["seed"])
+    if not s["no_report"]:
+        from captioning.cli.judge import make_report
+
+        index = make_report(out, data, Path(s["data"]), max_images=1000)
+        print(f"report: {index}")
+    return 0
+
+
+def _metrics_callback(data: dict, every: int):
+    """Every ``every`` epochs, add greedy BLEU/ROUGE/CIDEr on 500 validation images to
+    the epoch's log record."""
+    if not every:
+        return None
+
+    def callback(trainer, record: dict) -> None:
+        if trainer.epoch % every:
+            return
+        from captioning.evaluation import evaluate
+
+        scores = evaluate(trainer.model, data, beams=(1,), max_images=500, meteor=False)
+        record["val_metrics"] = {k: v for k, v in scores["greedy"].items()
+                                 if isinstance(v, float)}
+        if trainer.verbose:
+            print(f"(Epoch {trainer.epoch}) greedy on 500 val images: " + ", ".join(
+                f"{k} {scores['greedy'][k]:.3f}" for k in ("BLEU-4", "CIDEr-D")))
+
+    return callback
+
+
+def _print_samples(model, data: dict, count: int, seed: int) -> None:
+    from captioning.evaluation import pick_samples
+
+    if count < 1:
+        return
+    print("\nvalidation samples:")
+    for sample in pick_samples(model, data, "val", count, seed):
+        print(f"  {sample.url}\n    generated: {sample.generated}\n"
+              f"    reference: {sample.reference}")

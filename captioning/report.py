@@ -1,0 +1,157 @@
+"""A run's report folder: loss.png, samples.png, metrics.json and index.html.
+
+Images of the built-in dataset are local files (their URLs are paths relative to the
+data folder) and are copied into the report, so it stays whole when moved; images of
+the COCO folder are web URLs: the HTML shows them from there and the PNG grid, which
+would need them on disk, is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioning.atomic import atomic_path
+from captioning.metrics import METRIC_NAMES, strip_special
+
+
+@dataclass
+class Sample:
+    """One image shown in the report: where it is, what the model wrote, a reference."""
+
+    url: str
+    generated: str
+    reference: str
+
+
+def is_web_url(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def plot_losses(path: Path, loss_history: Sequence[float], val_history: Sequence[float],
+                iterations_per_epoch: int) -> None:
+    """Training loss per iteration (faint) and smoothed, validation loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    losses = np.asarray(loss_history, dtype=float)
+    if len(losses):
+        steps = np.arange(1, len(losses) + 1)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8,
+                label="training loss")
+        window = max(1, min(len(losses) // 20, 200))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue",
+                label=f"training loss, mean of {window}")
+    if len(val_history):
+        epochs = np.arange(1, len(val_history) + 1) * iterations_per_epoch
+        ax.plot(epochs, val_history, "o-", color="tab:orange", label="validation loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss per caption")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(path: Path, images: Sequence[Path], samples: Sequence[Sample],
+                 columns: int = 4) -> None:
+    """A grid of images, each titled with the generated caption and one reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(samples) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, sample in zip(axes.ravel(), images, samples):
+        ax.imshow(mpimg.imread(image), interpolation="nearest")
+        title = (textwrap.fill(f"model: {sample.generated}", 34) + "\n"
+                 + textwrap.fill(f"reference: {sample.reference}", 34))
+        ax.set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(out: str | os.PathLike, samples: Sequence[Sample], data_dir: Path,
+                 metrics: dict[str, dict[str, float | str]], loss_history: Sequence[float],
+                 val_history: Sequence[float], iterations_per_epoch: int,
+                 title: str = "Captioning run") -> Path:
+    """Write the report folder ``out`` and return the path of its index.html."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    plot_losses(out / "loss.png", loss_history, val_history, iterations_per_epoch)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+    sources: list[str] = []
+    local: list[Path] = []
+    for i, sample in enumerate(samples):
+        if is_web_url(sample.url):
+            sources.append(sample.url)
+            continue
+        source = Path(sample.url) if Path(sample.url).is_absolute() else data_dir / sample.url
+        if not source.is_file():
+            raise FileNotFoundError(f"image {source} of the report is missing (URL "
+                                    f"{sample.url!r} relative to {data_dir})")
+        copy = out / "images" / f"{i:03d}{source.suffix}"
+        shutil.copyfile(source, copy)
+        local.append(copy)
+        sources.append(f"images/{copy.name}")
+    if samples and len(local) == len(samples):
+        plot_samples(out / "samples.png", local, samples)
+        grid = '<img src="samples.png" alt="sample captions">'
+    else:
+        grid = ("<p>No samples.png: the images are on the web, not on this disk; they are "
+                "shown below from their URLs.</p>")
+
+    def cell(value: float | str | None) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value or "-"))
+
+    head = "".join(f"<th>{m}</th>" for m in METRIC_NAMES)
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{cell(scores.get(m))}</td>" for m in METRIC_NAMES) + "</tr>"
+        for name, scores in metrics.items()
+    )
+    cards = "".join(
+        f'<figure><img src="{html.escape(src)}" width="160" alt="image {i}">'
+        f"<figcaption><b>model:</b> {html.escape(strip_special(s.generated))}<br>"
+        f"<b>reference:</b> {html.escape(strip_special(s.reference))}</figcaption></figure>"
+        for i, (src, s) in enumerate(zip(sources, samples))
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+figure{{display:inline-block;width:180px;vertical-align:top;font-size:12px}}
+img{{image-rendering:pixelated}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<h2>Metrics</h2><table><tr><th></th>{head}</tr>{body}</table>
+<p>Raw numbers: <a href="metrics.json">metrics.json</a></p>
+<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
+<h2>Samples</h2>{grid}
+<div>{cards}</div>
+</body></html>
+"""
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out / "index.html"
