@@ -1,0 +1,136 @@
+"""Greedy, sampled and beam-search decoding, on every backend, against brute force."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from captioning import CaptioningRNN
+from captioning.decoding import beam_decode, greedy_decode, sample_decode
+
+FIVE = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
+
+
+def _model(backend, vocab=FIVE, cell="lstm", seed=0, scale=3.0, end_bias=0.0):
+    model = CaptioningRNN(vocab, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell,
+                          seed=seed, backend=backend)
+    rng = np.random.default_rng(seed)
+    be = model.backend
+    # Larger weights than the initialisation, so the distributions are far from uniform.
+    model.params["W_vocab"] = be.asarray(scale * rng.standard_normal((7, len(vocab))))
+    b_vocab = np.zeros(len(vocab))
+    if "<END>" in vocab:
+        b_vocab[vocab["<END>"]] = end_bias
+    model.params["b_vocab"] = be.asarray(b_vocab)
+    return model, rng.standard_normal((4, 6))
+
+
+def _log_prob(model, features, words):
+    """Log-probability of ``words`` (ending wherever it ends), by the plain step loop."""
+    p = {k: model.backend.to_numpy(v) for k, v in model.params.items()}
+    h = features @ p["W_proj"] + p["b_proj"]
+    c = np.zeros_like(h)
+    total, prev = 0.0, model.word_to_idx.get("<START>", 0)
+    H = h.shape[0]
+    for word in words:
+        a = p["W_embed"][prev] @ p["Wx"] + h @ p["Wh"] + p["b"]
+        if model.cell_type == "rnn":
+            h = np.tanh(a)
+        else:
+            i, f, o = (1 / (1 + np.exp(-a[k * H : (k + 1) * H])) for k in range(3))
+            c = f * c + i * np.tanh(a[3 * H :])
+            h = o * np.tanh(c)
+        scores = h @ p["W_vocab"] + p["b_vocab"]
+        total += scores[word] - np.log(np.exp(scores - scores.max()).sum()) - scores.max()
+        prev = word
+    return total
+
+
+def _trim(row, end):
+    row = list(row)
+    return row[: row.index(end) + 1] if end in row else row
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_wide_beam_finds_the_best_caption_of_exhaustive_search(backend, seed):
+    model, features = _model(backend, seed=seed)
+    end, max_length = FIVE["<END>"], 3
+    others = [w for w in range(5) if w != end]
+    finished = [(*prefix, end) for n in range(max_length)
+                for prefix in itertools.product(others, repeat=n)]
+    for image, feats in enumerate(features):
+        scored = {seq: _log_prob(model, feats, seq) for seq in finished}
+        best = max(scored, key=scored.get)
+        captions, logp = beam_decode(model, features[image : image + 1], beam_size=25,
+                                     max_length=max_length)
+        assert tuple(_trim(captions[0], end)) == best
+        assert logp[0] == pytest.approx(scored[best], abs=1e-9)
+        for beam in (1, 2, 3, 5):
+            narrow = beam_decode(model, features[image : image + 1], beam, max_length)[1][0]
+            assert narrow <= scored[best] + 1e-9
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_beam_of_one_is_greedy_and_returns_true_log_probabilities(backend, cell):
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    model, features = _model(backend, vocab, cell, seed=5, end_bias=2.0)
+    greedy = greedy_decode(model, features, max_length=12)
+    captions, logp = beam_decode(model, features, beam_size=1, max_length=12)
+    np.testing.assert_array_equal(captions, greedy)
+    assert (greedy == 2).any(axis=1).all()  # every greedy caption ended, the case compared
+    for feats, row, value in zip(features, captions, logp):
+        assert value == pytest.approx(_log_prob(model, feats, _trim(row, 2)), abs=1e-9)
+    wider = beam_decode(model, features, beam_size=4, max_length=12)[1]
+    assert (wider >= logp - 1e-9).all()  # a wider beam never finds worse here
+
+
+def test_beam_search_layout_and_length_penalty(backend):
+    model, features = _model(backend, seed=7)
+    captions, _ = beam_decode(model, features, beam_size=3, max_length=6)
+    assert captions.shape == (4, 6)
+    for row in captions:  # <NULL> only after <END>
+        if 2 in row:
+            assert (row[list(row).index(2) + 1 :] == 0).all()
+    long = beam_decode(model, features, beam_size=3, max_length=6, length_penalty=1.0)[0]
+    assert ((long != 0).sum(axis=1) >= (captions != 0).sum(axis=1)).all()
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_decode(model, features, beam_size=0)
+    with pytest.raises(ValueError, match="max_length"):
+        beam_decode(model, features, max_length=0)
+
+
+def test_a_vocabulary_without_start_or_end_decodes_whole_captions(backend):
+    vocab = {"<NULL>": 0, "x": 1, "y": 2, "z": 3}
+    model, features = _model(backend, vocab)
+    captions, logp = beam_decode(model, features, beam_size=3, max_length=5)
+    assert captions.shape == (4, 5) and np.isfinite(logp).all()
+    assert (captions != 0).sum() > 0  # words were written; nothing ends them early
+    assert greedy_decode(model, features, 5).shape == (4, 5)
+
+
+def test_sampling_near_zero_temperature_or_top_1_is_greedy(backend):
+    model, features = _model(backend, seed=3)
+    greedy = greedy_decode(model, features, 8)
+    np.testing.assert_array_equal(sample_decode(model, features, 8, temperature=1e-6), greedy)
+    np.testing.assert_array_equal(sample_decode(model, features, 8, top_k=1, seed=4), greedy)
+    a = sample_decode(model, features, 8, temperature=1.5, seed=1)
+    np.testing.assert_array_equal(a, sample_decode(model, features, 8, temperature=1.5, seed=1))
+    with pytest.raises(ValueError, match="temperature"):
+        sample_decode(model, features, temperature=0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_decode(model, features, top_k=99)
+
+
+def test_sampling_draws_from_the_model_distribution():
+    model, features = _model("numpy", seed=2, scale=1.0)
+    first_words = sample_decode(model, np.repeat(features[:1], 4000, axis=0), 1, seed=0)[:, 0]
+    p = model.params
+    h = features[0] @ p["W_proj"] + p["b_proj"]
+    a = p["W_embed"][1] @ p["Wx"] + h @ p["Wh"] + p["b"]
+    H = 7
+    i, f, o = (1 / (1 + np.exp(-a[k * H : (k + 1) * H])) for k in range(3))
+    h = o * np.tanh(i * np.tanh(a[3 * H :]))
+    scores = h @ p["W_vocab"] + p["b_vocab"]
+    expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    observed = np.bincount(first_words, minlength=5) / 4000
+    np.testing.assert_allclose(observed, expected, atol=0.03)
