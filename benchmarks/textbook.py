@@ -96,3 +96,19 @@ class TextbookLSTM:
             v_hat = s["v"] / (1 - beta2 ** s["t"])
             self.params[k] = w - lr * m_hat / (np.sqrt(v_hat) + eps)
         return loss
+
+
+def textbook_sample(params: dict[str, np.ndarray], features: np.ndarray, max_length: int,
+                    start: int = 1) -> np.ndarray:
+    """The exercise's greedy ``sample``: a batched loop of lstm_step_forward and argmax."""
+    p = params
+    h = features @ p["W_proj"] + p["b_proj"]
+    c = np.zeros_like(h)
+    words = np.full(len(features), start)
+    captions = np.zeros((len(features), max_length), dtype=np.int64)
+    for t in range(max_length):
+        x = p["W_embed"][words]
+        h, c, _ = _lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+        words = (h @ p["W_vocab"] + p["b_vocab"]).argmax(axis=1)
+        captions[:, t] = words
+    return captions

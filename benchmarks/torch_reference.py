@@ -64,3 +64,29 @@ def torch_step(sizes, data: dict, device: str = "cpu", tf32: bool | None = None
             torch.cuda.synchronize()
 
     return step
+
+
+def torch_greedy(sizes, features: np.ndarray, device: str = "cpu") -> Callable[[], None]:
+    """Greedy decoding of ``features`` for T steps with nn.LSTM (one step at a time)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    proj, embed = nn.Linear(sizes.D, sizes.H).to(dev), nn.Embedding(sizes.V, sizes.W).to(dev)
+    lstm, vocab = nn.LSTM(sizes.W, sizes.H).to(dev), nn.Linear(sizes.H, sizes.V).to(dev)
+    feats = torch.as_tensor(features, device=dev)
+
+    @torch.no_grad()
+    def run() -> None:
+        h = proj(feats).unsqueeze(0)
+        state = (h, torch.zeros_like(h))
+        words = torch.ones(len(feats), dtype=torch.long, device=dev)
+        out = []
+        for _ in range(sizes.T):
+            y, state = lstm(embed(words).unsqueeze(0), state)
+            words = vocab(y[0]).argmax(dim=1)
+            out.append(words)
+        torch.stack(out, 1).cpu()
+
+    return run

@@ -148,3 +148,89 @@ def median_time(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) -> fl
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = None,
+                   repeats: int = 7) -> dict[str, float]:
+    """Median seconds of each part of one training step, timed alone on the step's real
+    inputs (with a device synchronisation after each): where the step's time goes."""
+    be = get_backend(backend)
+    data = data or synthetic_data(sizes)
+    model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
+                          hidden_dim=sizes.H, cell_type=sizes.cell, dtype=np.float32,
+                          backend=be, seed=0)
+    p = model.params
+    idx = np.random.default_rng(1).integers(0, len(data["train_captions"]), sizes.N)
+    features = be.asarray(data["train_features"][data["train_image_idxs"][idx]])
+    captions = be.asarray(data["train_captions"][idx])
+    cin, cout = captions[:, :-1], captions[:, 1:]
+    mask = cout != 0
+    forward, backward = ((be.lstm_forward, be.lstm_backward) if sizes.cell == "lstm"
+                         else (be.rnn_forward, be.rnn_backward))
+    h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
+    x, _ = be.word_embedding_forward(cin, p["W_embed"])
+    h, cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    _, dh, _, _ = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], cout, mask)
+    dx = backward(dh, cache)[0]
+    _, grads = model.loss(features, captions)
+    states = {k: (be.xp.zeros_like(v), be.xp.zeros_like(v)) for k, v in p.items()}
+    updated = {k: v.copy() for k, v in p.items()}  # Adam works in place on these
+
+    def timed(fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            fn()
+            be.synchronize()
+        return run
+
+    def adam() -> None:
+        for k, w in updated.items():
+            be.adam_update(w, grads[k], *states[k], 1, 1e-3, 0.9, 0.999, 1e-8)
+
+    parts = {
+        "input projection + embedding": lambda: (
+            be.affine_forward(features, p["W_proj"], p["b_proj"]),
+            be.word_embedding_forward(cin, p["W_embed"])),
+        "recurrence forward": lambda: forward(x, h0, p["Wx"], p["Wh"], p["b"]),
+        "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
+            h, p["W_vocab"], p["b_vocab"], cout, mask),
+        "recurrence backward": lambda: backward(dh, cache),
+        "embedding scatter-add + W_proj grads": lambda: (
+            be.embedding_backward(cin, dx, sizes.V), features.T @ dh[:, 0]),
+        "Adam (every parameter)": adam,
+        "whole step (loss + grads + Adam)": library_step(be, sizes, data),
+    }
+    return {name: median_time(timed(fn), repeats=repeats, warmup=2)
+            for name, fn in parts.items()}
+
+
+DECODE_IMAGES = 1000  # the decoding benchmark: 1,000 images, 16 steps, no early stop
+
+
+def decode_model(backend: str | Backend, sizes: Sizes) -> tuple[CaptioningRNN, np.ndarray]:
+    """A float32 model at the benchmark sizes (no <END>, so every caption runs all 16
+    steps) and 1,000 fc7-like feature rows."""
+    words = ["<NULL>", "<START>"] + [f"w{i}" for i in range(2, sizes.V)]
+    model = CaptioningRNN({w: i for i, w in enumerate(words)}, input_dim=sizes.D,
+                          wordvec_dim=sizes.W, hidden_dim=sizes.H, cell_type=sizes.cell,
+                          dtype=np.float32, backend=backend, seed=0)
+    features = np.random.default_rng(0).random((DECODE_IMAGES, sizes.D), dtype=np.float32)
+    return model, features
+
+
+def library_decode(backend: str | Backend, sizes: Sizes, beam: int = 1) -> Callable[[], None]:
+    """Greedy (beam 1) or beam-search decoding of 1,000 images, T steps, by the library."""
+    from captioning.decoding import beam_decode, greedy_decode
+
+    model, features = decode_model(backend, sizes)
+    features = model.backend.asarray(features)
+    if beam == 1:
+        return lambda: greedy_decode(model, features, sizes.T)
+    return lambda: beam_decode(model, features, beam, sizes.T)
+
+
+def textbook_greedy(sizes: Sizes) -> Callable[[], None]:
+    """The exercise's batched greedy loop, as a student writes it (benchmarks/textbook)."""
+    from benchmarks.textbook import textbook_sample
+
+    model, features = decode_model("numpy", sizes)
+    return lambda: textbook_sample(model.params, features, sizes.T)

@@ -104,6 +104,20 @@ def _log_softmax(xp, scores):
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def _top(xp, scores, m: int):
+    """Indices of the m largest entries of each row, largest first (ties: lower index)."""
+    if m > 16:
+        return xp.argsort(-scores, axis=1, kind="stable")[:, :m]
+    # For a few, m passes of argmax beat a partition (31 ms a step for 1000 x 3012 here).
+    scores = scores.copy()
+    rows = xp.arange(scores.shape[0])
+    top = xp.empty((scores.shape[0], m), dtype=xp.int64)
+    for j in range(m):
+        top[:, j] = scores.argmax(axis=1)
+        scores[rows, top[:, j]] = -xp.inf
+    return top
+
+
 def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int = 30,
                 length_penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Beam search. Returns (captions (N, max_length), log-probabilities (N,)).
@@ -137,17 +151,18 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
     words = xp.full(n * k, run.start, dtype=xp.int64)
     rows = xp.arange(n)
     for t in range(max_length):
-        candidates = live[:, :, None] + _log_softmax(xp, run.step(words)).reshape(n, k, vocab)
-        active = finished < k
+        flat = (live[:, :, None]
+                + _log_softmax(xp, run.step(words)).reshape(n, k, vocab)).reshape(n, k * vocab)
+        # The 2k best candidates, sorted: at most k of them end (one per beam), so the k
+        # best that go on are among them, and the k-th of them bounds which may finish.
+        top = _top(xp, flat, min(2 * k, k * vocab))
+        values = xp.take_along_axis(flat, top, axis=1)
         if run.end is not None:
-            ends = candidates[:, :, run.end]
-            if t < max_length - 1:
-                flat = candidates.reshape(n, k * vocab)
-                kth = xp.partition(flat, k * vocab - k, axis=1)[:, k * vocab - k]
-                ending = (ends >= kth[:, None]) & (ends > ninf)
-            else:
-                ending = ends > ninf
-            ending &= active[:, None]
+            ends = flat[:, run.end :: vocab]  # (n, k): each beam followed by <END>
+            ending = ends > ninf
+            if t < max_length - 1:  # at the last step every ending hypothesis finishes
+                ending &= ends >= values[:, k - 1 : k]
+            ending &= (finished < k)[:, None]
             ranked = xp.where(ending, ends / float(t + 1) ** length_penalty, ninf)
             beam = ranked.argmax(axis=1)
             better = ranked[rows, beam] > best_score
@@ -157,11 +172,11 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
             best_score = xp.where(better, ranked[rows, beam], best_score)
             best_logp = xp.where(better, ends[rows, beam], best_logp)
             finished += ending.sum(axis=1)
-            candidates[:, :, run.end] = ninf
-        flat = candidates.reshape(n, k * vocab)
-        top = xp.argsort(-flat, axis=1)[:, :k]  # stable: ties keep the lower index
-        live = xp.take_along_axis(flat, top, axis=1)
-        parent, word = top // vocab, top % vocab
+            going_on = xp.argsort(top % vocab == run.end, axis=1, kind="stable")[:, :k]
+            top = xp.take_along_axis(top, going_on, axis=1)
+            values = xp.take_along_axis(values, going_on, axis=1)
+        live = values[:, :k]
+        parent, word = top[:, :k] // vocab, top[:, :k] % vocab
         history = xp.take_along_axis(history, parent[:, :, None], axis=1)
         history[:, :, t] = word
         run.reorder((rows[:, None] * k + parent).ravel())

@@ -28,22 +28,23 @@ def _scatter_add(dW, idx, dout):
 
 
 @njit(**_JIT)
-def _lstm_forward_finish(gates, prev_c, next_c):
+def _lstm_forward_finish(gates, prev_c, next_c, half):
     """gates hold tanh(a/2) for i, f, o and tanh(a) for g: finish the sigmoids in place
-    and write next_c = f * prev_c + i * g."""
+    and write next_c = f * prev_c + i * g. (``half`` comes in the arrays' dtype: a float
+    literal would promote float32 work to float64.)"""
     N, H = prev_c.shape
     for n in range(N):
         for j in range(H):
-            i = 0.5 * gates[n, j] + 0.5
-            f = 0.5 * gates[n, H + j] + 0.5
+            i = half * gates[n, j] + half
+            f = half * gates[n, H + j] + half
             gates[n, j] = i
             gates[n, H + j] = f
-            gates[n, 2 * H + j] = 0.5 * gates[n, 2 * H + j] + 0.5
+            gates[n, 2 * H + j] = half * gates[n, 2 * H + j] + half
             next_c[n, j] = f * prev_c[n, j] + i * gates[n, 3 * H + j]
 
 
 @njit(**_JIT)
-def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c, one):
     N, H = prev_c.shape
     for n in range(N):
         for j in range(H):
@@ -53,11 +54,11 @@ def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
             g = gates[n, 3 * H + j]
             tc = tanh_c[n, j]
             dh = dnext_h[n, j]
-            dc = dnext_c[n, j] + dh * o * (1 - tc * tc)
-            da[n, j] = dc * g * i * (1 - i)
-            da[n, H + j] = dc * prev_c[n, j] * f * (1 - f)
-            da[n, 2 * H + j] = dh * tc * o * (1 - o)
-            da[n, 3 * H + j] = dc * i * (1 - g * g)
+            dc = dnext_c[n, j] + dh * o * (one - tc * tc)
+            da[n, j] = dc * g * i * (one - i)
+            da[n, H + j] = dc * prev_c[n, j] * f * (one - f)
+            da[n, 2 * H + j] = dh * tc * o * (one - o)
+            da[n, 3 * H + j] = dc * i * (one - g * g)
             dprev_c[n, j] = dc * f
 
 
@@ -78,12 +79,14 @@ def _cross_entropy(probs, y, weight, n, losses):
 
 
 @njit(**_JIT)
-def _adam(w, dw, m, v, step, beta1, beta2, eps_hat):
+def _adam(w, dw, m, v, step, beta1, beta2, one_minus_beta1, one_minus_beta2, eps_hat):
+    # Every constant arrives in w's dtype: an integer literal here (1 - beta1) would make
+    # Numba compute in float64 and lose the float32 SIMD width (measured 1.7x slower).
     w, dw, m, v = w.ravel(), dw.ravel(), m.ravel(), v.ravel()
     for k in range(w.size):
         g = dw[k]
-        mk = beta1 * m[k] + (1 - beta1) * g
-        vk = beta2 * v[k] + (1 - beta2) * g * g
+        mk = beta1 * m[k] + one_minus_beta1 * g
+        vk = beta2 * v[k] + one_minus_beta2 * g * g
         m[k] = mk
         v[k] = vk
         w[k] -= step * mk / (np.sqrt(vk) + eps_hat)
@@ -104,13 +107,13 @@ class NumbaBackend(NumpyBackend):
         np.multiply(a[:, : 3 * H], 0.5, out=gates[:, : 3 * H])
         np.tanh(gates[:, : 3 * H], out=gates[:, : 3 * H])
         np.tanh(a[:, 3 * H :], out=gates[:, 3 * H :])
-        _lstm_forward_finish(gates, _c(prev_c), next_c)
+        _lstm_forward_finish(gates, _c(prev_c), next_c, gates.dtype.type(0.5))
         np.tanh(next_c, out=tanh_c)
         np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
-                       dprev_c)
+                       dprev_c, gates.dtype.type(1))
 
     def _finish_cross_entropy(self, probs, picked, y, weight, n: int):
         losses = picked  # a fresh array (fancy indexing); the kernel turns it into row losses
@@ -122,7 +125,7 @@ class NumbaBackend(NumpyBackend):
         c2 = (1 - beta2**t) ** 0.5
         dtype = w.dtype.type
         _adam(w, _c(dw), m, v, dtype(learning_rate * c2 / (1 - beta1**t)), dtype(beta1),
-              dtype(beta2), dtype(epsilon * c2))
+              dtype(beta2), dtype(1 - beta1), dtype(1 - beta2), dtype(epsilon * c2))
 
 
 def _c(a):

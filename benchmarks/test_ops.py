@@ -1,0 +1,92 @@
+"""pytest-benchmark, one group per operation of the training step, every available CPU
+backend side by side, at the step's sizes (N=128, T=16, W=256, H=512, V=1004, float32);
+plus greedy and beam-3 decoding of 1,000 images beside the exercise's greedy loop.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest benchmarks -q
+"""
+
+import numpy as np
+import pytest
+
+from backend import available_backends, get_backend
+from benchmarks.workload import Sizes, library_decode, textbook_greedy
+
+SIZES = Sizes()
+CPU_BACKENDS = [n for n, s in available_backends().items() if s.available and n != "cupy"]
+N, T, W, H, V = SIZES.N, SIZES.T, SIZES.W, SIZES.H, SIZES.V
+
+
+def _inputs(name, cell):
+    be = get_backend(name)
+    rng = np.random.default_rng(0)
+    k = 4 if cell == "lstm" else 1
+
+    def f32(*shape, scale=0.1):
+        return be.asarray((scale * rng.standard_normal(shape)).astype(np.float32))
+
+    return be, f32(N, T, W), f32(N, H), f32(W, k * H), f32(H, k * H), f32(k * H)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_recurrence_forward(benchmark, name, cell):
+    benchmark.group = f"{cell}-forward"
+    be, x, h0, Wx, Wh, b = _inputs(name, cell)
+    forward = be.lstm_forward if cell == "lstm" else be.rnn_forward
+    benchmark.pedantic(forward, (x, h0, Wx, Wh, b), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_recurrence_backward(benchmark, name, cell):
+    benchmark.group = f"{cell}-backward"
+    be, x, h0, Wx, Wh, b = _inputs(name, cell)
+    forward, backward = ((be.lstm_forward, be.lstm_backward) if cell == "lstm"
+                         else (be.rnn_forward, be.rnn_backward))
+    h, cache = forward(x, h0, Wx, Wh, b)
+    dh = be.asarray(np.random.default_rng(1).standard_normal(h.shape).astype(np.float32))
+    benchmark.pedantic(backward, (dh, cache), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.benchmark(group="softmax-loss")
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_vocab_softmax_loss(benchmark, name):
+    be = get_backend(name)
+    rng = np.random.default_rng(0)
+    h = (0.1 * rng.standard_normal((N, T, H))).astype(np.float32)
+    W_vocab = (0.05 * rng.standard_normal((H, V))).astype(np.float32)
+    b_vocab = np.zeros(V, np.float32)
+    y = rng.integers(0, V, (N, T))
+    mask = rng.random((N, T)) < 0.75
+    benchmark.pedantic(be.vocab_loss, (h, W_vocab, b_vocab, y, mask), rounds=10,
+                       warmup_rounds=2)
+
+
+@pytest.mark.benchmark(group="adam")
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_adam_step(benchmark, name):
+    be = get_backend(name)
+    rng = np.random.default_rng(0)
+    shapes = [(4096, H), (H,), (V, W), (W, 4 * H), (H, 4 * H), (4 * H,), (H, V), (V,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    states = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+
+    def run():
+        for w, dw, (m, v) in zip(params, grads, states):
+            be.adam_update(w, dw, m, v, 1, 1e-3, 0.9, 0.999, 1e-8)
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+
+
+@pytest.mark.benchmark(group="decode-1000-images")
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_library_decode(benchmark, name, beam):
+    benchmark.extra_info["captions"] = 1000
+    benchmark.pedantic(library_decode(name, SIZES, beam), rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="decode-1000-images")
+def test_textbook_greedy_loop(benchmark):
+    benchmark.pedantic(textbook_greedy(SIZES), rounds=3, warmup_rounds=1)
