@@ -14,7 +14,16 @@ import time
 
 import numpy as np
 
-from benchmarks.workload import Sizes, library_step, median_time, synthetic_data
+from benchmarks.workload import (
+    DECODE_IMAGES,
+    Sizes,
+    decode_model,
+    library_decode,
+    library_step,
+    median_time,
+    step_breakdown,
+    synthetic_data,
+)
 
 
 def full_epoch(batch_size: int) -> tuple[float, int, float]:
@@ -51,6 +60,8 @@ def main() -> None:
     parser.add_argument("--epoch-batch", type=int, default=1024)
     parser.add_argument("--skip-epoch", action="store_true")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the training-step rows (no breakdown, no decoding)")
     args = parser.parse_args()
     import os
 
@@ -72,6 +83,19 @@ def main() -> None:
         rows.append((n, t_cupy, t_torch, sizes.flops()))
         print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch "
               + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)
+    decode = {}
+    if not args.steps_only:
+        print("\nwhere the CuPy step's time goes at N=1024 (each part timed alone, synced):")
+        for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
+            print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
+        decode = {f"CuPy beam {b}" if b > 1 else "CuPy greedy":
+                  median_time(library_decode("cupy", Sizes(), b), repeats=5, warmup=2)
+                  for b in (1, 3)}
+    if decode and not args.skip_torch:
+        from benchmarks.torch_reference import torch_greedy
+
+        decode["PyTorch nn.LSTM greedy"] = median_time(
+            torch_greedy(Sizes(), decode_model("numpy", Sizes())[1], "cuda"), 5, 2)
     epoch = None if args.skip_epoch else full_epoch(args.epoch_batch)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"\nGPU: {name}; CuPy matmuls in {cupy_mode}")
@@ -82,6 +106,9 @@ def main() -> None:
         d, f = tt.get("default", float("nan")), tt.get("FP32", float("nan"))
         print(f"| {n} | {n / tc:,.0f} | {n / d:,.0f} | {n / f:,.0f} | {d / tc:.2f}x | "
               f"{f / tc:.2f}x | {flops / tc / 1e12:.1f} |")
+    if decode:
+        print(f"\ndecoding {DECODE_IMAGES} images x 16 steps (float32, H=512, V=1004): "
+              + ", ".join(f"{k} {DECODE_IMAGES / v:,.0f} captions/s" for k, v in decode.items()))
     if epoch:
         seconds, iters, peak = epoch
         print(f"\nfull epoch, 400,135 captions, 4096-d features, batch {args.epoch_batch}: "

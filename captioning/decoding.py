@@ -104,10 +104,15 @@ def _log_softmax(xp, scores):
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def _stable_argsort(xp, a):
+    """Row-wise argsort keeping equal keys in index order (CuPy's sort always does)."""
+    return xp.argsort(a, axis=1, kind="stable") if xp is np else xp.argsort(a, axis=1)
+
+
 def _top(xp, scores, m: int):
     """Indices of the m largest entries of each row, largest first (ties: lower index)."""
     if m > 16:
-        return xp.argsort(-scores, axis=1, kind="stable")[:, :m]
+        return _stable_argsort(xp, -scores)[:, :m]
     # For a few, m passes of argmax beat a partition (31 ms a step for 1000 x 3012 here).
     scores = scores.copy()
     rows = xp.arange(scores.shape[0])
@@ -172,7 +177,7 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
             best_score = xp.where(better, ranked[rows, beam], best_score)
             best_logp = xp.where(better, ends[rows, beam], best_logp)
             finished += ending.sum(axis=1)
-            going_on = xp.argsort(top % vocab == run.end, axis=1, kind="stable")[:, :k]
+            going_on = _stable_argsort(xp, (top % vocab == run.end).astype(xp.int8))[:, :k]
             top = xp.take_along_axis(top, going_on, axis=1)
             values = xp.take_along_axis(values, going_on, axis=1)
         live = values[:, :k]
