@@ -34,10 +34,13 @@ def decode(model: Any, features: Any, beam: int = 1, temperature: float | None =
 
 
 def evaluate(model: Any, data: dict[str, Any], split: str = "val", beams: tuple[int, ...] = (1, 3),
-             max_images: int | None = None, meteor: bool = True,
-             max_length: int = 16) -> dict[str, dict[str, float | str]]:
+             max_images: int | None = None, meteor: bool = True, max_length: int = 16,
+             shuffle_seed: int | None = None) -> dict[str, dict[str, float | str]]:
     """{'greedy': metrics, 'beam 3': metrics, ...} on the first ``max_images`` images
-    that have references; each row also holds its decoding speed in captions/s."""
+    that have references; each row also holds its decoding speed in captions/s.
+
+    ``shuffle_seed`` gives each image the features of another (a control: a model that
+    uses the image scores much lower; one that ignores it, the same)."""
     refs = references_by_image(data, split)
     images = np.array([i for i, r in enumerate(refs) if r])
     if max_images is not None:
@@ -45,6 +48,8 @@ def evaluate(model: Any, data: dict[str, Any], split: str = "val", beams: tuple[
     if not len(images):
         raise ValueError(f"the {split} split has no images with reference captions")
     features = data[f"{split}_features"][images]
+    if shuffle_seed is not None:
+        features = features[np.random.default_rng(shuffle_seed).permutation(len(features))]
     rows: dict[str, dict[str, float | str]] = {}
     for beam in beams:
         decode(model, features[:2], beam, max_length=max_length)  # warm-up (compiles)

@@ -43,7 +43,7 @@ class CaptioningTrainer:
     optim_config; e.g. {'learning_rate': 5e-3}); lr_decay (every learning rate is
     multiplied by it after each epoch); batch_size; num_epochs; print_every; verbose;
     seed (of the minibatch draws; default: drawn from NumPy's global generator, so
-    ``np.random.seed`` fixes a run); progress (a tqdm bar with loss, captions/s, ETA).
+    ``np.random.seed`` fixes a run); progress (a tqdm bar per epoch: loss, captions/s, ETA).
 
     checkpoint_dir: folder for ``checkpoint.npz`` (latest), ``best.npz`` (lowest
     validation loss) and ``train_log.jsonl``; checked to be writable before training.
@@ -219,56 +219,61 @@ class CaptioningTrainer:
     def train(self) -> list[float]:
         """Run the remaining epochs; returns (and keeps in ``loss_history``) one loss per
         iteration. Sets ``stop_reason`` when it ends early (early stopping, Ctrl-C)."""
-        be = self.model.backend
-        per_epoch = self.iterations_per_epoch
-        total = self.num_epochs * per_epoch
         self._interrupted = False
         previous_handler = self._install_interrupt_handler()
-        bar = tqdm(total=total, initial=self.iteration, disable=not self.progress, unit="it",
-                   file=sys.stderr, dynamic_ncols=True, leave=False)
-        say = bar.write if self.progress else print
-        started, started_at = time.perf_counter(), self.iteration
+        say = tqdm.write if self.progress else print  # keeps a live bar intact
+        self._started = (time.perf_counter(), self.iteration)
         try:
             while self.epoch < self.num_epochs and self.stop_reason is None:
-                self._rng.bit_generator.state = self._epoch_rng_state
-                draws = be.asarray(self._rng.integers(0, self.num_train,
-                                                      (per_epoch, self.batch_size)))
-                while self._epoch_step < per_epoch:
-                    if self._interrupted:
-                        self.stop_reason = "interrupted (Ctrl-C)"
-                        saved = self.save()
-                        say(f"interrupted at iteration {self.iteration}; "
-                            + (f"saved {saved}" if saved else "no checkpoint folder, "
-                               "nothing saved"))
-                        return self.loss_history
-                    self._step(draws[self._epoch_step])
-                    self._epoch_step += 1
-                    self.iteration += 1
-                    bar.update(1)
-                    if be.xp is np:  # host losses: checking each one costs nothing
-                        self._flush_losses()
-                    if (self.iteration - 1) % self.print_every == 0:
-                        self._flush_losses()
-                        rate = ((self.iteration - started_at) * self.batch_size
-                                / max(time.perf_counter() - started, 1e-9))
-                        self._log({"iteration": self.iteration, "epoch": self.epoch + 1,
-                                   "loss": self.loss_history[-1],
-                                   "learning_rate": self._learning_rate(),
-                                   "captions_per_s": round(rate, 1)})
-                        if self.verbose:
-                            say(f"(Iteration {self.iteration} / {total}) loss: "
-                                f"{self.loss_history[-1]:f}")
-                        bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}",
-                                        cap_s=f"{rate:.0f}")
-                    if self._due("iterations"):
-                        self.save()
+                if not self._run_epoch(say):
+                    break
                 self._end_epoch(say)
         finally:
-            bar.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         self._flush_losses()
         return self.loss_history
+
+    def _run_epoch(self, say) -> bool:
+        """The rest of the current epoch's iterations, with its own progress bar; False
+        if Ctrl-C stopped it (after saving)."""
+        be = self.model.backend
+        per_epoch = self.iterations_per_epoch
+        total = self.num_epochs * per_epoch
+        self._rng.bit_generator.state = self._epoch_rng_state
+        draws = be.asarray(self._rng.integers(0, self.num_train, (per_epoch, self.batch_size)))
+        with tqdm(total=per_epoch, initial=self._epoch_step, disable=not self.progress,
+                  desc=f"epoch {self.epoch + 1}/{self.num_epochs}", unit="it",
+                  file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+            while self._epoch_step < per_epoch:
+                if self._interrupted:
+                    self.stop_reason = "interrupted (Ctrl-C)"
+                    saved = self.save()
+                    say(f"interrupted at iteration {self.iteration}; "
+                        + (f"saved {saved}" if saved else "no checkpoint folder, nothing saved"))
+                    return False
+                self._step(draws[self._epoch_step])
+                self._epoch_step += 1
+                self.iteration += 1
+                bar.update(1)
+                if be.xp is np:  # host losses: checking each one costs nothing
+                    self._flush_losses()
+                if (self.iteration - 1) % self.print_every == 0:
+                    self._flush_losses()
+                    started, at = self._started
+                    rate = ((self.iteration - at) * self.batch_size
+                            / max(time.perf_counter() - started, 1e-9))
+                    self._log({"iteration": self.iteration, "epoch": self.epoch + 1,
+                               "loss": self.loss_history[-1],
+                               "learning_rate": self._learning_rate(),
+                               "captions_per_s": round(rate, 1)})
+                    if self.verbose:
+                        say(f"(Iteration {self.iteration} / {total}) loss: "
+                            f"{self.loss_history[-1]:f}")
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", cap_s=f"{rate:.0f}")
+                if self._due("iterations"):
+                    self.save()
+        return True
 
     def _end_epoch(self, say) -> None:
         self._flush_losses()

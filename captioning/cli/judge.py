@@ -28,6 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "greedy only)")
     p.add_argument("--max-images", type=int, help="score only the first N images")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    p.add_argument("--shuffled", action="store_true",
+                   help="a control: caption each image from another image's features")
     p.add_argument("--json", help="where to write the table (default: metrics-<split>.json "
                    "beside the checkpoint)")
     add_backend(p)
@@ -83,13 +85,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--beam must be at least 1, got {args.beam}")
     model, data, path, _, _ = _load(args)
     beams = (1,) if args.beam == 1 else (1, args.beam)
-    rows = evaluate(model, data, args.split, beams, args.max_images, not args.no_meteor)
-    print(f"{path}, {args.split} split, {int(rows['greedy']['images'])} images")
+    rows = evaluate(model, data, args.split, beams, args.max_images, not args.no_meteor,
+                    shuffle_seed=0 if args.shuffled else None)
+    print(f"{path}, {args.split} split, {int(rows['greedy']['images'])} images"
+          + (", features shuffled between images (control)" if args.shuffled else ""))
     print(format_metrics(rows))
     for name, scores in rows.items():
         print(f"{name}: {scores['captions_per_s']:.0f} captions/s"
               + (f"; METEOR {scores['METEOR']}" if isinstance(scores["METEOR"], str) else ""))
-    target = Path(args.json) if args.json else path.parent / f"metrics-{args.split}.json"
+    suffix = "-shuffled" if args.shuffled else ""
+    target = (Path(args.json) if args.json
+              else path.parent / f"metrics-{args.split}{suffix}.json")
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     print(f"wrote {target}")
