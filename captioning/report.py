@@ -77,7 +77,8 @@ def plot_samples(path: Path, images: Sequence[Path], samples: Sequence[Sample],
     import matplotlib.pyplot as plt
 
     rows = -(-len(samples) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 4.4 * rows), squeeze=False,
+                             layout="constrained")  # room for each title above its image
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, sample in zip(axes.ravel(), images, samples):
@@ -85,7 +86,6 @@ def plot_samples(path: Path, images: Sequence[Path], samples: Sequence[Sample],
         title = (textwrap.fill(f"model: {sample.generated}", 34) + "\n"
                  + textwrap.fill(f"reference: {sample.reference}", 34))
         ax.set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
