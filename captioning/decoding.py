@@ -99,9 +99,11 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
     return _decode_one_choice(model, features, max_length, choose)
 
 
-def _log_softmax(xp, scores):
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+def _log_softmax_inplace(xp, scores):
+    """scores (rows, V) -> their log-softmax, in place (no (rows, V) temporaries kept)."""
+    scores -= scores.max(axis=1, keepdims=True)
+    scores -= xp.log(xp.exp(scores).sum(axis=1, keepdims=True))
+    return scores
 
 
 def _stable_argsort(xp, a):
@@ -144,20 +146,23 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
     run = _Stepper(model, features)
     xp, k = run.xp, beam_size
     n, vocab = run.h.shape[0], model.vocab_size
-    run.reorder(xp.repeat(xp.arange(n), k))  # (n * k) rows, beam-major within an image
     ninf = -np.inf
     live = xp.full((n, k), ninf, dtype=run.h.dtype)
     live[:, 0] = 0  # one live hypothesis to start with: identical beams would repeat
+    width = 1  # state rows per image: one until the first step has chosen k beams
     history = xp.full((n, k, max_length), run.null, dtype=xp.int64)
     best_score = xp.full(n, ninf, dtype=run.h.dtype)  # ranking score of the best finished
     best_logp = xp.full(n, ninf, dtype=run.h.dtype)
     best_tokens = xp.full((n, max_length), run.null, dtype=xp.int64)
     finished = xp.zeros(n, dtype=xp.int64)
-    words = xp.full(n * k, run.start, dtype=xp.int64)
+    words = xp.full(n, run.start, dtype=xp.int64)
     rows = xp.arange(n)
     for t in range(max_length):
-        flat = (live[:, :, None]
-                + _log_softmax(xp, run.step(words)).reshape(n, k, vocab)).reshape(n, k * vocab)
+        logp = _log_softmax_inplace(xp, run.step(words)).reshape(n, width, vocab)
+        if width < k:  # the first step: the other beams are empty
+            logp = xp.concatenate([logp, xp.full((n, k - width, vocab), ninf, logp.dtype)], 1)
+        logp += live[:, :, None]
+        flat = logp.reshape(n, k * vocab)
         # The 2k best candidates, sorted: at most k of them end (one per beam), so the k
         # best that go on are among them, and the k-th of them bounds which may finish.
         top = _top(xp, flat, min(2 * k, k * vocab))
@@ -184,7 +189,8 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
         parent, word = top[:, :k] // vocab, top[:, :k] % vocab
         history = xp.take_along_axis(history, parent[:, :, None], axis=1)
         history[:, :, t] = word
-        run.reorder((rows[:, None] * k + parent).ravel())
+        run.reorder((rows[:, None] * width + parent * (width == k)).ravel())
+        width = k
         words = word.ravel()
         if t % 4 == 3 and not bool((finished < k).any()):  # a host sync, so not every step
             break
