@@ -380,12 +380,20 @@ class CaptioningTrainer:
         return state, arrays
 
     def save(self, path: str | Path | None = None) -> Path | None:
-        """Write a training checkpoint (default: checkpoint_dir/checkpoint.npz)."""
+        """Write a training checkpoint (default: checkpoint_dir/checkpoint.npz); refuses
+        (TrainingStopped) to overwrite a good one with non-finite parameters."""
         if path is None:
             if self.checkpoint_dir is None:
                 return None
             path = self.checkpoint_dir / CHECKPOINT_NAME
-        state, arrays = self.state()
+        state, arrays = self.state()  # raises first if a loss was not finite
+        xp = self.model.backend.xp
+        bad = [name for name, w in self.model.params.items() if not bool(xp.isfinite(w).all())]
+        if bad:  # a non-finite gradient whose loss was still finite
+            raise TrainingStopped(
+                f"parameters {bad} hold NaN or infinite values at iteration {self.iteration} "
+                f"(a non-finite gradient); not saved, so {path} keeps the last good state"
+                + ("" if self.grad_clip else "; try --grad-clip or a lower learning rate"))
         try:
             return save_checkpoint(path, self.model, state, arrays)
         except OSError as exc:

@@ -124,6 +124,23 @@ def test_nan_features_stop_the_run_and_keep_the_last_good_checkpoint(tiny_coco, 
     assert all(np.isfinite(v).all() for v in model.params.values())
 
 
+def test_a_non_finite_gradient_is_never_saved(tiny_coco, tmp_path):
+    data = load_coco_data(tiny_coco)
+    trainer = _trainer(_model(data), data, tmp_path, checkpoint_every="1", num_epochs=1)
+    step = trainer._step
+
+    def poisoned(batch):  # the loss of this step is fine; its update is not
+        step(batch)
+        if trainer.iteration == 1:
+            trainer.model.params["Wh"][0, 0] = np.inf
+
+    trainer._step = poisoned
+    with pytest.raises(TrainingStopped, match=r"parameters \['Wh'\] hold NaN or infinite"):
+        trainer.train()
+    _, state, _ = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert state["iteration"] == 1  # the last good one
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_coco, tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "captioning", "train", "--data", str(tiny_coco),
