@@ -85,6 +85,13 @@ def main() -> None:
               + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)
     decode = {}
     if not args.steps_only:
+        from cupyx.profiler import benchmark
+
+        step = library_step("cupy", Sizes(N=128), synthetic_data(Sizes(N=128), 4096, 1024))
+        timing = benchmark(step, n_repeat=20, n_warmup=5)
+        print(f"\nN=128 step: host (Python + launches) {timing.cpu_times.mean() * 1e3:.2f} ms, "
+              f"GPU {timing.gpu_times.mean() * 1e3:.2f} ms per step (cupyx.profiler.benchmark; "
+              "the step synchronises at its end)")
         print("\nwhere the CuPy step's time goes at N=1024 (each part timed alone, synced):")
         for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
             print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
