@@ -74,9 +74,10 @@ def synthetic_data(sizes: Sizes, num_captions: int = 1024, num_images: int = 256
     }
 
 
-def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None
-                 ) -> Callable[[], None]:
-    """One training step of the library (gather, forward, backward, in-place Adam)."""
+def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None,
+                 synchronize: bool = True) -> Callable[[], None]:
+    """One training step of the library (gather, forward, backward, in-place Adam);
+    ``synchronize=False`` returns as soon as the host has issued the work."""
     be = get_backend(backend)
     data = data or synthetic_data(sizes)
     model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
@@ -91,7 +92,8 @@ def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None
     def step() -> None:
         trainer._step(batches[next(counter) % len(batches)])
         trainer._pending.clear()
-        be.synchronize()
+        if synchronize:
+            be.synchronize()
 
     return step
 
