@@ -152,6 +152,18 @@ class Backend:
         self.xp.multiply(dc * i, 1 - g * g, out=da_g)
         self.xp.multiply(dc, f, out=dprev_c)
 
+    # The recurrences' per-step calls: the pre-activation and the upstream gradient
+    # arrive in two parts, so a backend can add them inside its gate kernel (one launch
+    # fewer per step each way, which is what bounds small batches on a GPU).
+    def _lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+        """lstm_gates_forward on a + a_extra, activating the gates in place in a."""
+        a += a_extra
+        self.lstm_gates_forward(a, prev_c, a, next_c, next_h, tanh_c)
+
+    def _lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+        """lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c overwrites dnext_c."""
+        self.lstm_gates_backward(dh + dh_extra, dnext_c, gates, prev_c, tanh_c, da, dnext_c)
+
     # ------------------------------------------------------------------ vanilla RNN
     def rnn_step_forward(self, x, prev_h, Wx, Wh, b):
         """x (N, D), prev_h (N, H) -> next_h (N, H) = tanh(x Wx + prev_h Wh + b)."""
@@ -232,8 +244,8 @@ class Backend:
         hs[0], cs[0] = h0, 0
         buf = xp.empty_like(gates[0])
         for t in range(T):
-            gates[t] += xp.matmul(hs[t], Wh, out=buf)
-            self.lstm_gates_forward(gates[t], cs[t], gates[t], cs[t + 1], hs[t + 1], tanh_c[t])
+            xp.matmul(hs[t], Wh, out=buf)
+            self._lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
 
     def lstm_backward(self, dh, cache):
@@ -244,9 +256,8 @@ class Backend:
         dprev_h = xp.zeros_like(hs[0])
         dprev_c = xp.zeros_like(hs[0])
         for t in reversed(range(gates.shape[0])):
-            self.lstm_gates_backward(
-                dh[:, t] + dprev_h, dprev_c, gates[t], cs[t], tanh_c[t], da[t], dprev_c
-            )
+            self._lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
+                                          tanh_c[t], da[t])
             dprev_h = da[t] @ Wh.T
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db

@@ -2,9 +2,12 @@
 the per-step work is small enough that kernel launches dominate.
 
 Overridden: one elementwise kernel per step for the LSTM gates forward and one for
-their backward (blocks i, f, o, g), one for the RNN's tanh backward, the embedding
-scatter-add (``cupy.add.at``, atomicAdd), the softmax cross-entropy and its
-gradient (one block per row, in place), and Adam (one kernel per parameter). The
+their backward (blocks i, f, o, g), each also adding the two parts of its input (the
+recurrent product and the hoisted input projection; the upstream and the carried
+gradient) so that a time step costs one matrix product and one kernel each way; one
+for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
+the softmax cross-entropy and its gradient (one block per row, in place), and Adam
+(one kernel per parameter). The
 vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
 the host; kernels compile once per dtype and are cached by CuPy.
@@ -16,42 +19,57 @@ import cupy as cp
 
 from backend.base import Backend, BackendUnavailable
 
-_LSTM_FORWARD = cp.ElementwiseKernel(
-    "raw T a, T prev_c, int32 H",
-    "raw T gates, T next_c, T next_h, T tanh_c",
-    """
-    const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
-    const T ig = 1 / (1 + exp(-a[base]));
-    const T fg = 1 / (1 + exp(-a[base + H]));
-    const T og = 1 / (1 + exp(-a[base + 2 * H]));
-    const T gg = tanh(a[base + 3 * H]);
-    gates[base] = ig;
-    gates[base + H] = fg;
-    gates[base + 2 * H] = og;
-    gates[base + 3 * H] = gg;
-    next_c = fg * prev_c + ig * gg;
-    tanh_c = tanh(next_c);
-    next_h = og * tanh_c;
-    """,
-    "caption_lstm_forward",
-)
 
-_LSTM_BACKWARD = cp.ElementwiseKernel(
-    "T dnext_h, T dnext_c, raw T gates, T prev_c, T tanh_c, int32 H",
-    "raw T da, T dprev_c",
-    """
-    const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
-    const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-    const T gg = gates[base + 3 * H];
-    const T dc = dnext_c + dnext_h * og * (1 - tanh_c * tanh_c);
-    da[base] = dc * gg * ig * (1 - ig);
-    da[base + H] = dc * prev_c * fg * (1 - fg);
-    da[base + 2 * H] = dnext_h * tanh_c * og * (1 - og);
-    da[base + 3 * H] = dc * ig * (1 - gg * gg);
-    dprev_c = dc * fg;
-    """,
-    "caption_lstm_backward",
-)
+def _lstm_forward_kernel(two_parts: bool) -> cp.ElementwiseKernel:
+    """The LSTM gates forward over (N, H) threads; with two_parts the pre-activation is
+    a + a_extra, summed here rather than in a launch of its own."""
+    read = "(a[{i}] + a_extra[{i}])" if two_parts else "a[{i}]"
+    gate = [read.format(i=f"base + {k} * H") for k in range(4)]
+    return cp.ElementwiseKernel(
+        "raw T a, " + ("raw T a_extra, " if two_parts else "") + "T prev_c, int32 H",
+        "raw T gates, T next_c, T next_h, T tanh_c",
+        f"""
+        const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
+        const T ig = 1 / (1 + exp(-{gate[0]}));
+        const T fg = 1 / (1 + exp(-{gate[1]}));
+        const T og = 1 / (1 + exp(-{gate[2]}));
+        const T gg = tanh({gate[3]});
+        gates[base] = ig;
+        gates[base + H] = fg;
+        gates[base + 2 * H] = og;
+        gates[base + 3 * H] = gg;
+        next_c = fg * prev_c + ig * gg;
+        tanh_c = tanh(next_c);
+        next_h = og * tanh_c;
+        """,
+        "caption_lstm_forward" + ("_sum" if two_parts else ""),
+    )
+
+
+def _lstm_backward_kernel(two_parts: bool) -> cp.ElementwiseKernel:
+    """The LSTM gates backward; with two_parts dnext_h = dh + dh_extra, summed here."""
+    return cp.ElementwiseKernel(
+        ("T dh, T dh_extra" if two_parts else "T dnext_h")
+        + ", T dnext_c, raw T gates, T prev_c, T tanh_c, int32 H",
+        "raw T da, T dprev_c",
+        ("const T dnext_h = dh + dh_extra;" if two_parts else "")
+        + """
+        const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
+        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
+        const T gg = gates[base + 3 * H];
+        const T dc = dnext_c + dnext_h * og * (1 - tanh_c * tanh_c);
+        da[base] = dc * gg * ig * (1 - ig);
+        da[base + H] = dc * prev_c * fg * (1 - fg);
+        da[base + 2 * H] = dnext_h * tanh_c * og * (1 - og);
+        da[base + 3 * H] = dc * ig * (1 - gg * gg);
+        dprev_c = dc * fg;
+        """,
+        "caption_lstm_backward" + ("_sum" if two_parts else ""),
+    )
+
+
+_LSTM_FORWARD, _LSTM_FORWARD_SUM = _lstm_forward_kernel(False), _lstm_forward_kernel(True)
+_LSTM_BACKWARD, _LSTM_BACKWARD_SUM = _lstm_backward_kernel(False), _lstm_backward_kernel(True)
 
 _TANH_BACKWARD = cp.ElementwiseKernel(
     "T dnext_h, T next_h", "T da", "da = dnext_h * (1 - next_h * next_h)",
@@ -155,6 +173,14 @@ class CupyBackend(Backend):
         H = prev_c.shape[1]
         _LSTM_BACKWARD(dnext_h, dnext_c, cp.ascontiguousarray(gates), prev_c, tanh_c, H,
                        da, dprev_c)
+
+    def _lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+        # a (a time step of the contiguous (T, N, 4H) buffer) and a_extra are contiguous.
+        _LSTM_FORWARD_SUM(a, a_extra, prev_c, prev_c.shape[1], a, next_c, next_h, tanh_c)
+
+    def _lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+        _LSTM_BACKWARD_SUM(dh, dh_extra, dnext_c, gates, prev_c, tanh_c, prev_c.shape[1],
+                           da, dnext_c)
 
     def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         M, V = scores.shape
