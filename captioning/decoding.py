@@ -13,6 +13,14 @@ from typing import Any
 import numpy as np
 
 
+def _row_chunks(xp, rows: int):
+    """Slices covering ``rows``: on the CPU, blocks of rows small enough that a run of
+    elementwise passes stays in cache (measured: the LSTM gates of 3,000 rows take half
+    the time in blocks of 256); on a GPU, one block (every block is a kernel launch)."""
+    step = 256 if xp is np else max(rows, 1)
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
 class _Stepper:
     """The model run one word at a time: start(features) then step(words)."""
 
@@ -38,9 +46,12 @@ class _Stepper:
             self.h = be.rnn_gates_forward(a, a)
         else:
             next_c, next_h, tanh_c = (xp.empty_like(self.c) for _ in range(3))
-            be.lstm_gates_forward(a, self.c, a, next_c, next_h, tanh_c)
+            for r in _row_chunks(xp, len(a)):
+                be.lstm_gates_forward(a[r], self.c[r], a[r], next_c[r], next_h[r], tanh_c[r])
             self.h, self.c = next_h, next_c
-        return self.h @ p["W_vocab"] + p["b_vocab"]
+        scores = self.h @ p["W_vocab"]
+        scores += p["b_vocab"]
+        return scores
 
     def reorder(self, rows: Any) -> None:
         """Keep the states of ``rows`` (beam search's back-pointers)."""
@@ -100,9 +111,11 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
 
 
 def _log_softmax_inplace(xp, scores):
-    """scores (rows, V) -> their log-softmax, in place (no (rows, V) temporaries kept)."""
-    scores -= scores.max(axis=1, keepdims=True)
-    scores -= xp.log(xp.exp(scores).sum(axis=1, keepdims=True))
+    """scores (rows, V) -> their log-softmax, in place, a cache-sized block at a time."""
+    for r in _row_chunks(xp, len(scores)):
+        block = scores[r]
+        block -= block.max(axis=1, keepdims=True)
+        block -= xp.log(xp.exp(block).sum(axis=1, keepdims=True))
     return scores
 
 
