@@ -45,8 +45,11 @@ def test_train_then_evaluate_sample_and_report(tiny_coco, tmp_path, capsys):
     assert not (run / "report" / "samples.png").exists()
 
 
-def test_train_refuses_to_overwrite_a_run_and_reports_bad_input(tiny_coco, tmp_path, capsys):
-    assert _train(tiny_coco, tmp_path / "run", "--no-report") == 0
+def test_train_reports_then_refuses_to_overwrite_and_reports_bad_input(tiny_coco, tmp_path,
+                                                                      capsys):
+    assert _train(tiny_coco, tmp_path / "run") == 0
+    assert f"report: {tmp_path / 'run' / 'report' / 'index.html'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())["beam 3"]
     assert _train(tiny_coco, tmp_path / "run") == 1
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing")]) == 1

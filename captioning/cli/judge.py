@@ -65,16 +65,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_report)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, dict, dict]:
-    from captioning.checkpoint import load_checkpoint
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
+    """(model on --backend, its data, the checkpoint file, the data folder)."""
+    from captioning.checkpoint import load_model
+    from captioning.coco import default_data_dir
 
     path, settings = resolve_checkpoint(args.checkpoint)
-    model, state, arrays = load_checkpoint(path, args.backend)
+    model = load_model(path, args.backend)
     data = load_data_for(model.input_dim, args.data, settings)
+    data_dir = Path(args.data or settings.get("data") or default_data_dir())
     if data["word_to_idx"] != model.word_to_idx:
         raise ValueError(f"{path} was trained with another vocabulary than the data in "
-                         f"{args.data or settings.get('data') or 'the default folder'}")
-    return model, data, path, state or {}, arrays
+                         f"{data_dir}")
+    return model, data, path, data_dir
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -83,7 +86,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.beam < 1:
         raise ValueError(f"--beam must be at least 1, got {args.beam}")
-    model, data, path, _, _ = _load(args)
+    model, data, path, _ = _load(args)
     beams = (1,) if args.beam == 1 else (1, args.beam)
     rows = evaluate(model, data, args.split, beams, args.max_images, not args.no_meteor,
                     shuffle_seed=0 if args.shuffled else None)
@@ -107,7 +110,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    model, data, _, _, _ = _load(args)
+    model, data, _, _ = _load(args)
     options: dict[str, Any] = {"beam": args.beam}
     if args.temperature is not None:
         options = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
@@ -120,18 +123,18 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_report(run_dir: Path, data: dict, data_dir: Path, model_path: Path | None = None,
+def make_report(model: Any, run_dir: Path, data: dict, data_dir: Path,
                 out: Path | None = None, images: int = 12, max_images: int = 1000) -> Path:
-    """Evaluate the run's best (else latest) model and write its report folder."""
+    """Evaluate ``model`` (greedy and beam 3) and write the report folder of the run in
+    ``run_dir``, its loss curves read from the run's checkpoint.npz when there is one."""
     from captioning.checkpoint import load_checkpoint
     from captioning.evaluation import evaluate, pick_samples
     from captioning.report import write_report
 
-    model_path = model_path or resolve_checkpoint(str(run_dir))[0]
-    model, _, _ = load_checkpoint(model_path)
-    _, state, arrays = load_checkpoint(run_dir / "checkpoint.npz") \
-        if (run_dir / "checkpoint.npz").is_file() else (None, None, {})
-    state = state or {}
+    state, arrays = {}, {}
+    if (run_dir / "checkpoint.npz").is_file():
+        _, saved_state, arrays = load_checkpoint(run_dir / "checkpoint.npz")
+        state = saved_state or {}
     metrics = evaluate(model, data, "val", (1, 3), max_images)
     samples = pick_samples(model, data, "val", images)
     per_epoch = state.get("num_train", 1) // max(state.get("batch_size", 1), 1)
@@ -141,15 +144,8 @@ def make_report(run_dir: Path, data: dict, data_dir: Path, model_path: Path | No
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from captioning.coco import default_data_dir
-
-    path, settings = resolve_checkpoint(args.checkpoint)
-    from captioning.checkpoint import load_model
-
-    model = load_model(path, args.backend)
-    data = load_data_for(model.input_dim, args.data, settings)
-    data_dir = Path(args.data or settings.get("data") or default_data_dir())
-    index = make_report(path.parent, data, data_dir, path,
+    model, data, path, data_dir = _load(args)
+    index = make_report(model, path.parent, data, data_dir,
                         Path(args.out) if args.out else None, args.images, args.max_images)
     print(f"wrote {index}")
     return 0

@@ -142,9 +142,12 @@ def run(args: argparse.Namespace) -> int:
     trainer.save()
     _print_samples(model, data, s["samples"], s["seed"])
     if not s["no_report"]:
+        from captioning.checkpoint import load_model
+        from captioning.cli.common import resolve_checkpoint
         from captioning.cli.judge import make_report
 
-        index = make_report(out, data, Path(s["data"]), max_images=1000)
+        best = load_model(resolve_checkpoint(str(out))[0], backend)  # best.npz if any
+        index = make_report(best, out, data, Path(s["data"]), max_images=1000)
         print(f"report: {index}")
     return 0
 
