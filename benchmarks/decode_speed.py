@@ -16,8 +16,8 @@ from benchmarks.workload import (
     DECODE_IMAGES,
     Sizes,
     decode_model,
+    interleaved_medians,
     library_decode,
-    median_time,
     textbook_greedy,
 )
 
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         runs["PyTorch nn.LSTM greedy"] = torch_greedy(sizes, decode_model("numpy", sizes)[1])
     except ImportError:
         print("PyTorch not installed: skipped (pip install -e '.[bench-peers]')")
-    times = {name: median_time(fn, repeats=args.repeats, warmup=2) for name, fn in runs.items()}
+    times = interleaved_medians(runs, repeats=args.repeats, warmup=2)
     base = times["textbook greedy loop"]
     print(f"decoding {DECODE_IMAGES} images x {sizes.T} steps, float32, H={sizes.H}, "
-          f"V={sizes.V}; median of {args.repeats}")
+          f"V={sizes.V}; median of {args.repeats}, timed in turns")
     print(f"{'decoder':24s} {'s':>7s} {'captions/s':>11s} {'vs textbook':>12s}")
     for name, t in times.items():
         print(f"{name:24s} {t:7.3f} {DECODE_IMAGES / t:11.0f} {base / t:11.2f}x")

@@ -15,8 +15,8 @@ from backend import available_backends
 from benchmarks.workload import (
     Sizes,
     gemm_floor_step,
+    interleaved_medians,
     library_step,
-    median_time,
     synthetic_data,
     textbook_step,
 )
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         print("PyTorch not installed: skipped (pip install -e '.[bench-peers]')")
     print(f"one float32 training step, N={sizes.N} T={sizes.T} D={sizes.D} W={sizes.W} "
           f"H={sizes.H} V={sizes.V}: {sizes.flops() / 1e9:.1f} GFLOP in matrix products; "
-          f"median of {args.repeats} after warm-up")
-    times = {name: median_time(fn, repeats=args.repeats, warmup=4) for name, fn in steps.items()}
+          f"median of {args.repeats}, timed in turns, after warm-up")
+    times = interleaved_medians(steps, repeats=args.repeats, warmup=4)
     base = times["textbook"]
     print(f"{'formulation':18s} {'ms/step':>8s} {'captions/s':>11s} {'GFLOP/s':>8s} "
           f"{'vs textbook':>11s} {'of floor':>9s}")

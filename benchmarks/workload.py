@@ -140,6 +140,25 @@ def gemm_floor_step(sizes: Sizes, dtype=np.float32) -> Callable[[], None]:
     return step
 
 
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int = 7,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each function, timed in turns (one call of each per round),
+    so that a slow spell of a shared machine falls on every row alike. A short pause
+    before each call lets the previous one's thread pool (OpenBLAS, PyTorch's OpenMP)
+    stop spinning, which would otherwise slow whichever row comes next."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(0.05)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def median_time(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in seconds after ``warmup`` calls."""
     for _ in range(warmup):

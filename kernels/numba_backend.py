@@ -3,11 +3,13 @@
 Overridden: the embedding scatter-add (a plain loop instead of ``np.add.at``), the
 LSTM gate backward (pure arithmetic, one fused pass), the arithmetic around the gate
 forward, the softmax cross-entropy and its gradient (one pass per row), and Adam (one
-pass over each parameter). Measured (benchmarks/RESULTS.md): only the scatter-add is a
-clear win (71x); the others tie with NumPy's vectorised passes within noise and are kept
-because they allocate no step-sized temporaries. Transcendentals stay with NumPy: its
-SIMD ``tanh``/``exp`` run about 40x faster than the scalar libm calls Numba makes without
-SVML (measured: tanh over 128x2048 float32, 95 us in NumPy, 4.1 ms in a Numba loop).
+pass over each parameter). Measured (benchmarks/RESULTS.md): the scatter-add (70x) and
+Adam (4x) are clear wins; the gate and softmax kernels tie with NumPy and are kept
+because they allocate no step-sized temporaries. ``error_model="numpy"`` drops the
+ZeroDivisionError check on every division, which otherwise stops LLVM vectorising.
+Transcendentals stay with NumPy: its SIMD ``tanh``/``exp`` run about 40x faster than the
+scalar libm calls Numba makes without SVML (measured: tanh over 128x2048 float32, 95 us
+in NumPy, 4.1 ms in a Numba loop).
 Every kernel is compiled lazily per dtype and cached on disk (``cache=True``).
 """
 
@@ -18,7 +20,7 @@ from numba import njit
 
 from kernels.numpy_backend import NumpyBackend
 
-_JIT = {"cache": True, "nogil": True}
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**_JIT)

@@ -83,6 +83,18 @@ def test_data_commands(tmp_path, capsys):
     assert main(["data", "pca", str(tmp_path / "nowhere")]) == 1
     assert "missing" in capsys.readouterr().err
 
+    images = [{"cocoid": i, "split": split, "sentences": [{"tokens": ["a", word]}]}
+              for i, (split, word) in enumerate([("train", "cat"), ("train", "dog"),
+                                                 ("val", "cat")])]
+    (tmp_path / "k.json").write_text(json.dumps({"images": images}))
+    np.save(tmp_path / "f.npy", np.eye(3, dtype=np.float32))
+    (tmp_path / "f_ids.txt").write_text("0\n1\n2\n")
+    assert main(["data", "build", "--out", str(tmp_path / "b"), "--features",
+                 str(tmp_path / "f.npy"), "--karpathy", str(tmp_path / "k.json"),
+                 "--min-count", "1", "--pca-dim", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary: 7 words" in out and "train: 2 images, 2 captions" in out
+
 
 def test_module_entry_point_help():
     for command in (["train"], ["evaluate"], ["data", "build"]):
