@@ -158,34 +158,46 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
         raise ValueError(f"length_penalty must be non-negative, got {length_penalty!r}")
     run = _Stepper(model, features)
     xp, k = run.xp, beam_size
-    n, vocab = run.h.shape[0], model.vocab_size
+    n, vocab, dtype = run.h.shape[0], model.vocab_size, run.h.dtype
     ninf = -np.inf
-    live = xp.full((n, k), ninf, dtype=run.h.dtype)
+    out_captions = xp.full((n, max_length), run.null, dtype=xp.int64)
+    out_logp = xp.full(n, ninf, dtype=dtype)
+    # Per image still searching (rows of these arrays; ``image`` maps them back):
+    image = xp.arange(n)
+    live = xp.full((n, k), ninf, dtype=dtype)
     live[:, 0] = 0  # one live hypothesis to start with: identical beams would repeat
     width = 1  # state rows per image: one until the first step has chosen k beams
     history = xp.full((n, k, max_length), run.null, dtype=xp.int64)
-    best_score = xp.full(n, ninf, dtype=run.h.dtype)  # ranking score of the best finished
-    best_logp = xp.full(n, ninf, dtype=run.h.dtype)
+    best_score = xp.full(n, ninf, dtype=dtype)  # ranking score of the best finished
+    best_logp = xp.full(n, ninf, dtype=dtype)
     best_tokens = xp.full((n, max_length), run.null, dtype=xp.int64)
     finished = xp.zeros(n, dtype=xp.int64)
     words = xp.full(n, run.start, dtype=xp.int64)
-    rows = xp.arange(n)
+
+    def retire(which) -> None:
+        """Write the answers of the searching images selected by ``which``."""
+        none = best_score[which] == ninf  # nothing finished: the best live one, whole
+        out_captions[image[which]] = xp.where(none[:, None], history[which, 0],
+                                              best_tokens[which])
+        out_logp[image[which]] = xp.where(none, live[which, 0], best_logp[which])
+
     for t in range(max_length):
-        logp = _log_softmax_inplace(xp, run.step(words)).reshape(n, width, vocab)
+        m = len(image)
+        rows = xp.arange(m)
+        logp = _log_softmax_inplace(xp, run.step(words)).reshape(m, width, vocab)
         if width < k:  # the first step: the other beams are empty
-            logp = xp.concatenate([logp, xp.full((n, k - width, vocab), ninf, logp.dtype)], 1)
+            logp = xp.concatenate([logp, xp.full((m, k - width, vocab), ninf, dtype)], 1)
         logp += live[:, :, None]
-        flat = logp.reshape(n, k * vocab)
+        flat = logp.reshape(m, k * vocab)
         # The 2k best candidates, sorted: at most k of them end (one per beam), so the k
         # best that go on are among them, and the k-th of them bounds which may finish.
         top = _top(xp, flat, min(2 * k, k * vocab))
         values = xp.take_along_axis(flat, top, axis=1)
         if run.end is not None:
-            ends = flat[:, run.end :: vocab]  # (n, k): each beam followed by <END>
+            ends = flat[:, run.end :: vocab]  # (m, k): each beam followed by <END>
             ending = ends > ninf
             if t < max_length - 1:  # at the last step every ending hypothesis finishes
                 ending &= ends >= values[:, k - 1 : k]
-            ending &= (finished < k)[:, None]
             ranked = xp.where(ending, ends / float(t + 1) ** length_penalty, ninf)
             beam = ranked.argmax(axis=1)
             better = ranked[rows, beam] > best_score
@@ -202,12 +214,20 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
         parent, word = top[:, :k] // vocab, top[:, :k] % vocab
         history = xp.take_along_axis(history, parent[:, :, None], axis=1)
         history[:, :, t] = word
-        run.reorder((rows[:, None] * width + parent * (width == k)).ravel())
+        state_rows = rows[:, None] * width + parent * (width == k)
         width = k
+        done = finished >= k
+        if run.end is not None and bool(done.any()):  # one host sync a step
+            retire(done)  # an image with k finished hypotheses stops searching
+            keep = ~done
+            image, live, history, finished, word, state_rows = (
+                a[keep] for a in (image, live, history, finished, word, state_rows))
+            best_score, best_logp, best_tokens = (
+                a[keep] for a in (best_score, best_logp, best_tokens))
+            if not len(image):
+                break
+        run.reorder(state_rows.ravel())
         words = word.ravel()
-        if t % 4 == 3 and not bool((finished < k).any()):  # a host sync, so not every step
-            break
-    unfinished = best_score == ninf
-    captions = xp.where(unfinished[:, None], history[:, 0], best_tokens)
-    logp = xp.where(unfinished, live[:, 0], best_logp)
-    return run.be.to_numpy(captions), run.be.to_numpy(logp)
+    if len(image):
+        retire(xp.ones(len(image), dtype=bool))
+    return run.be.to_numpy(out_captions), run.be.to_numpy(out_logp)
