@@ -175,7 +175,8 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
     words = xp.full(n, run.start, dtype=xp.int64)
 
     def retire(which) -> None:
-        """Write the answers of the searching images selected by ``which``."""
+        """Write the answers of the searching images selected by the mask ``which``."""
+        which = xp.nonzero(which)[0]  # integer indices: CuPy mixes them with others
         none = best_score[which] == ninf  # nothing finished: the best live one, whole
         out_captions[image[which]] = xp.where(none[:, None], history[which, 0],
                                               best_tokens[which])
