@@ -152,6 +152,10 @@ class Backend:
         self.xp.multiply(dc * i, 1 - g * g, out=da_g)
         self.xp.multiply(dc, f, out=dprev_c)
 
+    def _step_matmul(self, a, b, out, transpose_b: bool = False):
+        """out = a @ b (or a @ b.T), the recurrences' per-step product, into ``out``."""
+        return self.xp.matmul(a, b.T if transpose_b else b, out=out)
+
     # The recurrences' per-step calls: the pre-activation and the upstream gradient
     # arrive in two parts, so a backend can add them inside its gate kernel (one launch
     # fewer per step each way, which is what bounds small batches on a GPU).
@@ -192,7 +196,7 @@ class Backend:
         hs[0] = h0
         buf = xp.empty((N, H), dtype=a.dtype)
         for t in range(T):
-            a[t] += xp.matmul(hs[t], Wh, out=buf)
+            a[t] += self._step_matmul(hs[t], Wh, buf)
             self.rnn_gates_forward(a[t], hs[t + 1])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs)
 
@@ -204,7 +208,7 @@ class Backend:
         dprev_h = self.xp.zeros_like(hs[0])
         for t in reversed(range(T)):
             self.rnn_gates_backward(dh[:, t] + dprev_h, hs[t + 1], da[t])
-            dprev_h = da[t] @ Wh.T
+            self._step_matmul(da[t], Wh, dprev_h, transpose_b=True)
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
@@ -244,7 +248,7 @@ class Backend:
         hs[0], cs[0] = h0, 0
         buf = xp.empty_like(gates[0])
         for t in range(T):
-            xp.matmul(hs[t], Wh, out=buf)
+            self._step_matmul(hs[t], Wh, buf)
             self._lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
 
@@ -258,7 +262,7 @@ class Backend:
         for t in reversed(range(gates.shape[0])):
             self._lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
                                           tanh_c[t], da[t])
-            dprev_h = da[t] @ Wh.T
+            self._step_matmul(da[t], Wh, dprev_h, transpose_b=True)
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
