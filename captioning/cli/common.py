@@ -43,9 +43,11 @@ def resolve_checkpoint(path: str) -> tuple[Path, dict[str, Any]]:
     return p, settings
 
 
-def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]) -> dict:
-    """The data a model of ``input_dim`` features was trained on: --data, else the run's
-    folder, else the default; the full or PCA features, whichever has that width."""
+def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]
+                  ) -> tuple[dict, Path]:
+    """(data, folder): the data a model of ``input_dim`` features was trained on, from
+    --data, else the run's folder, else the default; the full or PCA features, whichever
+    has that width."""
     folder = Path(data_dir or settings.get("data") or default_data_dir())
     features = settings.get("features")
     if features is None or data_dir:
@@ -55,4 +57,4 @@ def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]
             with h5py.File(path, "r") as f:
                 if "features" in f and f["features"].shape[1] != input_dim:
                     features = "pca"
-    return load_coco_data(folder, pca_features=features == "pca")
+    return load_coco_data(folder, pca_features=features == "pca"), folder

@@ -68,12 +68,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
     """(model on --backend, its data, the checkpoint file, the data folder)."""
     from captioning.checkpoint import load_model
-    from captioning.coco import default_data_dir
 
     path, settings = resolve_checkpoint(args.checkpoint)
     model = load_model(path, args.backend)
-    data = load_data_for(model.input_dim, args.data, settings)
-    data_dir = Path(args.data or settings.get("data") or default_data_dir())
+    data, data_dir = load_data_for(model.input_dim, args.data, settings)
     if data["word_to_idx"] != model.word_to_idx:
         raise ValueError(f"{path} was trained with another vocabulary than the data in "
                          f"{data_dir}")
