@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ class BuildReport:
     images: dict[str, int] = field(default_factory=dict)
     encode: dict[str, EncodeStats] = field(default_factory=dict)
     vocab_size: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
     pca_explained: float = 0.0
 
     def lines(self) -> list[str]:
@@ -64,7 +65,7 @@ def _load_json(path: Path) -> dict:
     return data
 
 
-def read_coco_captions(path: str | os.PathLike, skipped: dict[str, int]) -> list[Image]:
+def read_coco_captions(path: str | os.PathLike, skipped: Counter) -> list[Image]:
     """One split from a COCO ``captions_*.json``. Annotations naming an image the file
     does not list, and captions with no words, are counted in ``skipped``."""
     path = Path(path)
@@ -87,22 +88,20 @@ def read_coco_captions(path: str | os.PathLike, skipped: dict[str, int]) -> list
                              f"{ann!r:.200}")
         image = images.get(int(ann["image_id"]))
         if image is None:
-            skipped["captions of unknown image ids"] = \
-                skipped.get("captions of unknown image ids", 0) + 1
+            skipped["captions of unknown image ids"] += 1
             continue
         _add_caption(image, tokenize(str(ann["caption"])), skipped)
     return list(images.values())
 
 
-def read_karpathy(path: str | os.PathLike, skipped: dict[str, int]) -> dict[str, list[Image]]:
+def read_karpathy(path: str | os.PathLike, skipped: Counter) -> dict[str, list[Image]]:
     """train (train + restval) and val from a Karpathy ``dataset_coco.json``."""
     path = Path(path)
     splits: dict[str, list[Image]] = {"train": [], "val": []}
     for entry in _load_json(path)["images"]:
         split = KARPATHY_SPLITS.get(entry.get("split"))
         if split is None:
-            skipped[f"{entry.get('split')!s} images"] = \
-                skipped.get(f"{entry.get('split')!s} images", 0) + 1
+            skipped[f"{entry.get('split')!s} images"] += 1
             continue
         image_id = entry.get("cocoid", entry.get("imgid"))
         if image_id is None or not isinstance(entry.get("sentences"), list):
@@ -120,11 +119,11 @@ def read_karpathy(path: str | os.PathLike, skipped: dict[str, int]) -> dict[str,
     return splits
 
 
-def _add_caption(image: Image, words: list[str], skipped: dict[str, int]) -> None:
+def _add_caption(image: Image, words: list[str], skipped: Counter) -> None:
     if words:
         image.captions.append(words)
     else:
-        skipped["empty captions"] = skipped.get("empty captions", 0) + 1
+        skipped["empty captions"] += 1
 
 
 class FeatureIndex:
