@@ -135,6 +135,26 @@ class Backend:
         self.xp.tanh(next_c, out=tanh_c)
         self.xp.multiply(o, tanh_c, out=next_h)
 
+    def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
+        """The cell update for decoding, where nothing is kept for a backward pass.
+
+        a (N, 4H) holds the g block's pre-activation and *half* of the i, f, o blocks'
+        (decoding halves those weight columns once; scaling by 0.5 is exact, so the
+        result is bit for bit that of ``lstm_gates_forward``). One tanh over all of a
+        then gives tanh(a/2) for the sigmoids (sigmoid(x) = 0.5 tanh(x/2) + 0.5) and
+        tanh(a) for g. Overwrites a; writes next_c and next_h (N, H).
+        """
+        xp, H = self.xp, prev_c.shape[1]
+        xp.tanh(a, out=a)
+        ifo = a[:, : 3 * H]
+        ifo *= 0.5
+        ifo += 0.5
+        i, f, o, g = (a[:, k * H : (k + 1) * H] for k in range(4))
+        xp.multiply(f, prev_c, out=next_c)
+        next_c += i * g
+        xp.tanh(next_c, out=next_h)
+        next_h *= o
+
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         """Gradient through one LSTM cell update, down to its pre-activations.
 

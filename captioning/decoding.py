@@ -33,24 +33,33 @@ class _Stepper:
         self.c = self.xp.zeros_like(self.h)
         # Every input is a word embedding, so its projection is one row of this table.
         self.word_inputs = self.p["W_embed"] @ self.p["Wx"] + self.p["b"]
+        self.Wh = self.p["Wh"]
+        if model.cell_type == "lstm":
+            # Halve the i, f, o columns (exact), so one tanh serves gates and sigmoids.
+            H = self.h.shape[1]
+            self.Wh = self.Wh.copy()
+            for table in (self.word_inputs, self.Wh):
+                table[:, : 3 * H] *= 0.5
         self.null = model.word_to_idx["<NULL>"]
         self.start = model.word_to_idx.get("<START>", self.null)
         self.end = model.word_to_idx.get("<END>")
 
     def step(self, words: Any) -> Any:
         """Feed ``words`` (rows,) and return the next word's scores (rows, V)."""
-        p, be, xp = self.p, self.be, self.xp
-        a = self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
-        a += self.h @ p["Wh"]
+        be, xp = self.be, self.xp
+        a = self.h @ self.Wh
         if self.model.cell_type == "rnn":
+            a += self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
             self.h = be.rnn_gates_forward(a, a)
         else:
-            next_c, next_h, tanh_c = (xp.empty_like(self.c) for _ in range(3))
+            next_c, next_h = xp.empty_like(self.c), xp.empty_like(self.c)
             for r in _row_chunks(xp, len(a)):
-                be.lstm_gates_forward(a[r], self.c[r], a[r], next_c[r], next_h[r], tanh_c[r])
+                block = a[r]
+                block += self.word_inputs[words[r]]
+                be.lstm_gates_forward_halved(block, self.c[r], next_c[r], next_h[r])
             self.h, self.c = next_h, next_c
-        scores = self.h @ p["W_vocab"]
-        scores += p["b_vocab"]
+        scores = self.h @ self.p["W_vocab"]
+        scores += self.p["b_vocab"]
         return scores
 
     def reorder(self, rows: Any) -> None:

@@ -48,6 +48,20 @@ def _lstm_forward_finish(gates, prev_c, next_c, half):
 
 
 @njit(**_JIT)
+def _lstm_halved_finish(t, prev_c, next_c, next_h, half):
+    """t holds tanh(a/2) for i, f, o and tanh(a) for g: write next_c = f * prev_c + i * g
+    and o (to be multiplied by tanh(next_c)) into next_h. Row slices keep the inner loop
+    contiguous, which LLVM vectorises."""
+    N, H = prev_c.shape
+    for n in range(N):
+        ti, tf, to, tg = t[n, :H], t[n, H : 2 * H], t[n, 2 * H : 3 * H], t[n, 3 * H :]
+        c, c_next, o = prev_c[n], next_c[n], next_h[n]
+        for j in range(H):
+            c_next[j] = (half * tf[j] + half) * c[j] + (half * ti[j] + half) * tg[j]
+            o[j] = half * to[j] + half
+
+
+@njit(**_JIT)
 def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c, one):
     N, H = prev_c.shape
     for n in range(N):
@@ -114,6 +128,11 @@ class NumbaBackend(NumpyBackend):
         _lstm_forward_finish(gates, _c(prev_c), next_c, gates.dtype.type(0.5))
         np.tanh(next_c, out=tanh_c)
         np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
+
+    def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
+        np.tanh(a, out=a)
+        _lstm_halved_finish(a, _c(prev_c), next_c, next_h, a.dtype.type(0.5))
+        next_h *= np.tanh(next_c)
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
