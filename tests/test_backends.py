@@ -103,6 +103,23 @@ def test_lstm_step_matches_reference(backend, reference, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("N", "H"), [(1, 1), (7, 13), (300, 64)])
+def test_halved_gates_match_the_plain_gates(backend, reference, N, H, dtype):
+    """Decoding's cell update from half-scaled i, f, o pre-activations."""
+    rng = np.random.default_rng(H)
+    a = (3 * rng.standard_normal((N, 4 * H))).astype(dtype)
+    prev_c = rng.standard_normal((N, H)).astype(dtype)
+    gates, next_c, next_h, tanh_c = (np.empty_like(x) for x in (a, prev_c, prev_c, prev_c))
+    reference.lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
+    halved = a.copy()
+    halved[:, : 3 * H] *= 0.5
+    got_c, got_h = (backend.xp.empty((N, H), dtype=dtype) for _ in range(2))
+    backend.lstm_gates_forward_halved(backend.asarray(halved), backend.asarray(prev_c),
+                                      got_c, got_h)
+    _close(backend, [got_c, got_h], [next_c, next_h], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37)])
 def test_scatter_add_matches_reference(backend, reference, K, V, D, dtype):
     rng = np.random.default_rng(K)
