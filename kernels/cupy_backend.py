@@ -1,8 +1,8 @@
 """The CuPy backend: the base class's maths on an NVIDIA GPU, with fused kernels where
 the per-step work is small enough that kernel launches dominate.
 
-Overridden: one elementwise kernel per step for the LSTM gates forward and one for
-their backward (blocks i, f, o, g), each also adding the two parts of its input (the
+Overridden: one raw kernel per step for the LSTM gates forward and one for their
+backward (blocks i, f, o, g), each also adding the two parts of its input (the
 recurrent product and the hoisted input projection; the upstream and the carried
 gradient) so that a time step costs one matrix product and one kernel each way; one
 for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
@@ -23,72 +23,94 @@ from cupy_backends.cuda.libs import cublas
 
 from backend.base import Backend, BackendUnavailable
 
-
-def _lstm_forward_kernel(two_parts: bool) -> cp.ElementwiseKernel:
-    """The LSTM gates forward over (N, H) threads; with two_parts the pre-activation is
-    a + a_extra, summed here rather than in a launch of its own."""
-    read = "(a[{i}] + a_extra[{i}])" if two_parts else "a[{i}]"
-    gate = [read.format(i=f"base + {k} * H") for k in range(4)]
-    return cp.ElementwiseKernel(
-        "raw T a, " + ("raw T a_extra, " if two_parts else "") + "T prev_c, int32 H",
-        "raw T gates, T next_c, T next_h, T tanh_c",
-        f"""
-        const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
-        const T ig = 1 / (1 + exp(-{gate[0]}));
-        const T fg = 1 / (1 + exp(-{gate[1]}));
-        const T og = 1 / (1 + exp(-{gate[2]}));
-        const T gg = tanh({gate[3]});
+# The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
+# gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
+# paced by the host's launches, and a raw launch costs the host less. (N, H) operands
+# are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
+_GATES_SOURCE = r"""
+template <typename T>
+__global__ void lstm_forward(const T* a, const T* a_extra, int has_extra, const T* prev_c,
+                             T* gates, T* next_c, T* next_h, T* tanh_c, long long NH, int H) {
+    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        T ai = a[base], af = a[base + H], ao = a[base + 2 * H], ag = a[base + 3 * H];
+        if (has_extra) {
+            ai += a_extra[base];
+            af += a_extra[base + H];
+            ao += a_extra[base + 2 * H];
+            ag += a_extra[base + 3 * H];
+        }
+        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
+        const T gg = tanh(ag);
         gates[base] = ig;
         gates[base + H] = fg;
         gates[base + 2 * H] = og;
         gates[base + 3 * H] = gg;
-        next_c = fg * prev_c + ig * gg;
-        tanh_c = tanh(next_c);
-        next_h = og * tanh_c;
-        """,
-        "caption_lstm_forward" + ("_sum" if two_parts else ""),
-    )
+        const T c = fg * prev_c[k] + ig * gg;
+        const T tc = tanh(c);
+        next_c[k] = c;
+        tanh_c[k] = tc;
+        next_h[k] = og * tc;
+    }
+}
 
+template <typename T>
+__global__ void lstm_forward_halved(const T* a, const T* prev_c, T* next_c, T* next_h,
+                                    long long NH, int H) {
+    // Decoding: a's i, f, o blocks hold half their pre-activations, so
+    // sigmoid(x) = 0.5 tanh(x / 2) + 0.5 takes one tanh; nothing is kept for backward.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        const T half = 0.5;
+        const T ig = half * tanh(a[base]) + half, fg = half * tanh(a[base + H]) + half;
+        const T og = half * tanh(a[base + 2 * H]) + half;
+        const T c = fg * prev_c[k] + ig * tanh(a[base + 3 * H]);
+        next_c[k] = c;
+        next_h[k] = og * tanh(c);
+    }
+}
 
-def _lstm_backward_kernel(two_parts: bool) -> cp.ElementwiseKernel:
-    """The LSTM gates backward; with two_parts dnext_h = dh + dh_extra, summed here."""
-    return cp.ElementwiseKernel(
-        ("T dh, T dh_extra" if two_parts else "T dnext_h")
-        + ", T dnext_c, raw T gates, T prev_c, T tanh_c, int32 H",
-        "raw T da, T dprev_c",
-        ("const T dnext_h = dh + dh_extra;" if two_parts else "")
-        + """
-        const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
+template <typename T>
+__global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
+                              const T* dnext_c, const T* gates, const T* prev_c,
+                              const T* tanh_c, T* da, T* dprev_c, long long NH, int H) {
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c).
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        T dnext_h = dh[n * dh_ld + j];
+        if (has_extra) dnext_h += dh_extra[k];
         const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-        const T gg = gates[base + 3 * H];
-        const T dc = dnext_c + dnext_h * og * (1 - tanh_c * tanh_c);
+        const T gg = gates[base + 3 * H], tc = tanh_c[k];
+        const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
         da[base] = dc * gg * ig * (1 - ig);
-        da[base + H] = dc * prev_c * fg * (1 - fg);
-        da[base + 2 * H] = dnext_h * tanh_c * og * (1 - og);
+        da[base + H] = dc * prev_c[k] * fg * (1 - fg);
+        da[base + 2 * H] = dnext_h * tc * og * (1 - og);
         da[base + 3 * H] = dc * ig * (1 - gg * gg);
-        dprev_c = dc * fg;
-        """,
-        "caption_lstm_backward" + ("_sum" if two_parts else ""),
-    )
+        dprev_c[k] = dc * fg;
+    }
+}
+"""
+_GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_backward")
+_CTYPES = {"float32": "float", "float64": "double"}
+_GATES = cp.RawModule(code=_GATES_SOURCE, options=("-std=c++14",),
+                      name_expressions=[f"{k}<{t}>" for k in _GATE_KERNELS
+                                        for t in _CTYPES.values()])
+_FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
 
 
-_LSTM_FORWARD, _LSTM_FORWARD_SUM = _lstm_forward_kernel(False), _lstm_forward_kernel(True)
+def _launch(kernel: str, prev_c, *args) -> None:
+    """Run a gate kernel over the (N, H) units of ``prev_c``; args before NH and H."""
+    key = (kernel, prev_c.dtype.name)
+    if key not in _FUNCTIONS:
+        _FUNCTIONS[key] = _GATES.get_function(f"{kernel}<{_CTYPES[key[1]]}>")
+    N, H = prev_c.shape
+    blocks = min(max(-(-N * H // 256), 1), 4096)  # a grid-stride loop covers the rest
+    _FUNCTIONS[key]((blocks,), (256,), (*args, np.int64(N * H), np.int32(H)))
 
-_LSTM_FORWARD_HALVED = cp.ElementwiseKernel(
-    "raw T a, T prev_c, int32 H",
-    "T next_c, T next_h",
-    """
-    // a's i, f, o blocks hold half their pre-activations: sigmoid(x) = 0.5 tanh(x/2) + 0.5
-    const ptrdiff_t n = i / H, j = i % H, base = n * 4 * H + j;
-    const T ig = 0.5 * tanh(a[base]) + 0.5;
-    const T fg = 0.5 * tanh(a[base + H]) + 0.5;
-    const T og = 0.5 * tanh(a[base + 2 * H]) + 0.5;
-    next_c = fg * prev_c + ig * tanh(a[base + 3 * H]);
-    next_h = og * tanh(next_c);
-    """,
-    "caption_lstm_forward_halved",
-)
-_LSTM_BACKWARD, _LSTM_BACKWARD_SUM = _lstm_backward_kernel(False), _lstm_backward_kernel(True)
 
 _TANH_BACKWARD = cp.ElementwiseKernel(
     "T dnext_h, T next_h", "T da", "da = dnext_h * (1 - next_h * next_h)",
@@ -210,24 +232,31 @@ class CupyBackend(Backend):
         return _TANH_BACKWARD(dnext_h, next_h, da)
 
     def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
-        H = prev_c.shape[1]
-        _LSTM_FORWARD(cp.ascontiguousarray(a), prev_c, H, gates, next_c, next_h, tanh_c)
+        a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
+        _launch("lstm_forward", prev_c, a, a, np.int32(0), prev_c, gates, next_c, next_h,
+                tanh_c)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
-        _LSTM_FORWARD_HALVED(cp.ascontiguousarray(a), prev_c, prev_c.shape[1], next_c, next_h)
+        a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
+        _launch("lstm_forward_halved", prev_c, a, prev_c, next_c, next_h)
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
-        H = prev_c.shape[1]
-        _LSTM_BACKWARD(dnext_h, dnext_c, cp.ascontiguousarray(gates), prev_c, tanh_c, H,
-                       da, dprev_c)
+        dnext_h, dnext_c, gates, prev_c, tanh_c = (
+            cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
+        _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
+                np.int32(0), dnext_c, gates, prev_c, tanh_c, da, dprev_c)
 
     def _lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
-        # a (a time step of the contiguous (T, N, 4H) buffer) and a_extra are contiguous.
-        _LSTM_FORWARD_SUM(a, a_extra, prev_c, prev_c.shape[1], a, next_c, next_h, tanh_c)
+        # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
+        _launch("lstm_forward", prev_c, a, a_extra, np.int32(1), prev_c, a, next_c, next_h,
+                tanh_c)
 
     def _lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
-        _LSTM_BACKWARD_SUM(dh, dh_extra, dnext_c, gates, prev_c, tanh_c, prev_c.shape[1],
-                           da, dnext_c)
+        # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
+        if dh.strides[1] != dh.itemsize:
+            dh = cp.ascontiguousarray(dh)
+        _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
+                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da, dnext_c)
 
     def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         M, V = scores.shape
