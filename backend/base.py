@@ -142,7 +142,8 @@ class Backend:
         (decoding halves those weight columns once; scaling by 0.5 is exact, so the
         result is bit for bit that of ``lstm_gates_forward``). One tanh over all of a
         then gives tanh(a/2) for the sigmoids (sigmoid(x) = 0.5 tanh(x/2) + 0.5) and
-        tanh(a) for g. Overwrites a; writes next_c and next_h (N, H).
+        tanh(a) for g. Overwrites a; writes next_c and next_h (N, H); next_c may be
+        prev_c itself (each unit reads its old cell before writing the new one).
         """
         xp, H = self.xp, prev_c.shape[1]
         xp.tanh(a, out=a)

@@ -43,22 +43,33 @@ class _Stepper:
         self.null = model.word_to_idx["<NULL>"]
         self.start = model.word_to_idx.get("<START>", self.null)
         self.end = model.word_to_idx.get("<END>")
+        self._scratch: dict[str, Any] = {}
+
+    def _buffer(self, name: str, rows: int, cols: int) -> Any:
+        """A reused (rows, cols) work array: fresh large arrays each step cost page
+        faults on the CPU (about 5 ms a step for beam search's 36 MB)."""
+        buf = self._scratch.get(name)
+        if buf is None or len(buf) < rows:
+            buf = self._scratch[name] = self.xp.empty((rows, cols), dtype=self.h.dtype)
+        return buf[:rows]
 
     def step(self, words: Any) -> Any:
-        """Feed ``words`` (rows,) and return the next word's scores (rows, V)."""
+        """Feed ``words`` (rows,) and return the next word's scores (rows, V), in a
+        buffer the next call reuses."""
         be, xp = self.be, self.xp
-        a = self.h @ self.Wh
+        rows = len(self.h)
         if self.model.cell_type == "rnn":
+            a = self.h @ self.Wh  # fresh: it becomes the next hidden state
             a += self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
             self.h = be.rnn_gates_forward(a, a)
         else:
-            next_c, next_h = xp.empty_like(self.c), xp.empty_like(self.c)
-            for r in _row_chunks(xp, len(a)):
+            a = xp.matmul(self.h, self.Wh, out=self._buffer("a", rows, self.Wh.shape[1]))
+            for r in _row_chunks(xp, rows):  # h and c are updated in place
                 block = a[r]
                 block += self.word_inputs[words[r]]
-                be.lstm_gates_forward_halved(block, self.c[r], next_c[r], next_h[r])
-            self.h, self.c = next_h, next_c
-        scores = self.h @ self.p["W_vocab"]
+                be.lstm_gates_forward_halved(block, self.c[r], self.c[r], self.h[r])
+        W_vocab = self.p["W_vocab"]
+        scores = xp.matmul(self.h, W_vocab, out=self._buffer("scores", rows, W_vocab.shape[1]))
         scores += self.p["b_vocab"]
         return scores
 
@@ -119,12 +130,14 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
     return _decode_one_choice(model, features, max_length, choose)
 
 
-def _log_softmax_inplace(xp, scores):
-    """scores (rows, V) -> their log-softmax, in place, a cache-sized block at a time."""
+def _log_probs_inplace(xp, scores, offsets):
+    """scores (rows, V) -> log-softmax(scores) + offsets[:, None] (rows,), in place, a
+    cache-sized block at a time."""
     for r in _row_chunks(xp, len(scores)):
         block = scores[r]
         block -= block.max(axis=1, keepdims=True)
-        block -= xp.log(xp.exp(block).sum(axis=1, keepdims=True))
+        norm = xp.log(xp.exp(block).sum(axis=1))
+        block += (offsets[r] - norm)[:, None]
     return scores
 
 
@@ -134,17 +147,20 @@ def _stable_argsort(xp, a):
 
 
 def _top(xp, scores, m: int):
-    """Indices of the m largest entries of each row, largest first (ties: lower index)."""
+    """(indices, values) of the m largest entries of each row, largest first (ties: lower
+    index). Overwrites ``scores``."""
     if m > 16:
-        return _stable_argsort(xp, -scores)[:, :m]
+        top = _stable_argsort(xp, -scores)[:, :m]
+        return top, xp.take_along_axis(scores, top, axis=1)
     # For a few, m passes of argmax beat a partition (31 ms a step for 1000 x 3012 here).
-    scores = scores.copy()
     rows = xp.arange(scores.shape[0])
     top = xp.empty((scores.shape[0], m), dtype=xp.int64)
+    values = xp.empty((scores.shape[0], m), dtype=scores.dtype)
     for j in range(m):
         top[:, j] = scores.argmax(axis=1)
+        values[:, j] = scores[rows, top[:, j]]
         scores[rows, top[:, j]] = -xp.inf
-    return top
+    return top, values
 
 
 def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int = 30,
@@ -194,20 +210,21 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
     for t in range(max_length):
         m = len(image)
         rows = xp.arange(m)
-        logp = _log_softmax_inplace(xp, run.step(words)).reshape(m, width, vocab)
+        logp = _log_probs_inplace(xp, run.step(words), live[:, :width].ravel())
+        logp = logp.reshape(m, width, vocab)
         if width < k:  # the first step: the other beams are empty
             logp = xp.concatenate([logp, xp.full((m, k - width, vocab), ninf, dtype)], 1)
-        logp += live[:, :, None]
-        flat = logp.reshape(m, k * vocab)
-        # The 2k best candidates, sorted: at most k of them end (one per beam), so the k
-        # best that go on are among them, and the k-th of them bounds which may finish.
-        top = _top(xp, flat, min(2 * k, k * vocab))
-        values = xp.take_along_axis(flat, top, axis=1)
+        flat = logp.reshape(m, k * vocab)  # log-probabilities of every continuation
         if run.end is not None:
-            ends = flat[:, run.end :: vocab]  # (m, k): each beam followed by <END>
+            ends = flat[:, run.end :: vocab].copy()  # (m, k): each beam followed by <END>
+            flat[:, run.end :: vocab] = ninf
+        top, values = _top(xp, flat, k)  # the k best that go on (none of them ends)
+        if run.end is not None:
             ending = ends > ninf
-            if t < max_length - 1:  # at the last step every ending hypothesis finishes
-                ending &= ends >= values[:, k - 1 : k]
+            if t < max_length - 1:  # an ending one finishes if it ranks among the k best
+                kth = xp.sort(xp.concatenate([values, ends], axis=1), axis=1)[:, -k]
+                ending &= ends >= kth[:, None]
+            # (at the last step every ending hypothesis finishes)
             ranked = xp.where(ending, ends / float(t + 1) ** length_penalty, ninf)
             beam = ranked.argmax(axis=1)
             better = ranked[rows, beam] > best_score
@@ -217,11 +234,8 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
             best_score = xp.where(better, ranked[rows, beam], best_score)
             best_logp = xp.where(better, ends[rows, beam], best_logp)
             finished += ending.sum(axis=1)
-            going_on = _stable_argsort(xp, (top % vocab == run.end).astype(xp.int8))[:, :k]
-            top = xp.take_along_axis(top, going_on, axis=1)
-            values = xp.take_along_axis(values, going_on, axis=1)
-        live = values[:, :k]
-        parent, word = top[:, :k] // vocab, top[:, :k] % vocab
+        live = values
+        parent, word = top // vocab, top % vocab
         history = xp.take_along_axis(history, parent[:, :, None], axis=1)
         history[:, :, t] = word
         state_rows = rows[:, None] * width + parent * (width == k)
