@@ -74,5 +74,5 @@ def pick_samples(model: Any, data: dict[str, Any], split: str = "val", count: in
     chosen = rng.choice(candidates, min(count, len(candidates)), replace=False)
     captions = decode(model, data[f"{split}_features"][chosen], **(decode_options or {}))
     texts = decode_captions(captions, data["idx_to_word"])
-    return [Sample(str(data[f"{split}_urls"][i]), strip_special(text), refs[i][0])
+    return [Sample(str(data[f"{split}_urls"][i]), strip_special(text), refs[i][0], int(i))
             for i, text in zip(chosen, texts)]

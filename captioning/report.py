@@ -25,25 +25,33 @@ from captioning.metrics import METRIC_NAMES, strip_special
 
 @dataclass
 class Sample:
-    """One image shown in the report: where it is, what the model wrote, a reference."""
+    """One image shown in the report: where it is, what the model wrote, a reference,
+    and (when known) its row in the split's features."""
 
     url: str
     generated: str
     reference: str
+    image: int | None = None
 
 
 def is_web_url(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 
 
-def plot_losses(path: Path, loss_history: Sequence[float], val_history: Sequence[float],
-                iterations_per_epoch: int) -> None:
-    """Training loss per iteration (faint) and smoothed, validation loss per epoch."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_losses(path: Path, loss_history: Sequence[float], val_history: Sequence[float],
+                iterations_per_epoch: int) -> None:
+    """Training loss per iteration (faint) and smoothed, validation loss per epoch."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     losses = np.asarray(loss_history, dtype=float)
     if len(losses):
@@ -70,19 +78,14 @@ def plot_losses(path: Path, loss_history: Sequence[float], val_history: Sequence
 def plot_samples(path: Path, images: Sequence[Path], samples: Sequence[Sample],
                  columns: int = 4) -> None:
     """A grid of images, each titled with the generated caption and one reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = -(-len(samples) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 4.4 * rows), squeeze=False,
                              layout="constrained")  # room for each title above its image
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, sample in zip(axes.ravel(), images, samples):
-        ax.imshow(mpimg.imread(image), interpolation="nearest")
+        ax.imshow(plt.imread(image), interpolation="nearest")
         title = (textwrap.fill(f"model: {sample.generated}", 34) + "\n"
                  + textwrap.fill(f"reference: {sample.reference}", 34))
         ax.set_title(title, fontsize=8, loc="left")

@@ -14,6 +14,13 @@ _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
                     "checkpoint.npz)")
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """--checkpoint, --data and --backend, which every command here takes."""
+    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
+    add_data(p)
+    add_backend(p)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("evaluate", formatter_class=fmt,
@@ -21,8 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Decode every image of a split greedily and with beam "
                        "search, score the captions against all references of each image "
                        "with pycocoevalcap, print a table and write it as JSON.")
-    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
-    add_data(p)
+    _add_model_source(p)
     p.add_argument("--split", choices=["train", "val"], default="val")
     p.add_argument("--beam", type=int, default=3, help="beam size of the second row (1: "
                    "greedy only)")
@@ -32,15 +38,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a control: caption each image from another image's features")
     p.add_argument("--json", help="where to write the table (default: metrics-<split>.json "
                    "beside the checkpoint)")
-    add_backend(p)
     p.set_defaults(run=run_evaluate)
 
     p = sub.add_parser("sample", formatter_class=fmt,
                        help="print generated captions next to their references",
                        description="Caption random images of a split and print each "
                        "caption with the image's references.")
-    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
-    add_data(p)
+    _add_model_source(p)
     p.add_argument("--split", choices=["train", "val"], default="val")
     p.add_argument("--n", type=int, default=8, help="images to caption")
     how = p.add_mutually_exclusive_group()
@@ -48,7 +52,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--temperature", type=float, help="sample with this temperature")
     p.add_argument("--top-k", type=int, help="with --temperature: only the K likeliest words")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the samples")
-    add_backend(p)
     p.set_defaults(run=run_sample)
 
     p = sub.add_parser("report", formatter_class=fmt,
@@ -56,12 +59,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Write a run's report folder: its loss curves, a grid "
                        "of validation images titled with generated and reference captions, "
                        "the metrics (greedy and beam 3) and an index.html tying them up.")
-    p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
-    add_data(p)
+    _add_model_source(p)
     p.add_argument("--out", help="report folder (default: report/ beside the checkpoint)")
     p.add_argument("--images", type=int, default=12, help="images in the sample grid")
     p.add_argument("--max-images", type=int, default=1000, help="images scored")
-    add_backend(p)
     p.set_defaults(run=run_report)
 
 
@@ -113,10 +114,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.temperature is not None:
         options = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     refs = references_by_image(data, args.split)
-    urls = list(data[f"{args.split}_urls"])
     for sample in pick_samples(model, data, args.split, args.n, args.seed, options):
         print(f"{sample.url}\n  generated: {sample.generated}")
-        for ref in refs[urls.index(sample.url)]:
+        for ref in refs[sample.image]:
             print(f"  reference: {ref}")
     return 0
 
