@@ -156,6 +156,21 @@ class Backend:
         xp.tanh(next_c, out=next_h)
         next_h *= o
 
+    def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):
+        """Decoding's LSTM step for new rows that each continue an earlier row (beam
+        search's back-pointers), with the word inputs looked up, not multiplied.
+
+        hw (M, 4H): the earlier rows' hidden states times Wh; table (V, 4H): every
+        word's input projection (W_embed Wx + b); both with the i, f, o columns halved
+        as ``lstm_gates_forward_halved`` expects. New row n continues row rows[n] of hw
+        and prev_c (M, H) (``rows`` an index array or a slice) and reads words[n]
+        (N,). Writes next_c and next_h (N, H), which must not overlap hw or prev_c.
+        May overwrite hw.
+        """
+        a = hw[rows]  # a view for a slice (then hw is overwritten), else a copy
+        a += table[words]
+        self.lstm_gates_forward_halved(a, prev_c[rows], next_c, next_h)
+
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         """Gradient through one LSTM cell update, down to its pre-activations.
 

@@ -44,6 +44,8 @@ class _Stepper:
         self.start = model.word_to_idx.get("<START>", self.null)
         self.end = model.word_to_idx.get("<END>")
         self._scratch: dict[str, Any] = {}
+        self.parents = None  # rows the next step continues (None: each its own)
+        self.flip = 0  # which buffer pair holds h and c
 
     def _buffer(self, name: str, rows: int, cols: int) -> Any:
         """A reused (rows, cols) work array: on the CPU, fresh 12-24 MB arrays each step
@@ -57,25 +59,35 @@ class _Stepper:
         """Feed ``words`` (rows,) and return the next word's scores (rows, V), in a
         buffer the next call reuses."""
         be, xp = self.be, self.xp
-        rows = len(self.h)
+        parents, self.parents = self.parents, None
+        rows = len(words)
         if self.model.cell_type == "rnn":
             a = self.h @ self.Wh  # fresh: it becomes the next hidden state
+            if parents is not None:
+                a = a[parents]
             a += self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
             self.h = be.rnn_gates_forward(a, a)
         else:
-            a = xp.matmul(self.h, self.Wh, out=self._buffer("a", rows, self.Wh.shape[1]))
-            for r in _row_chunks(xp, rows):  # h and c are updated in place
-                block = a[r]
-                block += self.word_inputs[words[r]]
-                be.lstm_gates_forward_halved(block, self.c[r], self.c[r], self.h[r])
+            # The product is taken before the rows are reordered: (h Wh)[parents] is
+            # h[parents] Wh, and h has fewer rows than parents after beam search's first
+            # step. The new states go to the other of two buffer pairs.
+            hw = xp.matmul(self.h, self.Wh,
+                           out=self._buffer("hw", len(self.h), self.Wh.shape[1]))
+            self.flip = 1 - self.flip
+            h, c = (self._buffer(f"{name}{self.flip}", rows, self.h.shape[1]) for name in "hc")
+            for r in _row_chunks(xp, rows):
+                be.lstm_decode_gates(hw, self.word_inputs, words[r], self.c, c[r], h[r],
+                                     r if parents is None else parents[r])
+            self.h, self.c = h, c
         W_vocab = self.p["W_vocab"]
         scores = xp.matmul(self.h, W_vocab, out=self._buffer("scores", rows, W_vocab.shape[1]))
         scores += self.p["b_vocab"]
         return scores
 
     def reorder(self, rows: Any) -> None:
-        """Keep the states of ``rows`` (beam search's back-pointers)."""
-        self.h, self.c = self.h[rows], self.c[rows]
+        """Make the next step continue the states of ``rows`` (beam search's
+        back-pointers), in that order."""
+        self.parents = rows if self.parents is None else self.parents[rows]
 
 
 def _check_length(max_length: int) -> None:

@@ -120,6 +120,42 @@ def test_halved_gates_match_the_plain_gates(backend, reference, N, H, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("M", "N", "H", "V"), [(1, 1, 1, 2), (4, 12, 13, 9), (100, 300, 64, 50)])
+@pytest.mark.parametrize("gathered", [True, False])
+def test_decode_gates_match_the_plain_gates(backend, reference, M, N, H, V, dtype, gathered):
+    """Decoding's step: rows gathered from earlier rows (or a slice), words looked up."""
+    rng = np.random.default_rng(N)
+    hw = (3 * rng.standard_normal((M if gathered else N, 4 * H))).astype(dtype)
+    table = rng.standard_normal((V, 4 * H)).astype(dtype)
+    prev_c = rng.standard_normal((len(hw), H)).astype(dtype)
+    words = rng.integers(0, V, N)
+    rows = rng.integers(0, M, N) if gathered else slice(0, N)
+    a = hw[rows] + table[words]
+    gates, next_c, next_h, tanh_c = (np.empty((N, n * H), dtype) for n in (4, 1, 1, 1))
+    reference.lstm_gates_forward(a, prev_c[rows], gates, next_c, next_h, tanh_c)
+    for t in (hw, table):
+        t[:, : 3 * H] *= 0.5
+    got_c, got_h = (backend.xp.empty((N, H), dtype=dtype) for _ in range(2))
+    rows = backend.asarray(rows) if gathered else rows
+    backend.lstm_decode_gates(*(backend.asarray(x) for x in (hw, table, words, prev_c)),
+                              got_c, got_h, rows)
+    _close(backend, [got_c, got_h], [next_c, next_h], dtype)
+
+
+def test_numba_float32_tanh_is_accurate_everywhere():
+    """The rational tanh the Numba decoding step uses, against float64 tanh."""
+    numba_backend = pytest.importorskip("kernels.numba_backend")
+    x = np.concatenate([np.linspace(-12, 12, 400_001), [0.0, 1e-30, -1e-7, 50, -1e4]])
+    x = x.astype(np.float32)
+    got = np.array([numba_backend._tanh32(v) for v in x[:: 97]] +
+                   [numba_backend._tanh32(v) for v in x[-5:]], dtype=np.float32)
+    want = np.tanh(np.concatenate([x[:: 97], x[-5:]]).astype(np.float64))
+    assert np.abs(got - want).max() < 5e-7
+    assert np.all(np.abs(got) <= 1)
+    assert got[-5] == 0 and got[-3] < 0 and got[-2] == 1 and got[-1] == -1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37)])
 def test_scatter_add_matches_reference(backend, reference, K, V, D, dtype):
     rng = np.random.default_rng(K)
