@@ -1,6 +1,7 @@
 """pytest-benchmark, one group per operation of the training step, every available CPU
 backend side by side, at the step's sizes (N=128, T=16, W=256, H=512, V=1004, float32);
-plus greedy and beam-3 decoding of 1,000 images beside the exercise's greedy loop.
+plus decoding's cell update, and greedy and beam-3 decoding of 1,000 images beside the
+exercise's greedy loop.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest benchmarks -q
 """
@@ -77,6 +78,25 @@ def test_adam_step(benchmark, name):
             be.adam_update(w, dw, m, v, 1, 1e-3, 0.9, 0.999, 1e-8)
 
     benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+
+
+@pytest.mark.benchmark(group="decode-step-gates-3000-rows")
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_decode_step_gates(benchmark, name):
+    """Beam search's cell update for 1,000 images x 3 beams: gather, lookup, gates."""
+    be = get_backend(name)
+    rng = np.random.default_rng(0)
+    rows = 3000
+    hw, table = (rng.standard_normal((n, 4 * H)).astype(np.float32) for n in (rows // 3, V))
+    prev_c = rng.standard_normal((rows // 3, H)).astype(np.float32)
+    words, parents = rng.integers(0, V, rows), rng.integers(0, rows // 3, rows)
+    next_c, next_h = np.empty((rows, H), np.float32), np.empty((rows, H), np.float32)
+
+    def run():  # in blocks of 256 rows, as decoding calls it on the CPU
+        for r in (slice(s, s + 256) for s in range(0, rows, 256)):
+            be.lstm_decode_gates(hw, table, words[r], prev_c, next_c[r], next_h[r], parents[r])
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
 
 
 @pytest.mark.benchmark(group="decode-1000-images")

@@ -12,8 +12,8 @@ Transcendentals stay with NumPy: its SIMD ``tanh``/``exp`` run about 40x faster 
 scalar libm calls Numba makes without SVML (measured: tanh over 128x2048 float32, 95 us
 in NumPy, 4.1 ms in a Numba loop). The exception is decoding's float32 step, where a
 rational tanh that LLVM vectorises lets one pass per row do the gather, the word lookup,
-the gates and the cell: 3.2 ms a step for 3,000 rows, H=512, against 8.2 ms for the
-gather, lookup and gate passes through NumPy (beam 3: 957-987 -> ~1,070 captions/s).
+the gates and the cell: 3.1 ms a step for 3,000 rows, H=512, against 8.2 ms for the
+gather, lookup and gate passes through NumPy (beam 3: 957-987 -> 1,070-1,098 captions/s).
 Every kernel is compiled lazily per dtype and cached on disk (``cache=True``).
 """
 
