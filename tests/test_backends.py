@@ -153,6 +153,20 @@ def test_numba_float32_tanh_is_accurate_everywhere():
     assert np.abs(got - want).max() < 5e-7
     assert np.all(np.abs(got) <= 1)
     assert got[-5] == 0 and got[-3] < 0 and got[-2] == 1 and got[-1] == -1
+    special = [numba_backend._tanh32(np.float32(v)) for v in (np.nan, np.inf, -np.inf)]
+    assert np.isnan(special[0]) and special[1:] == [1, -1]
+
+
+def test_numba_decode_step_passes_nan_on():
+    """A NaN pre-activation gives NaN states, not a clamped +-1 (the compiled loop)."""
+    backend = pytest.importorskip("kernels.numba_backend").NumbaBackend()
+    H = 16
+    hw, table = np.zeros((2, 4 * H), np.float32), np.zeros((3, 4 * H), np.float32)
+    hw[1] = np.nan
+    next_c, next_h = np.empty((2, H), np.float32), np.empty((2, H), np.float32)
+    backend.lstm_decode_gates(hw, table, np.array([0, 2]), np.zeros((2, H), np.float32),
+                              next_c, next_h, slice(0, 2))
+    assert np.isfinite(next_h[0]).all() and np.isnan(next_h[1]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
