@@ -22,7 +22,8 @@ def _row_chunks(xp, rows: int):
 
 
 class _Stepper:
-    """The model run one word at a time: start(features) then step(words)."""
+    """The model run one word at a time: _Stepper(model, features), then step(words),
+    with reorder(rows) between steps to follow beam search's back-pointers."""
 
     def __init__(self, model: Any, features: Any) -> None:
         be = model.backend

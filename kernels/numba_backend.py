@@ -51,20 +51,6 @@ def _lstm_forward_finish(gates, prev_c, next_c, half):
             next_c[n, j] = f * prev_c[n, j] + i * gates[n, 3 * H + j]
 
 
-@njit(**_JIT)
-def _lstm_halved_finish(t, prev_c, next_c, next_h, half):
-    """t holds tanh(a/2) for i, f, o and tanh(a) for g: write next_c = f * prev_c + i * g
-    and o (to be multiplied by tanh(next_c)) into next_h. Row slices keep the inner loop
-    contiguous, which LLVM vectorises."""
-    N, H = prev_c.shape
-    for n in range(N):
-        ti, tf, to, tg = t[n, :H], t[n, H : 2 * H], t[n, 2 * H : 3 * H], t[n, 3 * H :]
-        c, c_next, o = prev_c[n], next_c[n], next_h[n]
-        for j in range(H):
-            c_next[j] = (half * tf[j] + half) * c[j] + (half * ti[j] + half) * tg[j]
-            o[j] = half * to[j] + half
-
-
 @njit(inline="always", **_JIT)
 def _tanh32(x):
     """tanh of a float32 as the odd rational minimax approximation (degrees 13/6) that
@@ -170,16 +156,11 @@ class NumbaBackend(NumpyBackend):
         np.tanh(next_c, out=tanh_c)
         np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
 
-    def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
-        np.tanh(a, out=a)
-        _lstm_halved_finish(a, _c(prev_c), next_c, next_h, a.dtype.type(0.5))
-        next_h *= np.tanh(next_c)
-
     def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):
-        if hw.dtype != np.float32:  # the tanh approximation is for float32
+        if hw.dtype != np.float32:  # _tanh32 is for float32; float64 takes NumPy's passes
             return super().lstm_decode_gates(hw, table, words, prev_c, next_c, next_h, rows)
         if isinstance(rows, slice):
-            rows = np.arange(len(hw))[rows]
+            rows = np.arange(*rows.indices(len(hw)))
         _lstm_decode_gates32(hw, table, _c(words), prev_c, next_c, next_h, _c(rows))
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):

@@ -145,11 +145,10 @@ def test_decode_gates_match_the_plain_gates(backend, reference, M, N, H, V, dtyp
 def test_numba_float32_tanh_is_accurate_everywhere():
     """The rational tanh the Numba decoding step uses, against float64 tanh."""
     numba_backend = pytest.importorskip("kernels.numba_backend")
-    x = np.concatenate([np.linspace(-12, 12, 400_001), [0.0, 1e-30, -1e-7, 50, -1e4]])
+    x = np.concatenate([np.linspace(-12, 12, 400_001)[::97], [0.0, 1e-30, -1e-7, 50, -1e4]])
     x = x.astype(np.float32)
-    got = np.array([numba_backend._tanh32(v) for v in x[:: 97]] +
-                   [numba_backend._tanh32(v) for v in x[-5:]], dtype=np.float32)
-    want = np.tanh(np.concatenate([x[:: 97], x[-5:]]).astype(np.float64))
+    got = np.array([numba_backend._tanh32(v) for v in x], dtype=np.float32)
+    want = np.tanh(x.astype(np.float64))
     assert np.abs(got - want).max() < 5e-7
     assert np.all(np.abs(got) <= 1)
     assert got[-5] == 0 and got[-3] < 0 and got[-2] == 1 and got[-1] == -1
