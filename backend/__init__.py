@@ -4,7 +4,7 @@ Knows nothing of captioning. Choose a backend with ``get_backend(name)`` or the
 ``CAPTION_BACKEND`` environment variable (numpy, numba or cupy).
 """
 
-from backend.base import Backend
+from backend.base import Backend, RecordingFailed
 from backend.registry import (
     ENV_VAR,
     BackendStatus,
@@ -20,6 +20,7 @@ __all__ = [
     "Backend",
     "BackendStatus",
     "BackendUnavailable",
+    "RecordingFailed",
     "available_backends",
     "backend_for",
     "get_backend",

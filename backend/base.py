@@ -26,6 +26,11 @@ class BackendUnavailable(RuntimeError):
     """A known backend that cannot run on this machine (package or device missing)."""
 
 
+class RecordingFailed(RuntimeError):
+    """A backend could not record a function for replay (see ``Backend.can_record``);
+    nothing of the call that raised it has run."""
+
+
 class Backend:
     """Reference implementation of the backend contract over ``xp`` (numpy or cupy)."""
 
@@ -48,6 +53,24 @@ class Backend:
         """True when ``a`` is an array of this backend's namespace."""
         return isinstance(a, self.xp.ndarray)
 
+    def upload(self, dst: Any, host: np.ndarray) -> None:
+        """Copy the host array ``host`` into the existing array ``dst`` (same shape)."""
+        dst[...] = host
+
+    # A backend that can record a function's device work once and replay it (a CUDA
+    # graph) sets this and provides ``record(fn)``, a callable that runs fn's work once
+    # per call (kernels/cuda_graph.py has the contract; captioning/trainer.py uses it).
+    can_record = False
+
+    # ------------------------------------------------------------------ products
+    def matmul(self, a, b, out=None):
+        """a (M, K) @ b (K, N) -> (M, N), written into ``out`` when given.
+
+        Every matrix product of training goes through here (``@`` appears nowhere in
+        the maths), so a backend can issue them its own way.
+        """
+        return self.xp.matmul(a, b, out=out)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
@@ -55,18 +78,19 @@ class Backend:
     def affine_forward(self, x, w, b):
         """x (N, D...) flattened to (N, D), w (D, M), b (M,) -> out (N, M)."""
         x2 = x.reshape(x.shape[0], -1)
-        return x2 @ w + b, (x, w)
+        return self.matmul(x2, w) + b, (x, w)
 
     def affine_backward(self, dout, cache):
         """dout (N, M) -> dx (shape of x), dw (D, M), db (M,)."""
         x, w = cache
         x2 = x.reshape(x.shape[0], -1)
-        return (dout @ w.T).reshape(x.shape), x2.T @ dout, dout.sum(axis=0)
+        return (self.matmul(dout, w.T).reshape(x.shape), self.matmul(x2.T, dout),
+                dout.sum(axis=0))
 
     def temporal_affine_forward(self, x, w, b):
         """x (N, T, D), w (D, M), b (M,) -> out (N, T, M): one matrix product for all T."""
         N, T, D = x.shape
-        out = x.reshape(N * T, D) @ w
+        out = self.matmul(x.reshape(N * T, D), w)
         out += b
         return out.reshape(N, T, -1), (x, w)
 
@@ -75,8 +99,8 @@ class Backend:
         x, w = cache
         N, T, D = x.shape
         d2 = dout.reshape(N * T, -1)
-        dx = (d2 @ w.T).reshape(N, T, D)
-        return dx, x.reshape(N * T, D).T @ d2, d2.sum(axis=0)
+        dx = self.matmul(d2, w.T).reshape(N, T, D)
+        return dx, self.matmul(x.reshape(N * T, D).T, d2), d2.sum(axis=0)
 
     def word_embedding_forward(self, x, W):
         """x int (N, T), W (V, D) -> out (N, T, D), the rows of W that x names."""
@@ -188,10 +212,6 @@ class Backend:
         self.xp.multiply(dc * i, 1 - g * g, out=da_g)
         self.xp.multiply(dc, f, out=dprev_c)
 
-    def _step_matmul(self, a, b, out, transpose_b: bool = False):
-        """out = a @ b (or a @ b.T), the recurrences' per-step product, into ``out``."""
-        return self.xp.matmul(a, b.T if transpose_b else b, out=out)
-
     # The recurrences' per-step calls: the pre-activation and the upstream gradient
     # arrive in two parts, so a backend can add them inside its gate kernel (one launch
     # fewer per step each way, which is what bounds small batches on a GPU).
@@ -207,8 +227,8 @@ class Backend:
     # ------------------------------------------------------------------ vanilla RNN
     def rnn_step_forward(self, x, prev_h, Wx, Wh, b):
         """x (N, D), prev_h (N, H) -> next_h (N, H) = tanh(x Wx + prev_h Wh + b)."""
-        a = x @ Wx
-        a += prev_h @ Wh
+        a = self.matmul(x, Wx)
+        a += self.matmul(prev_h, Wh)
         a += b
         next_h = self.rnn_gates_forward(a, a)
         return next_h, (x, prev_h, Wx, Wh, next_h)
@@ -232,7 +252,7 @@ class Backend:
         hs[0] = h0
         buf = xp.empty((N, H), dtype=a.dtype)
         for t in range(T):
-            a[t] += self._step_matmul(hs[t], Wh, buf)
+            a[t] += self.matmul(hs[t], Wh, buf)
             self.rnn_gates_forward(a[t], hs[t + 1])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs)
 
@@ -244,15 +264,15 @@ class Backend:
         dprev_h = self.xp.zeros_like(hs[0])
         for t in reversed(range(T)):
             self.rnn_gates_backward(dh[:, t] + dprev_h, hs[t + 1], da[t])
-            self._step_matmul(da[t], Wh, dprev_h, transpose_b=True)
+            self.matmul(da[t], Wh.T, dprev_h)
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
         """x (N, D), prev_h, prev_c (N, H) -> next_h, next_c (N, H)."""
-        a = x @ Wx
-        a += prev_h @ Wh
+        a = self.matmul(x, Wx)
+        a += self.matmul(prev_h, Wh)
         a += b
         xp = self.xp
         next_c, next_h, tanh_c = (xp.empty_like(prev_c) for _ in range(3))
@@ -284,7 +304,7 @@ class Backend:
         hs[0], cs[0] = h0, 0
         buf = xp.empty_like(gates[0])
         for t in range(T):
-            self._step_matmul(hs[t], Wh, buf)
+            self.matmul(hs[t], Wh, buf)
             self._lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
 
@@ -298,21 +318,22 @@ class Backend:
         for t in reversed(range(gates.shape[0])):
             self._lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
                                           tanh_c[t], da[t])
-            self._step_matmul(da[t], Wh, dprev_h, transpose_b=True)
+            self.matmul(da[t], Wh.T, dprev_h)
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
         return dx, dprev_h, dWx, dWh, db
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
         """Gradients of a = x Wx + prev_h Wh + b given da: dx, dprev_h, dWx, dWh, db."""
-        return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+        mm = self.matmul
+        return mm(da, Wx.T), mm(da, Wh.T), mm(x.T, da), mm(prev_h.T, da), da.sum(axis=0)
 
     def _project_inputs(self, x, Wx, b):
         """x (N, T, D) -> (x Wx + b as (T, N, kH), x time-major as (T*N, D)): the input
         projection of every step in one matrix product."""
         N, T, D = x.shape
         x_tm = self.xp.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, D)
-        a = x_tm @ Wx
+        a = self.matmul(x_tm, Wx)
         a += b
         return a.reshape(T, N, -1), x_tm
 
@@ -321,9 +342,9 @@ class Backend:
         matrix product each; dWh pairs step t's da with the state before it, hs[t]."""
         T, N, _ = da.shape
         da2 = da.reshape(T * N, -1)
-        dx = (da2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
+        dx = self.matmul(da2, Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
         prev_h = hs[:-1].reshape(T * N, -1)
-        return dx, x_tm.T @ da2, prev_h.T @ da2, da2.sum(axis=0)
+        return dx, self.matmul(x_tm.T, da2), self.matmul(prev_h.T, da2), da2.sum(axis=0)
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):
@@ -383,11 +404,11 @@ class Backend:
         else:
             h_kept, y_kept = h.reshape(N * T, H), y.reshape(N * T)
             weight = mask.reshape(N * T).astype(h.dtype)
-        scores = h_kept @ W_vocab
+        scores = self.matmul(h_kept, W_vocab)
         scores += b_vocab
         loss, dscores = self._cross_entropy(scores, y_kept, weight, N, overwrite=True)
-        dh_kept = dscores @ W_vocab.T
-        dW_vocab, db_vocab = h_kept.T @ dscores, dscores.sum(axis=0)
+        dh_kept = self.matmul(dscores, W_vocab.T)
+        dW_vocab, db_vocab = self.matmul(h_kept.T, dscores), dscores.sum(axis=0)
         if self.compact_masked_positions:
             dh = xp.zeros((N, T, H), dtype=h.dtype)
             dh[kept] = dh_kept
@@ -400,17 +421,34 @@ class Backend:
         """One Adam step, in place on w, m and v (all the same shape and dtype).
 
         ``t`` is the step number after incrementing (1 on the first step); the bias
-        corrections are folded into one step size, so the update is
-        w -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps * sqrt(1 - beta2**t)),
-        which equals the textbook lr * m_hat / (sqrt(v_hat) + eps).
+        corrections are folded into one step size (``adam_scalars``).
         """
-        xp = self.xp
+        step, eps_hat = adam_scalars(t, learning_rate, beta1, beta2, epsilon)
+        self._adam(w, dw, m, v, step, eps_hat, beta1, beta2)
+
+    def adam_update_device(self, w, dw, m, v, hyper) -> None:
+        """adam_update with its scalars read from the array ``hyper`` (4,) of w's dtype:
+        (step size, eps_hat, beta1, beta2) as ``adam_table`` writes them. A recorded
+        step replays fixed kernel arguments, so what changes each step must be data."""
+        self._adam(w, dw, m, v, hyper[0], hyper[1], hyper[2], hyper[3])
+
+    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2) -> None:
+        """The update itself; the scalars are Python floats or 0-d arrays of w's dtype."""
         m *= beta1
         m += (1 - beta1) * dw
         v *= beta2
         v += (1 - beta2) * (dw * dw)
-        c2 = (1 - beta2**t) ** 0.5
-        step = learning_rate * c2 / (1 - beta1**t)
-        denom = xp.sqrt(v)
-        denom += epsilon * c2
+        denom = self.xp.sqrt(v)
+        denom += eps_hat
         w -= step * (m / denom)
+
+
+def adam_scalars(t: int, learning_rate: float, beta1: float, beta2: float,
+                 epsilon: float) -> tuple[float, float]:
+    """Adam's bias corrections folded into (step size, eps_hat) for step ``t`` (from 1):
+    w -= step * m / (sqrt(v) + eps_hat) with step = lr sqrt(1 - beta2^t) / (1 - beta1^t)
+    and eps_hat = eps sqrt(1 - beta2^t) equals the textbook lr m_hat / (sqrt(v_hat) + eps).
+    """
+    c2 = (1 - beta2**t) ** 0.5
+    return learning_rate * c2 / (1 - beta1**t), epsilon * c2
+

@@ -72,7 +72,8 @@ def main() -> None:
     for n in (128, 1024):
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
-        t_cupy = median_time(library_step("cupy", sizes, data), repeats=20, warmup=5)
+        t_cupy = {graph: median_time(library_step("cupy", sizes, data, cuda_graph=graph),
+                                     repeats=20, warmup=5) for graph in (True, False)}
         t_torch = {}
         if not args.skip_torch:
             from benchmarks.torch_reference import torch_step
@@ -81,24 +82,28 @@ def main() -> None:
                 t_torch[label] = median_time(
                     torch_step(sizes, data, "cuda", tf32=tf32), repeats=20, warmup=5)
         rows.append((n, t_cupy, t_torch, sizes.flops()))
-        print(f"N={n}: cupy {t_cupy * 1e3:.2f} ms, torch "
+        print(f"N={n}: cupy {t_cupy[True] * 1e3:.2f} ms (graph), {t_cupy[False] * 1e3:.2f} ms "
+              "(op by op), torch "
               + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)
     decode = {}
     if not args.steps_only:
-        issue = library_step("cupy", Sizes(N=128), synthetic_data(Sizes(N=128), 4096, 1024),
-                             synchronize=False)
-        for _ in range(5):
-            issue()
-        cp.cuda.get_current_stream().synchronize()
-        host, start = [], time.perf_counter()
-        for _ in range(20):
-            t0 = time.perf_counter()
-            issue()
-            host.append(time.perf_counter() - t0)
-        cp.cuda.get_current_stream().synchronize()
-        print(f"\nN=128 step: the host takes {np.mean(host) * 1e3:.2f} ms to issue it; "
-              f"{(time.perf_counter() - start) / 20 * 1e3:.2f} ms per step in all (20 steps "
-              "back to back): equal figures mean the host, not the GPU, sets the pace")
+        for graph in (False, True):
+            issue = library_step("cupy", Sizes(N=128),
+                                 synthetic_data(Sizes(N=128), 4096, 1024),
+                                 synchronize=False, cuda_graph=graph)
+            for _ in range(5):
+                issue()
+            cp.cuda.get_current_stream().synchronize()
+            host, start = [], time.perf_counter()
+            for _ in range(20):
+                t0 = time.perf_counter()
+                issue()
+                host.append(time.perf_counter() - t0)
+            cp.cuda.get_current_stream().synchronize()
+            print(f"\nN=128 step {'replayed from its CUDA graph' if graph else 'op by op'}: "
+                  f"the host takes {np.mean(host) * 1e3:.2f} ms to issue it; "
+                  f"{(time.perf_counter() - start) / 20 * 1e3:.2f} ms per step in all (20 "
+                  "steps back to back): equal figures mean the host sets the pace")
         print("\nwhere the CuPy step's time goes at N=1024 (each part timed alone, synced):")
         for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
             print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
@@ -113,13 +118,14 @@ def main() -> None:
     epoch = None if args.skip_epoch else full_epoch(args.epoch_batch)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"\nGPU: {name}; CuPy matmuls in {cupy_mode}")
-    print("| N | CuPy cap/s | PyTorch default cap/s | PyTorch FP32 cap/s | CuPy / default "
-          "| CuPy / FP32 | CuPy TFLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| N | CuPy graph cap/s | CuPy op-by-op cap/s | PyTorch default cap/s | "
+          "PyTorch FP32 cap/s | graph / default | graph / FP32 | graph TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, tc, tt, flops in rows:
         d, f = tt.get("default", float("nan")), tt.get("FP32", float("nan"))
-        print(f"| {n} | {n / tc:,.0f} | {n / d:,.0f} | {n / f:,.0f} | {d / tc:.2f}x | "
-              f"{f / tc:.2f}x | {flops / tc / 1e12:.1f} |")
+        print(f"| {n} | {n / tc[True]:,.0f} | {n / tc[False]:,.0f} | {n / d:,.0f} | "
+              f"{n / f:,.0f} | {d / tc[True]:.2f}x | {f / tc[True]:.2f}x | "
+              f"{flops / tc[True] / 1e12:.1f} |")
     if decode:
         print(f"\ndecoding {DECODE_IMAGES} images x 16 steps (float32, H=512, V=1004): "
               + ", ".join(f"{k} {DECODE_IMAGES / v:,.0f} captions/s" for k, v in decode.items()))

@@ -8,7 +8,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
 echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -30
+# The whole log goes to $GPU_LOG_DIR (default /tmp); the last lines are shown here.
+log="${GPU_LOG_DIR:-/tmp}/gpu_tests.log"
+timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$log" | tail -30
 tests_rc=${PIPESTATUS[0]}
 echo "== benchmarks"
 timeout 170 python3 -m benchmarks.gpu_bench "$@"

@@ -75,15 +75,17 @@ def synthetic_data(sizes: Sizes, num_captions: int = 1024, num_images: int = 256
 
 
 def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None,
-                 synchronize: bool = True) -> Callable[[], None]:
+                 synchronize: bool = True, cuda_graph: bool = True) -> Callable[[], None]:
     """One training step of the library (gather, forward, backward, in-place Adam);
-    ``synchronize=False`` returns as soon as the host has issued the work."""
+    ``synchronize=False`` returns as soon as the host has issued the work;
+    ``cuda_graph=False`` runs a GPU step op by op instead of replaying its recording."""
     be = get_backend(backend)
     data = data or synthetic_data(sizes)
     model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
                           hidden_dim=sizes.H, cell_type=sizes.cell, dtype=np.float32,
                           backend=be, seed=0)
-    trainer = CaptioningTrainer(model, data, batch_size=sizes.N, verbose=False, seed=0)
+    trainer = CaptioningTrainer(model, data, batch_size=sizes.N, verbose=False, seed=0,
+                                cuda_graph=cuda_graph)
     rng = np.random.default_rng(1)
     batches = [be.asarray(rng.integers(0, len(data["train_captions"]), sizes.N))
                for _ in range(8)]
@@ -216,7 +218,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             h, p["W_vocab"], p["b_vocab"], cout, mask),
         "recurrence backward": lambda: backward(dh, cache),
         "embedding scatter-add + W_proj grads": lambda: (
-            be.embedding_backward(cin, dx, sizes.V), features.T @ dh[:, 0]),
+            be.embedding_backward(cin, dx, sizes.V), be.matmul(features.T, dh[:, 0])),
         "Adam (every parameter)": adam,
         "whole step (loss + grads + Adam)": library_step(be, sizes, data),
     }

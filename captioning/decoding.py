@@ -33,7 +33,7 @@ class _Stepper:
         self.h, _ = be.affine_forward(features, self.p["W_proj"], self.p["b_proj"])
         self.c = self.xp.zeros_like(self.h)
         # Every input is a word embedding, so its projection is one row of this table.
-        self.word_inputs = self.p["W_embed"] @ self.p["Wx"] + self.p["b"]
+        self.word_inputs = be.matmul(self.p["W_embed"], self.p["Wx"]) + self.p["b"]
         self.Wh = self.p["Wh"]
         if model.cell_type == "lstm":
             # Halve the i, f, o columns (exact), so one tanh serves gates and sigmoids.
@@ -63,7 +63,7 @@ class _Stepper:
         parents, self.parents = self.parents, None
         rows = len(words)
         if self.model.cell_type == "rnn":
-            a = self.h @ self.Wh  # fresh: it becomes the next hidden state
+            a = be.matmul(self.h, self.Wh)  # fresh: it becomes the next hidden state
             if parents is not None:
                 a = a[parents]
             a += self.word_inputs[words]  # x Wx + b, looked up rather than multiplied
@@ -72,8 +72,7 @@ class _Stepper:
             # The product is taken before the rows are reordered: (h Wh)[parents] is
             # h[parents] Wh, and h has fewer rows than parents after beam search's first
             # step. The new states go to the other of two buffer pairs.
-            hw = xp.matmul(self.h, self.Wh,
-                           out=self._buffer("hw", len(self.h), self.Wh.shape[1]))
+            hw = be.matmul(self.h, self.Wh, self._buffer("hw", len(self.h), self.Wh.shape[1]))
             self.flip = 1 - self.flip
             h, c = (self._buffer(f"{name}{self.flip}", rows, self.h.shape[1]) for name in "hc")
             for r in _row_chunks(xp, rows):
@@ -81,7 +80,7 @@ class _Stepper:
                                      r if parents is None else parents[r])
             self.h, self.c = h, c
         W_vocab = self.p["W_vocab"]
-        scores = xp.matmul(self.h, W_vocab, out=self._buffer("scores", rows, W_vocab.shape[1]))
+        scores = be.matmul(self.h, W_vocab, self._buffer("scores", rows, W_vocab.shape[1]))
         scores += self.p["b_vocab"]
         return scores
 

@@ -105,7 +105,7 @@ class CaptioningRNN:
             h, p["W_vocab"], p["b_vocab"], captions_out, mask)
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rec_cache)
         grads["W_embed"] = be.word_embedding_backward(dx, embed_cache)
-        grads["W_proj"] = features.T @ dh0  # the features need no gradient of their own
+        grads["W_proj"] = be.matmul(features.T, dh0)  # the features need no gradient
         grads["b_proj"] = dh0.sum(axis=0)
         if host:
             return be.to_numpy(loss)[()], {k: be.to_numpy(g) for k, g in grads.items()}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from backend import Backend, backend_for
+from backend.base import adam_scalars
 
 DEFAULTS: dict[str, dict[str, float]] = {
     "sgd": {"learning_rate": 1e-2},
@@ -73,6 +76,15 @@ def adam(w, dw, config=None, *, inplace: bool = False, backend: Backend | None =
     be.adam_update(w, dw, m, v, config["t"], config["learning_rate"], config["beta1"],
                    config["beta2"], config["epsilon"])
     return w, config
+
+
+def adam_table(configs: list[dict], dtype: Any) -> np.ndarray:
+    """(len(configs), 4) host table of the next Adam step's (step size, eps_hat, beta1,
+    beta2) for each parameter's config, whose ``t`` is not yet incremented: what
+    ``Backend.adam_update_device`` reads."""
+    rows = [(*adam_scalars(c["t"] + 1, c["learning_rate"], c["beta1"], c["beta2"],
+                           c["epsilon"]), c["beta1"], c["beta2"]) for c in configs]
+    return np.array(rows, dtype=dtype).reshape(len(configs), 4)
 
 
 UPDATE_RULES: dict[str, Any] = {

@@ -10,23 +10,25 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from backend import RecordingFailed
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.coco import check_word_indices
 from captioning.model import CaptioningRNN
-from captioning.optim import get_update_rule
+from captioning.optim import adam_table, get_update_rule
 
 _OPTIONS = {
     "update_rule": "adam", "updater_config": None, "lr_decay": 1.0, "batch_size": 100,
     "num_epochs": 10, "print_every": 10, "verbose": True, "seed": None, "progress": False,
     "checkpoint_dir": None, "checkpoint_every": None, "validate": False,
     "val_max_captions": 10_000, "patience": None, "grad_clip": None,
-    "handle_interrupt": False, "epoch_callback": None,
+    "handle_interrupt": False, "epoch_callback": None, "cuda_graph": True,
 }
 CHECKPOINT_NAME, BEST_NAME, LOG_NAME = "checkpoint.npz", "best.npz", "train_log.jsonl"
 
@@ -54,6 +56,11 @@ class CaptioningTrainer:
     norm is at most this. handle_interrupt: Ctrl-C saves a checkpoint and stops cleanly
     (installs a SIGINT handler while training). epoch_callback(trainer, record): called
     after each epoch with its log record, which it may extend (e.g. with metrics).
+    cuda_graph: on a backend that can record (CuPy) and with Adam, record the training
+    step once as a CUDA graph and replay it, which issues a step's ~100 kernels with one
+    launch (the same maths; False runs every step op by op). The first step runs op by op
+    (it makes Adam's buffers), the second runs and is recorded; a step recorded against
+    other arrays (after ``restore``, or new parameter arrays) is recorded again.
 
     The training features, captions and image indices are moved to the model's backend
     once; each epoch's minibatch indices are drawn on the host in one go and moved once,
@@ -96,6 +103,7 @@ class CaptioningTrainer:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
         self.checkpoint_every = _parse_every(options["checkpoint_every"])
+        self.cuda_graph = bool(options["cuda_graph"])
         self.handle_interrupt = bool(options["handle_interrupt"])
         self.epoch_callback = options["epoch_callback"]
         self.checkpoint_dir = (Path(options["checkpoint_dir"])
@@ -155,6 +163,8 @@ class CaptioningTrainer:
         self._pending: list[Any] = []  # device-side losses not yet copied to the host
         self.updater_configs = {p: dict(self.updater_config) for p in self.model.params}
         self.optim_configs = self.updater_configs
+        self._graph: _StepGraph | None = None
+        self._recording_off: str | None = None  # why recording failed, once it has
 
     def _check_output_folder(self) -> None:
         """Fail before training if checkpoints could not be written."""
@@ -177,20 +187,59 @@ class CaptioningTrainer:
     # ------------------------------------------------------------------ one step
     def _step(self, batch_idx) -> None:
         """One forward/backward pass and update on the captions ``batch_idx`` (device)."""
+        if self._recordable():
+            loss = self._recorded_step(batch_idx)
+        else:
+            loss = self._loss_and_update(batch_idx, self._rule_update)
+        self._pending.append(loss)
+
+    def _loss_and_update(self, batch_idx, update):
+        """The step's device work: gather, loss, gradients, clipping, then
+        ``update(slot, name, w, dw)`` for each parameter; returns the loss (device)."""
         model = self.model
         captions = self._captions[batch_idx]
         features = self._features[self._image_idxs[batch_idx]]
         loss, grads = model.loss(features, captions)
-        self._pending.append(loss)
         if self.grad_clip is not None:
             # A NaN norm gives a NaN scale: the next loss shows it and the run stops.
             norm = model.backend.xp.sqrt(sum((g * g).sum() for g in grads.values()))
             scale = self.grad_clip / model.backend.xp.maximum(norm, self.grad_clip)
             for g in grads.values():
                 g *= scale.astype(g.dtype)
-        for name, w in model.params.items():
-            self.update_rule(w, grads[name], self.updater_configs[name], inplace=True,
-                             backend=model.backend)
+        for slot, (name, w) in enumerate(model.params.items()):
+            update(slot, name, w, grads[name])
+        return loss
+
+    def _rule_update(self, slot: int, name: str, w, dw) -> None:
+        self.update_rule(w, dw, self.updater_configs[name], inplace=True,
+                         backend=self.model.backend)
+
+    def _recordable(self) -> bool:
+        return (self.cuda_graph and self.model.backend.can_record
+                and self.update_rule_name == "adam" and self._recording_off is None
+                and all("m" in c for c in self.updater_configs.values()))
+
+    def _recorded_step(self, batch_idx):
+        """The step through a recorded graph: this step's batch and Adam scalars go into
+        the graph's fixed input arrays, then one replay does the rest."""
+        be, model = self.model.backend, self.model
+        configs = [self.updater_configs[name] for name in model.params]
+        arrays = [self._features, self._captions, self._image_idxs, *model.params.values(),
+                  *(c[key] for c in configs for key in ("m", "v"))]
+        graph = self._graph
+        if graph is None or not graph.fits(arrays, batch_idx, self.grad_clip):
+            graph = self._graph = _StepGraph(self, arrays, batch_idx)
+        be.upload(graph.hyper, adam_table(configs, model.dtype))
+        graph.batch[...] = batch_idx
+        try:
+            loss = graph.recording()
+        except RecordingFailed as exc:  # nothing of this step has run
+            self._recording_off, self._graph = str(exc), None
+            warnings.warn(f"{exc}; training goes on op by op", RuntimeWarning, stacklevel=3)
+            return self._loss_and_update(batch_idx, self._rule_update)
+        for config in configs:
+            config["t"] += 1
+        return loss.copy()  # the graph's own loss array is overwritten by the next replay
 
     def _flush_losses(self) -> None:
         """Copy the pending losses to the host; stop if one is not finite."""
@@ -436,6 +485,31 @@ class CaptioningTrainer:
         self.epochs_without_improvement = state["epochs_without_improvement"]
         self.val_history = list(state["val_history"])
         self.loss_history = [float(v) for v in arrays.get("loss_history", [])]
+
+
+class _StepGraph:
+    """The trainer's step recorded for replay (``Backend.record``): its fixed input
+    arrays (the batch's caption indices; Adam's scalars, one row per parameter) and the
+    arrays it was recorded against, held so their memory stays theirs."""
+
+    def __init__(self, trainer: CaptioningTrainer, arrays: list, batch_idx) -> None:
+        be, model = trainer.model.backend, trainer.model
+        self.arrays, self.grad_clip = arrays, trainer.grad_clip
+        self.batch = be.xp.empty_like(batch_idx)
+        self.hyper = be.xp.empty((len(model.params), 4), dtype=model.dtype)
+        configs = trainer.updater_configs
+
+        def update(slot: int, name: str, w, dw) -> None:
+            config = configs[name]
+            be.adam_update_device(w, dw, config["m"], config["v"], self.hyper[slot])
+
+        self.recording = be.record(lambda: trainer._loss_and_update(self.batch, update))
+
+    def fits(self, arrays: list, batch_idx, grad_clip: float | None) -> bool:
+        """Whether a replay would act on these arrays, this batch shape and clipping."""
+        return (grad_clip == self.grad_clip and batch_idx.shape == self.batch.shape
+                and len(arrays) == len(self.arrays)
+                and all(a is b for a, b in zip(arrays, self.arrays)))
 
 
 def _parse_every(value: Any) -> tuple[str, int]:

@@ -7,21 +7,21 @@ recurrent product and the hoisted input projection; the upstream and the carried
 gradient) so that a time step costs one matrix product and one kernel each way; one
 for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
 the softmax cross-entropy and its gradient (one block per row, in place), and Adam
-(one kernel per parameter). The
-vocabulary layer works densely (``compact_masked_positions = False``): finding the
+(one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py).
+The vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
-the host; kernels compile once per dtype and are cached by CuPy.
+the host; kernels compile once per dtype and are cached by CuPy. ``record`` replays a
+whole training step from a CUDA graph (kernels/cuda_graph.py).
 """
 
 from __future__ import annotations
 
-import os
-
 import cupy as cp
 import numpy as np
-from cupy_backends.cuda.libs import cublas
 
 from backend.base import Backend, BackendUnavailable
+from kernels.cublas import gemm
+from kernels.cuda_graph import GraphRecording
 
 # The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
 # gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
@@ -117,16 +117,18 @@ _TANH_BACKWARD = cp.ElementwiseKernel(
     "caption_tanh_backward",
 )
 
-_ADAM = cp.ElementwiseKernel(
-    "T dw, T step, T beta1, T beta2, T eps_hat",
-    "T w, T m, T v",
-    """
+_ADAM_BODY = """
     m = beta1 * m + (1 - beta1) * dw;
     v = beta2 * v + (1 - beta2) * dw * dw;
     w -= step * m / (sqrt(v) + eps_hat);
-    """,
-    "caption_adam",
-)
+"""
+_ADAM = cp.ElementwiseKernel("T dw, T step, T eps_hat, T beta1, T beta2", "T w, T m, T v",
+                             _ADAM_BODY, "caption_adam")
+# The same update with its scalars read from device memory (Backend.adam_update_device).
+_ADAM_DEVICE = cp.ElementwiseKernel(
+    "T dw, raw T hyper", "T w, T m, T v",
+    "const T step = hyper[0], eps_hat = hyper[1], beta1 = hyper[2], beta2 = hyper[3];"
+    + _ADAM_BODY, "caption_adam_device")
 
 _XENT_SOURCE = r"""
 template <typename T>
@@ -174,11 +176,6 @@ _XENT = cp.RawModule(code=_XENT_SOURCE, options=("-std=c++14",),
 _XENT_NAME = {"float32": "caption_xent<float>", "float64": "caption_xent<double>"}
 
 
-_RAW_GEMM = {"f": cublas.sgemm, "d": cublas.dgemm}
-_SCALARS = {c: (np.ones((), c), np.zeros((), c)) for c in "fd"}  # host alpha, beta
-_TF32 = os.environ.get("CUPY_TF32") == "1"
-
-
 class CupyBackend(Backend):
     name = "cupy"
     xp = cp
@@ -199,28 +196,32 @@ class CupyBackend(Backend):
     def to_numpy(self, a):
         return cp.asnumpy(a)
 
+    def upload(self, dst, host) -> None:
+        host = np.ascontiguousarray(host, dtype=dst.dtype)
+        if host.shape != dst.shape or not dst.flags.c_contiguous:
+            raise ValueError(f"cannot upload {host.shape} into {dst.shape} (contiguous: "
+                             f"{dst.flags.c_contiguous}); expected the same shape")
+        # Asynchronous on the current stream; CUDA stages pageable memory before this
+        # returns, so the host array may go at once, and no device sync is made.
+        dst.data.copy_from_host_async(host.ctypes.data, host.nbytes)
+
+    can_record = True
+
+    def record(self, fn) -> GraphRecording:
+        return GraphRecording(fn)
+
     def synchronize(self) -> None:
         cp.cuda.get_current_stream().synchronize()
 
-    def _step_matmul(self, a, b, out, transpose_b: bool = False):
-        """out = a @ b (or a @ b.T) by one cuBLAS call: in the time loops, cupy.matmul's
-        checks and dispatch cost more host time than a small batch's product takes on
-        the GPU. Operands are C-contiguous; row-major C = A op(B) is column-major
-        C^T = op(B)^T A^T. (With CUPY_TF32=1, cupy.matmul, which honours it.)"""
-        gemm = _RAW_GEMM.get(a.dtype.char)
-        if gemm is None or _TF32 or not (a.flags.c_contiguous and b.flags.c_contiguous
-                                         and out.flags.c_contiguous):
-            return super()._step_matmul(a, b, out, transpose_b)
-        m, k = a.shape
-        n = b.shape[0] if transpose_b else b.shape[1]
-        one, zero = _SCALARS[a.dtype.char]
-        handle = cp.cuda.device.get_cublas_handle()
-        cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-        gemm(handle, cublas.CUBLAS_OP_T if transpose_b else cublas.CUBLAS_OP_N,
-             cublas.CUBLAS_OP_N, n, m, k, one.ctypes.data, b.data.ptr,
-             k if transpose_b else n, a.data.ptr, k, zero.ctypes.data, out.data.ptr, n)
-        return out
+    def matmul(self, a, b, out=None):
+        """By one direct cuBLAS call where the operands suit one (every product of
+        training does: 2-D, one unit-stride axis; see kernels/cublas.py), else
+        cupy.matmul."""
+        if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype:
+            target = cp.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
+            if gemm(a, b, target):
+                return target
+        return super().matmul(a, b, out)
 
     def embedding_backward(self, idx, dout, vocab_size: int):
         D = dout.shape[-1]
@@ -269,8 +270,9 @@ class CupyBackend(Backend):
                 cp.int32(V), row_loss))
         return row_loss.sum(), grad
 
-    def adam_update(self, w, dw, m, v, t, learning_rate, beta1, beta2, epsilon):
-        c2 = (1 - beta2**t) ** 0.5
-        dtype = w.dtype.type
-        _ADAM(dw, dtype(learning_rate * c2 / (1 - beta1**t)), dtype(beta1), dtype(beta2),
-              dtype(epsilon * c2), w, m, v)
+    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2):
+        d = w.dtype.type
+        _ADAM(dw, d(step), d(eps_hat), d(beta1), d(beta2), w, m, v)
+
+    def adam_update_device(self, w, dw, m, v, hyper):
+        _ADAM_DEVICE(dw, hyper, w, m, v)

@@ -124,7 +124,8 @@ def _cross_entropy(probs, y, weight, n, losses):
 
 
 @njit(**_JIT)
-def _adam(w, dw, m, v, step, beta1, beta2, one_minus_beta1, one_minus_beta2, eps_hat):
+def _adam_kernel(w, dw, m, v, step, beta1, beta2, one_minus_beta1, one_minus_beta2,
+                 eps_hat):
     # Every constant arrives in w's dtype: an integer literal here (1 - beta1) would make
     # Numba compute in float64 and lose the float32 SIMD width (measured 1.7x slower).
     w, dw, m, v = w.ravel(), dw.ravel(), m.ravel(), v.ravel()
@@ -173,11 +174,10 @@ class NumbaBackend(NumpyBackend):
                        probs.dtype.type(n), losses)
         return losses.sum(), probs
 
-    def adam_update(self, w, dw, m, v, t, learning_rate, beta1, beta2, epsilon):
-        c2 = (1 - beta2**t) ** 0.5
-        dtype = w.dtype.type
-        _adam(w, _c(dw), m, v, dtype(learning_rate * c2 / (1 - beta1**t)), dtype(beta1),
-              dtype(beta2), dtype(1 - beta1), dtype(1 - beta2), dtype(epsilon * c2))
+    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2):
+        d = w.dtype.type
+        _adam_kernel(w, _c(dw), m, v, d(step), d(beta1), d(beta2), d(1 - beta1), d(1 - beta2),
+                     d(eps_hat))
 
 
 def _c(a):

@@ -202,6 +202,55 @@ def test_adam_update_matches_reference(backend, reference, dtype):
     _close(backend, [dev[0], dev[2], dev[3]], [w, m, v], dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_from_a_device_table_matches_adam_update(backend, reference, dtype):
+    from captioning.optim import adam_table
+
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal((37, 11)).astype(dtype) for _ in range(4)]
+    arrays[3] = np.abs(arrays[3])
+    w, dw, m, v = (a.copy() for a in arrays)
+    reference.adam_update(w, dw, m, v, 3, 2e-3, 0.8, 0.99, 1e-6)
+    config = {"t": 2, "learning_rate": 2e-3, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-6}
+    table = backend.asarray(adam_table([config, {**config, "t": 7}], dtype))
+    dev = [backend.asarray(a.copy()) for a in arrays]
+    backend.adam_update_device(*dev, table[0])
+    _close(backend, [dev[0], dev[2], dev[3]], [w, m, v], dtype)
+
+
+def _operand(be, rng, rows, cols, layout, dtype):
+    """A (rows, cols) matrix laid out as training's operands are: contiguous (C), a
+    transposed view (T: W.T, x.T), or rows further apart than their length (S). Returns
+    it on the host and as the same view of a device copy."""
+    if layout == "T":
+        base = rng.standard_normal((cols, rows)).astype(dtype)
+        return base.T, be.asarray(base).T
+    if layout == "S":
+        base = rng.standard_normal((rows, cols + 3)).astype(dtype)
+        return base[:, 1 : cols + 1], be.asarray(base)[:, 1 : cols + 1]
+    base = rng.standard_normal((rows, cols)).astype(dtype)
+    return base, be.asarray(base)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layouts", ["CC", "CT", "TC", "TT", "SC", "CS"])
+@pytest.mark.parametrize(("M", "K", "N"), [(1, 1, 1), (7, 5, 3), (33, 64, 17), (4, 0, 6)])
+def test_matmul_matches_numpy_for_every_layout(backend, M, K, N, layouts, dtype):
+    rng = np.random.default_rng(M * K + N)
+    (a, dev_a), (b, dev_b) = (_operand(backend, rng, M, K, layouts[0], dtype),
+                              _operand(backend, rng, K, N, layouts[1], dtype))
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = {"rtol": TOL[dtype], "atol": TOL[dtype] * max(K, 1)}
+    got = backend.to_numpy(backend.matmul(dev_a, dev_b))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, **tol)
+    wide = backend.asarray(np.full((M, N + 2), 7, dtype))  # into a row-strided view
+    backend.matmul(dev_a, dev_b, wide[:, 1 : N + 1])
+    wide = backend.to_numpy(wide)
+    np.testing.assert_allclose(wide[:, 1 : N + 1], want, **tol)
+    assert (wide[:, 0] == 7).all() and (wide[:, -1] == 7).all()
+
+
 def test_sigmoid_is_stable():
     from captioning import sigmoid
 

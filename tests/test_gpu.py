@@ -47,3 +47,52 @@ def test_training_on_the_gpu_lowers_the_loss():
                                 updater_config={"learning_rate": 5e-3}, seed=0).train()
     assert type(model.params["Wx"]).__module__.startswith("cupy")
     assert np.mean(history[-4:]) < 0.8 * np.mean(history[:4])  # random captions: no zero
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(("dtype", "rtol"), [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_recorded_training_matches_op_by_op_training(dtype, rtol):
+    from captioning import CaptioningRNN, CaptioningTrainer
+    from conftest import random_captions
+
+    rng = np.random.default_rng(1)
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 40)}}
+    data = {"train_captions": random_captions(rng, 96, vocab_size=40),
+            "train_image_idxs": rng.integers(0, 48, 96).astype(np.int32),
+            "train_features": rng.standard_normal((48, 32)).astype(dtype)}
+    runs = {}
+    for graph in (False, True):
+        model = CaptioningRNN(vocab, input_dim=32, wordvec_dim=16, hidden_dim=24,
+                              cell_type="lstm", dtype=dtype, backend="cupy", seed=0)
+        trainer = CaptioningTrainer(model, data, batch_size=16, num_epochs=3, verbose=False,
+                                    seed=0, lr_decay=0.9, grad_clip=5.0, cuda_graph=graph)
+        runs[graph] = (trainer.train(), model.backend.to_numpy(model.params["Wh"]), trainer)
+    recorded = runs[True][2]
+    assert recorded._recording_off is None and recorded._graph.recording.graph is not None
+    assert recorded._graph.recording.runs == 17  # 18 steps: the first runs op by op
+    assert runs[False][2]._graph is None
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=rtol)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=rtol * 100, atol=rtol)
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_recording_that_synchronises_fails_and_nothing_of_it_runs():
+    import cupy as cp
+
+    from backend import RecordingFailed, get_backend
+
+    be = get_backend("cupy")
+    x = cp.zeros(4)
+
+    def step():
+        x[...] += 1
+        return float(x.sum())  # a copy to the host: not allowed while recording
+
+    recording = be.record(step)
+    assert recording() == 4.0  # the first call runs op by op
+    with pytest.raises(RecordingFailed, match="CUDA graph"):
+        recording()
+    np.testing.assert_array_equal(x.get(), np.ones(4))  # the refused call did nothing
+    assert float((x + 1).sum()) == 8.0  # and the device still works

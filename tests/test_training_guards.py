@@ -224,3 +224,77 @@ def test_a_failed_write_keeps_the_earlier_checkpoint(tiny_coco, tmp_path, monkey
         trainer.save()
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
     assert [p.name for p in tmp_path.glob("*.tmp")] == []
+
+
+class _Replaying:
+    """A stand-in for a CUDA-graph recording that keeps its contract on the CPU: each
+    call runs the function once; from the second call on it hands back the same output
+    array, overwritten by each run, as a graph's replays do. ``refuse`` makes the second
+    call fail as a recording that cannot be made does (before anything runs)."""
+
+    def __init__(self, fn, refuse: bool) -> None:
+        self.fn, self.refuse, self.calls, self.out = fn, refuse, 0, None
+
+    def __call__(self):
+        from backend import RecordingFailed
+
+        self.calls += 1
+        if self.calls == 1:
+            return self.fn()
+        if self.refuse:
+            raise RecordingFailed("this stand-in refuses to record")
+        result = self.fn()
+        if self.out is None:
+            self.out = np.array(result)
+        else:
+            self.out[...] = result
+        return self.out
+
+
+def _replaying_backend(refuse: bool = False):
+    from kernels.numpy_backend import NumpyBackend
+
+    class ReplayingNumpy(NumpyBackend):
+        can_record = True
+        recordings: list = []
+
+        def record(self, fn):
+            self.recordings.append(_Replaying(fn, refuse))
+            return self.recordings[-1]
+
+    return ReplayingNumpy()
+
+
+def test_recorded_steps_train_like_op_by_op_steps(tiny_coco, tmp_path):
+    data = load_coco_data(tiny_coco)
+    plain = _trainer(_model(data), data, tmp_path / "plain", grad_clip=1.0)
+    plain.train()
+    be = _replaying_backend()
+    recorded = _trainer(_model(data, be), data, tmp_path / "recorded", grad_clip=1.0)
+    recorded.train()
+    assert len(be.recordings) == 1 and be.recordings[0].calls == 8  # steps 2 to 9
+    np.testing.assert_allclose(recorded.loss_history, plain.loss_history, rtol=1e-5)
+    for name, value in plain.model.params.items():
+        np.testing.assert_allclose(recorded.model.params[name], value, rtol=1e-4, atol=1e-7)
+    assert [c["t"] for c in recorded.updater_configs.values()] == [9] * len(plain.model.params)
+
+    # Restoring brings new parameter and Adam arrays: the step is recorded again.
+    recorded.restore(tmp_path / "plain" / "checkpoint.npz")
+    recorded.num_epochs = 4
+    plain.num_epochs = 4
+    recorded.train()
+    plain.train()
+    assert len(be.recordings) == 2
+    np.testing.assert_allclose(recorded.loss_history, plain.loss_history, rtol=1e-5)
+
+
+def test_a_step_that_cannot_be_recorded_runs_op_by_op(tiny_coco, tmp_path):
+    data = load_coco_data(tiny_coco)
+    plain = _trainer(_model(data), data, tmp_path / "plain")
+    plain.train()
+    refused = _trainer(_model(data, _replaying_backend(refuse=True)), data, tmp_path / "r")
+    with pytest.warns(RuntimeWarning, match="refuses to record.*op by op"):
+        refused.train()
+    assert refused._recording_off is not None
+    np.testing.assert_allclose(refused.loss_history, plain.loss_history, rtol=1e-5)
+    assert refused.updater_configs["Wx"]["t"] == plain.updater_configs["Wx"]["t"] == 9

@@ -66,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "0: never)")
     p.add_argument("--samples", type=int, default=5, help="validation captions to print")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on the cupy backend, run every step op by op instead of replaying "
+                   "it from a CUDA graph (same maths; the graph issues a step with one launch)")
     p.set_defaults(run=run)
 
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print_every=s["print_every"], seed=s["seed"], progress=sys.stderr.isatty(),
         checkpoint_dir=out, checkpoint_every=s["checkpoint_every"], validate=True,
         val_max_captions=s["val_max_captions"], patience=s["patience"] or None,
-        grad_clip=s["grad_clip"], handle_interrupt=True,
+        grad_clip=s["grad_clip"], handle_interrupt=True, cuda_graph=not s["no_cuda_graph"],
         epoch_callback=_metrics_callback(data, s["metrics_every"]),
     )
     if resuming:

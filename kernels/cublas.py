@@ -1,0 +1,147 @@
+"""Matrix products on the GPU by calling cuBLAS directly (ctypes), for the CuPy backend.
+
+Why not ``cupy.matmul``: CuPy refuses every cuBLAS call while a stream is being
+captured into a CUDA graph (its ``setStream`` raises NotImplementedError; see
+cupy/cupy#6290), and the training step is replayed from such a graph. cuBLAS itself
+supports capture (cuBLAS docs, "CUDA Graphs Support") given a workspace of its own, set
+here once, so nothing is allocated during a capture. A direct call also costs the host
+less than ``cupy.matmul``'s checks and dispatch, which paces small batches.
+
+One handle per device, created on first use. With ``CUPY_TF32=1`` the handle allows
+TF32 tensor-core maths, as ``cupy.matmul`` does under that variable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+import cupy as cp
+
+_OP_N, _OP_T = 0, 1
+_GEMM = {"f": "cublasSgemm_v2", "d": "cublasDgemm_v2"}
+_TF32_TENSOR_OP_MATH = 3
+_WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
+
+
+def _library() -> ctypes.CDLL:
+    """The libcublas that CuPy loaded (found in this process's memory map once CuPy has
+    made its own handle), so both use one library; else the system's."""
+    cp.cuda.device.get_cublas_handle()  # CuPy may load the library only when first needed
+    candidates = []
+    try:
+        with open("/proc/self/maps") as maps:
+            candidates = sorted({line.split()[-1] for line in maps
+                                 if os.path.basename(line.split()[-1]).startswith("libcublas.so")})
+    except OSError:
+        pass
+    candidates += [ctypes.util.find_library("cublas") or "", "libcublas.so.13",
+                   "libcublas.so.12", "libcublas.so.11", "libcublas.so"]
+    errors = []
+    for name in filter(None, candidates):
+        try:
+            return ctypes.CDLL(name)
+        except OSError as exc:
+            errors.append(f"{name}: {exc}")
+    raise OSError(f"libcublas could not be loaded ({'; '.join(errors) or 'not found'}); "
+                  f"CuPy {cp.__version__} needs it too: install the CUDA toolkit's "
+                  "libraries or CuPy's matching CUDA wheel")
+
+
+_PTR, _INT = ctypes.c_void_p, ctypes.c_int
+_SIGNATURES = {  # name -> argument types; every function returns a status (int)
+    "cublasCreate_v2": [ctypes.POINTER(_PTR)],
+    "cublasSetStream_v2": [_PTR, _PTR],
+    "cublasSetMathMode": [_PTR, _INT],
+    "cublasSetWorkspace_v2": [_PTR, _PTR, ctypes.c_size_t],  # cuBLAS >= 11.4
+    "cublasSgemm_v2": [_PTR, _INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _INT, _PTR, _INT,
+                       _PTR, _PTR, _INT],
+}
+_SIGNATURES["cublasDgemm_v2"] = _SIGNATURES["cublasSgemm_v2"]
+_FUNCTIONS: dict[str, object] = {}  # filled on first use by _functions()
+
+
+def _functions() -> dict[str, object]:
+    """The cuBLAS functions used here, loaded once (on the first product, so importing
+    this module needs no library)."""
+    if not _FUNCTIONS:
+        lib = _library()
+        for name, argtypes in _SIGNATURES.items():
+            function = getattr(lib, name, None)
+            if function is not None:
+                function.argtypes, function.restype = argtypes, _INT
+            _FUNCTIONS[name] = function
+    return _FUNCTIONS
+
+
+# Host-side alpha = 1 and beta = 0 (pointer mode host: read when the call is made).
+_ONE_ZERO = {"f": (ctypes.c_float(1), ctypes.c_float(0)),
+             "d": (ctypes.c_double(1), ctypes.c_double(0))}
+_ONE_ZERO_REF = {c: tuple(ctypes.addressof(x) for x in pair) for c, pair in _ONE_ZERO.items()}
+_HANDLES: dict[int, tuple[int, object]] = {}  # device id -> (handle, its workspace)
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"cuBLAS {what} failed with status {status}")
+
+
+def _handle() -> int:
+    device = cp.cuda.runtime.getDevice()
+    if device not in _HANDLES:
+        f = _functions()
+        handle = _PTR()
+        _check(f["cublasCreate_v2"](ctypes.byref(handle)), "cublasCreate")
+        workspace = None
+        if f["cublasSetWorkspace_v2"] is not None:
+            # A plain allocation of its own: never handed back to a memory pool.
+            workspace = cp.cuda.memory.Memory(_WORKSPACE_BYTES)
+            _check(f["cublasSetWorkspace_v2"](handle, workspace.ptr, _WORKSPACE_BYTES),
+                   "SetWorkspace")
+        if os.environ.get("CUPY_TF32") == "1":
+            _check(f["cublasSetMathMode"](handle, _TF32_TENSOR_OP_MATH), "SetMathMode")
+        _HANDLES[device] = (handle.value, workspace)
+    return _HANDLES[device][0]
+
+
+def _layout(x) -> tuple[int, int] | None:
+    """How column-major cuBLAS reads the row-major matrix ``x`` (2-D) transposed:
+    (operation, leading dimension), or None when neither axis has unit stride."""
+    (rows, cols), (s0, s1), size = x.shape, x.strides, x.itemsize
+    if s1 == size and s0 % size == 0 and s0 // size >= max(cols, 1):
+        return _OP_N, s0 // size  # rows are contiguous: memory holds x^T column-major
+    if s0 == size and s1 % size == 0 and s1 // size >= max(rows, 1):
+        return _OP_T, s1 // size  # a transposed view: memory holds x column-major
+    return None
+
+
+def gemm(a, b, out) -> bool:
+    """out (M, N) = a (M, K) @ b (K, N) by one cuBLAS call on the current stream; False
+    (nothing done) when the operands do not suit one: a dtype other than float32 or
+    float64, mixed dtypes, or no unit-stride axis.
+
+    Row-major C = A B is column-major C^T = B^T A^T, so cuBLAS gets b first.
+    """
+    char = a.dtype.char
+    if (char not in _GEMM or b.dtype.char != char or out.dtype.char != char
+            or a.ndim != 2 or b.ndim != 2 or out.ndim != 2):
+        return False
+    la, lb, lc = _layout(a), _layout(b), _layout(out)
+    if la is None or lb is None or lc is None or lc[0] != _OP_N:
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    if b.shape[0] != k or out.shape != (m, n):
+        raise ValueError(f"matmul of shapes {a.shape} and {b.shape} into {out.shape}: "
+                         f"expected (M, K) @ (K, N) into (M, N)")
+    if m == 0 or n == 0:
+        return True
+    if k == 0:
+        out.fill(0)
+        return True
+    handle, f = _handle(), _FUNCTIONS
+    _check(f["cublasSetStream_v2"](handle, cp.cuda.get_current_stream().ptr), "SetStream")
+    one, zero = _ONE_ZERO_REF[char]
+    _check(f[_GEMM[char]](handle, lb[0], la[0], n, m, k, one, b.data.ptr, lb[1], a.data.ptr,
+                       la[1], zero, out.data.ptr, lc[1]), "gemm")
+    return True
