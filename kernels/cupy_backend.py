@@ -4,7 +4,8 @@ the per-step work is small enough that kernel launches dominate.
 Overridden: one raw kernel per step for the LSTM gates forward and one for their
 backward (blocks i, f, o, g), each also adding the two parts of its input (the
 recurrent product and the hoisted input projection; the upstream and the carried
-gradient) so that a time step costs one matrix product and one kernel each way; one
+gradient) so that a time step costs one matrix product and one kernel each way, and one
+for decoding's whole cell update (gather, word lookup, gates); one
 for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
 the softmax cross-entropy and its gradient (one block per row, in place), and Adam
 (one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py).
@@ -74,6 +75,28 @@ __global__ void lstm_forward_halved(const T* a, const T* prev_c, T* next_c, T* n
 }
 
 template <typename T>
+__global__ void lstm_decode(const T* hw, const T* table, const long long* words,
+                            const long long* rows, long long first_row, const T* prev_c,
+                            T* next_c, T* next_h, long long NH, int H) {
+    // Decoding's whole step (Backend.lstm_decode_gates): new row n continues row
+    // rows[n] (or first_row + n when rows is null) of hw and prev_c, adds word words[n]'s
+    // row of the table, and takes the halved gates as lstm_forward_halved does.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H;
+        const long long r = rows ? rows[n] : first_row + n;
+        const T* a = hw + r * 4 * H + j;
+        const T* x = table + words[n] * 4 * H + j;
+        const T half = 0.5;
+        const T ig = half * tanh(a[0] + x[0]) + half, fg = half * tanh(a[H] + x[H]) + half;
+        const T og = half * tanh(a[2 * H] + x[2 * H]) + half;
+        const T c = fg * prev_c[r * H + j] + ig * tanh(a[3 * H] + x[3 * H]);
+        next_c[k] = c;
+        next_h[k] = og * tanh(c);
+    }
+}
+
+template <typename T>
 __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, T* dprev_c, long long NH, int H) {
@@ -94,7 +117,7 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
     }
 }
 """
-_GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_backward")
+_GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward")
 _CTYPES = {"float32": "float", "float64": "double"}
 _GATES = cp.RawModule(code=_GATES_SOURCE, options=("-std=c++14",),
                       name_expressions=[f"{k}<{t}>" for k in _GATE_KERNELS
@@ -102,12 +125,13 @@ _GATES = cp.RawModule(code=_GATES_SOURCE, options=("-std=c++14",),
 _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
 
 
-def _launch(kernel: str, prev_c, *args) -> None:
-    """Run a gate kernel over the (N, H) units of ``prev_c``; args before NH and H."""
-    key = (kernel, prev_c.dtype.name)
+def _launch(kernel: str, units, *args) -> None:
+    """Run a gate kernel over the (N, H) units of the array ``units`` (whose dtype picks
+    the kernel); args are those before NH and H."""
+    key = (kernel, units.dtype.name)
     if key not in _FUNCTIONS:
         _FUNCTIONS[key] = _GATES.get_function(f"{kernel}<{_CTYPES[key[1]]}>")
-    N, H = prev_c.shape
+    N, H = units.shape
     blocks = min(max(-(-N * H // 256), 1), 4096)  # a grid-stride loop covers the rest
     _FUNCTIONS[key]((blocks,), (256,), (*args, np.int64(N * H), np.int32(H)))
 
@@ -240,6 +264,21 @@ class CupyBackend(Backend):
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
         _launch("lstm_forward_halved", prev_c, a, prev_c, next_c, next_h)
+
+    def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):
+        if not (hw.flags.c_contiguous and table.flags.c_contiguous and prev_c.flags.c_contiguous
+                and next_c.flags.c_contiguous and next_h.flags.c_contiguous):
+            return super().lstm_decode_gates(hw, table, words, prev_c, next_c, next_h, rows)
+        words = cp.ascontiguousarray(words, dtype=cp.int64)
+        first, rows_arg = 0, np.uint64(0)  # a null pointer: rows first, first + 1, ...
+        if isinstance(rows, slice):
+            first, _, stride = rows.indices(len(hw))
+            if stride != 1:
+                rows = cp.arange(*rows.indices(len(hw)))
+        if not isinstance(rows, slice):
+            rows_arg = cp.ascontiguousarray(rows, dtype=cp.int64)
+        _launch("lstm_decode", next_c, hw, table, words, rows_arg, np.int64(first), prev_c,
+                next_c, next_h)
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         dnext_h, dnext_c, gates, prev_c, tanh_c = (

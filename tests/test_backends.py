@@ -125,11 +125,11 @@ def test_halved_gates_match_the_plain_gates(backend, reference, N, H, dtype):
 def test_decode_gates_match_the_plain_gates(backend, reference, M, N, H, V, dtype, gathered):
     """Decoding's step: rows gathered from earlier rows (or a slice), words looked up."""
     rng = np.random.default_rng(N)
-    hw = (3 * rng.standard_normal((M if gathered else N, 4 * H))).astype(dtype)
+    hw = (3 * rng.standard_normal((M if gathered else N + 2, 4 * H))).astype(dtype)
     table = rng.standard_normal((V, 4 * H)).astype(dtype)
     prev_c = rng.standard_normal((len(hw), H)).astype(dtype)
     words = rng.integers(0, V, N)
-    rows = rng.integers(0, M, N) if gathered else slice(0, N)
+    rows = rng.integers(0, M, N) if gathered else slice(2, N + 2)
     a = hw[rows] + table[words]
     gates, next_c, next_h, tanh_c = (np.empty((N, n * H), dtype) for n in (4, 1, 1, 1))
     reference.lstm_gates_forward(a, prev_c[rows], gates, next_c, next_h, tanh_c)
