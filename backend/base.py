@@ -53,6 +53,9 @@ class Backend:
         """True when ``a`` is an array of this backend's namespace."""
         return isinstance(a, self.xp.ndarray)
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
     def upload(self, dst: Any, host: np.ndarray) -> None:
         """Copy the host array ``host`` into the existing array ``dst`` (same shape)."""
         dst[...] = host
@@ -70,9 +73,6 @@ class Backend:
         the maths), so a backend can issue them its own way.
         """
         return self.xp.matmul(a, b, out=out)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
 
     # ------------------------------------------------------------------ plain layers
     def affine_forward(self, x, w, b):

@@ -43,7 +43,8 @@ class GraphRecording:
         caller = cp.cuda.get_current_stream()
         if self.graph is not None:
             self.graph.launch(stream=caller)
-        else:
+            result = self.outputs
+        else:  # on the recording's stream and pool, ordered after the caller's work
             self.stream.wait_event(caller.record())
             with cp.cuda.using_allocator(self.pool.malloc), self.stream:
                 if self.runs == 0:
@@ -53,10 +54,8 @@ class GraphRecording:
                     self.graph.launch(stream=self.stream)
                     result = self.outputs
             caller.wait_event(self.stream.record())
-            self.runs += 1
-            return result
         self.runs += 1
-        return self.outputs
+        return result
 
     def _capture(self) -> None:
         self.stream.begin_capture()

@@ -270,13 +270,12 @@ class CupyBackend(Backend):
                 and next_c.flags.c_contiguous and next_h.flags.c_contiguous):
             return super().lstm_decode_gates(hw, table, words, prev_c, next_c, next_h, rows)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
-        first, rows_arg = 0, np.uint64(0)  # a null pointer: rows first, first + 1, ...
-        if isinstance(rows, slice):
-            first, _, stride = rows.indices(len(hw))
-            if stride != 1:
+        if isinstance(rows, slice) and rows.indices(len(hw))[2] == 1:
+            first, rows_arg = rows.indices(len(hw))[0], np.uint64(0)  # null: first, first+1...
+        else:
+            if isinstance(rows, slice):
                 rows = cp.arange(*rows.indices(len(hw)))
-        if not isinstance(rows, slice):
-            rows_arg = cp.ascontiguousarray(rows, dtype=cp.int64)
+            first, rows_arg = 0, cp.ascontiguousarray(rows, dtype=cp.int64)
         _launch("lstm_decode", next_c, hw, table, words, rows_arg, np.int64(first), prev_c,
                 next_c, next_h)
 
