@@ -59,7 +59,7 @@ def child_step(backend: str) -> dict:
 
 
 def child_load(folder: str) -> dict:
-    from captioning.coco import load_coco_data
+    from captioning import load_coco_data
 
     before = peak_rss_mb()
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def child_load(folder: str) -> dict:
 
 
 def child_train(folder: str, backend: str, iterations: int) -> dict:
-    from captioning.coco import load_coco_data
+    from captioning import load_coco_data
     from captioning.model import CaptioningRNN
     from captioning.trainer import CaptioningTrainer
 
@@ -100,7 +100,7 @@ def write_full_size(folder: Path) -> None:
     """A COCO-layout folder with the real training split's sizes (random content)."""
     import h5py
 
-    from captioning.coco import CAPTIONS_FILE, features_file
+    from captioning.data.layout import CAPTIONS_FILE, features_file
 
     if (folder / CAPTIONS_FILE).is_file():
         return

@@ -6,7 +6,9 @@ update rules, the gradient-check helpers and the COCO data functions.
 """
 
 from backend import available_backends, get_backend
-from captioning.coco import decode_captions, load_coco_data, sample_coco_minibatch
+from captioning.data.default import load_coco_data
+from captioning.data.reader import sample_coco_minibatch
+from captioning.data.vocab import decode_captions
 from captioning.gradient_check import (
     eval_numerical_gradient,
     eval_numerical_gradient_array,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from captioning.coco import decode_captions
+from captioning.data.vocab import decode_captions
 from captioning.decoding import beam_decode, greedy_decode, sample_decode
 from captioning.metrics import caption_metrics, strip_special
 from captioning.report import Sample

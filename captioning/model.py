@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from backend import Backend, get_backend
-from captioning.coco import check_word_indices
+from captioning.data.layout import check_word_indices
 from captioning.decoding import greedy_decode
 
 CELL_WIDTH = {"rnn": 1, "lstm": 4}  # how many H-wide blocks the recurrence's Wx has

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from backend import RecordingFailed
 from captioning.checkpoint import load_checkpoint, save_checkpoint
-from captioning.coco import check_word_indices
+from captioning.data.layout import check_word_indices
 from captioning.model import CaptioningRNN
 from captioning.optim import adam_table, get_update_rule
 

@@ -87,6 +87,6 @@ def tiny_coco(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def small_shapes(tmp_path_factory) -> Path:
     """A 1200 + 200 image built-in dataset, written once per test session (a few s)."""
-    from captioning.shapes import write_shapes_dataset
+    from captioning.data.shapes import write_shapes_dataset
 
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), train=1200, val=200, seed=0)

@@ -43,7 +43,7 @@ def test_data_dir_from_environment(tiny_coco, monkeypatch):
 
 
 def test_no_folder_and_no_environment_uses_the_built_in_dataset(monkeypatch, tmp_path):
-    import captioning.shapes as shapes
+    import captioning.data.shapes as shapes
 
     monkeypatch.delenv("CAPTION_DATA", raising=False)
     monkeypatch.setenv("CAPTION_CACHE", str(tmp_path))

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from captioning import CaptioningRNN, CaptioningTrainer, load_coco_data
-from captioning.annotations import build_dataset
-from captioning.coco import decode_captions
-from captioning.evaluation import evaluate
-from captioning.pca import fit_pca, pca_folder
-from captioning.shapes import (
+from captioning.data.annotations import build_dataset
+from captioning.data.pca import fit_pca, pca_folder
+from captioning.data.shapes import (
     CAPTIONS_PER_IMAGE,
     COLOURS,
     SHAPES,
     builtin_dataset_dir,
     write_shapes_dataset,
 )
-from captioning.vocab import build_vocab, encode_captions, tokenize
+from captioning.data.vocab import build_vocab, decode_captions, encode_captions, tokenize
+from captioning.evaluation import evaluate
 
 # ----------------------------------------------------------------- the built-in dataset
 
@@ -63,7 +62,7 @@ def test_shapes_generation_is_deterministic_per_seed(tmp_path):
 
 
 def test_the_cache_is_built_once_and_rebuilt_when_the_generator_changes(tmp_path, monkeypatch):
-    import captioning.shapes as shapes
+    import captioning.data.shapes as shapes
 
     monkeypatch.setenv("CAPTION_CACHE", str(tmp_path))
     first = builtin_dataset_dir(20, 5)

@@ -9,7 +9,9 @@ from typing import Any
 
 import h5py
 
-from captioning.coco import default_data_dir, features_file, load_coco_data
+from captioning.data.default import default_data_dir
+from captioning.data.layout import features_file
+from captioning.data.reader import read_coco_folder
 
 RUN_FILE = "run.json"  # the settings a run was started with, beside its checkpoints
 CHECKPOINT_CHOICES = ("best.npz", "checkpoint.npz", "model.npz")
@@ -57,4 +59,4 @@ def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]
             with h5py.File(path, "r") as f:
                 if "features" in f and f["features"].shape[1] != input_dim:
                     features = "pca"
-    return load_coco_data(folder, pca_features=features == "pca"), folder
+    return read_coco_folder(folder, pca_features=features == "pca"), folder

@@ -7,6 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from captioning.data.annotations import build_dataset
+from captioning.data.pca import pca_folder
+from captioning.data.shapes import builtin_dataset_dir, write_shapes_dataset
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -57,8 +61,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    from captioning.shapes import builtin_dataset_dir, write_shapes_dataset
-
     start = time.perf_counter()
     if args.out:
         folder = write_shapes_dataset(Path(args.out), args.train, args.val, args.seed,
@@ -70,8 +72,6 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from captioning.annotations import build_dataset
-
     report = build_dataset(args.out, args.features, coco_train=args.coco_train,
                            coco_val=args.coco_val, karpathy=args.karpathy,
                            min_count=args.min_count, max_length=args.max_length,
@@ -82,8 +82,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_pca(args: argparse.Namespace) -> int:
-    from captioning.pca import pca_folder
-
     pca = pca_folder(args.folder, args.dim)
     print(f"{args.dim} components keep {100 * pca.explained.sum():.1f}% of the training "
           f"variance; wrote the _pca.h5 files in {args.folder}")

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from captioning.atomic import atomic_path
+from captioning.checkpoint import load_checkpoint, load_model
 from captioning.cli.common import add_backend, add_data, load_data_for, resolve_checkpoint
+from captioning.evaluation import evaluate, pick_samples, references_by_image
+from captioning.metrics import format_metrics
+from captioning.report import write_report
 
 _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
                     "checkpoint.npz)")
@@ -68,8 +72,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
     """(model on --backend, its data, the checkpoint file, the data folder)."""
-    from captioning.checkpoint import load_model
-
     path, settings = resolve_checkpoint(args.checkpoint)
     model = load_model(path, args.backend)
     data, data_dir = load_data_for(model.input_dim, args.data, settings)
@@ -80,9 +82,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from captioning.evaluation import evaluate
-    from captioning.metrics import format_metrics
-
     if args.beam < 1:
         raise ValueError(f"--beam must be at least 1, got {args.beam}")
     model, data, path, _ = _load(args)
@@ -105,8 +104,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from captioning.evaluation import pick_samples, references_by_image
-
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     model, data, _, _ = _load(args)
@@ -125,10 +122,6 @@ def make_report(model: Any, run_dir: Path, data: dict, data_dir: Path,
                 out: Path | None = None, images: int = 12, max_images: int = 1000) -> Path:
     """Evaluate ``model`` (greedy and beam 3) and write the report folder of the run in
     ``run_dir``, its loss curves read from the run's checkpoint.npz when there is one."""
-    from captioning.checkpoint import load_checkpoint
-    from captioning.evaluation import evaluate, pick_samples
-    from captioning.report import write_report
-
     state, arrays = {}, {}
     if (run_dir / "checkpoint.npz").is_file():
         _, saved_state, arrays = load_checkpoint(run_dir / "checkpoint.npz")

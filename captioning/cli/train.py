@@ -11,8 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from backend import get_backend
 from captioning.atomic import atomic_path
-from captioning.cli.common import RUN_FILE, add_backend, add_data
+from captioning.checkpoint import load_model
+from captioning.cli.common import RUN_FILE, add_backend, add_data, resolve_checkpoint
+from captioning.cli.judge import make_report
+from captioning.data.default import default_data_dir
+from captioning.data.reader import read_coco_folder
+from captioning.evaluation import evaluate, pick_samples
+from captioning.model import CaptioningRNN
+from captioning.trainer import CaptioningTrainer
 
 # Settings a resumed run takes from its run.json; the others may be given again.
 _FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
@@ -86,8 +94,6 @@ def _settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], bool]:
         settings = {**given, **{k: saved[k] for k in _FIXED_ON_RESUME if k in saved}}
         settings["epochs"] = args.epochs or saved.get("epochs", DEFAULT_EPOCHS)
         return out, settings, True
-    from captioning.coco import default_data_dir
-
     given["data"] = str(Path(args.data or default_data_dir()).resolve())
     given["epochs"] = args.epochs or DEFAULT_EPOCHS
     out = Path(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -98,15 +104,10 @@ def _settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend import get_backend
-    from captioning.coco import load_coco_data
-    from captioning.model import CaptioningRNN
-    from captioning.trainer import CaptioningTrainer
-
     out, s, resuming = _settings(args)
     backend = get_backend(s["backend"])
     np.random.seed(s["seed"])
-    data = load_coco_data(s["data"], max_train=s["max_train"],
+    data = read_coco_folder(s["data"], max_train=s["max_train"],
                           pca_features=s["features"] == "pca")
     model = CaptioningRNN(
         data["word_to_idx"], input_dim=data["train_features"].shape[1],
@@ -145,10 +146,6 @@ def run(args: argparse.Namespace) -> int:
     trainer.save()
     _print_samples(model, data, s["samples"], s["seed"])
     if not s["no_report"]:
-        from captioning.checkpoint import load_model
-        from captioning.cli.common import resolve_checkpoint
-        from captioning.cli.judge import make_report
-
         best = load_model(resolve_checkpoint(str(out))[0], backend)  # best.npz if any
         index = make_report(best, out, data, Path(s["data"]), max_images=1000)
         print(f"report: {index}")
@@ -164,8 +161,6 @@ def _metrics_callback(data: dict, every: int):
     def callback(trainer, record: dict) -> None:
         if trainer.epoch % every:
             return
-        from captioning.evaluation import evaluate
-
         scores = evaluate(trainer.model, data, beams=(1,), max_images=500, meteor=False)
         record["val_metrics"] = {k: v for k, v in scores["greedy"].items()
                                  if isinstance(v, float)}
@@ -177,8 +172,6 @@ def _metrics_callback(data: dict, every: int):
 
 
 def _print_samples(model, data: dict, count: int, seed: int) -> None:
-    from captioning.evaluation import pick_samples
-
     if count < 1:
         return
     print("\nvalidation samples:")

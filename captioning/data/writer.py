@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 
 from captioning.atomic import atomic_path
-from captioning.coco import CAPTIONS_FILE, SPLITS, VOCAB_FILE, features_file, urls_file
-from captioning.pca import PCA, fit_pca, write_projected
+from captioning.data.layout import CAPTIONS_FILE, SPLITS, VOCAB_FILE, features_file, urls_file
+from captioning.data.pca import PCA, fit_pca, write_projected
 
 
 @dataclass

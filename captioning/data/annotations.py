@@ -19,8 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from captioning.vocab import EncodeStats, build_vocab, encode_captions, tokenize
-from captioning.writer import SplitData, write_coco_folder
+from captioning.data.vocab import EncodeStats, build_vocab, encode_captions, tokenize
+from captioning.data.writer import SplitData, write_coco_folder
 
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val"}  # 'test' is left out
 COCO_IMAGE_ROOT = "http://images.cocodataset.org"

@@ -1,9 +1,5 @@
-"""The COCO captioning folder layout: the one reader, its checks, and minibatches.
-
-A folder holds coco2014_captions.h5 (train/val captions and image indices),
-{train,val}2014_vgg16_fc7.h5 and their _pca.h5 versions (dataset ``features``),
-coco2014_vocab.json (idx_to_word, word_to_idx) and {train,val}2014_urls.txt.
-"""
+"""The one reader of the COCO captioning layout (``layout.py``), its checks, and the
+exercise's minibatch draw. Every folder the project reads goes through here."""
 
 from __future__ import annotations
 
@@ -15,33 +11,20 @@ from typing import Any
 import h5py
 import numpy as np
 
-SPLITS = ("train", "val")
-CAPTIONS_FILE = "coco2014_captions.h5"
-VOCAB_FILE = "coco2014_vocab.json"
-DATA_ENV_VAR = "CAPTION_DATA"
-SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")  # indices 0..3 in files we write
+from captioning.data.layout import (
+    CAPTIONS_FILE,
+    SPLITS,
+    VOCAB_FILE,
+    check_word_indices,
+    features_file,
+    urls_file,
+)
+
 _FINITE_CHECK_ROWS = 8192  # rows per chunk when scanning features for NaN / inf
 
 
-def features_file(split: str, pca: bool) -> str:
-    return f"{split}2014_vgg16_fc7{'_pca' if pca else ''}.h5"
-
-
-def urls_file(split: str) -> str:
-    return f"{split}2014_urls.txt"
-
-
-def default_data_dir() -> Path:
-    """$CAPTION_DATA if set, else the built-in dataset (generated on first use)."""
-    if os.environ.get(DATA_ENV_VAR):
-        return Path(os.environ[DATA_ENV_VAR])
-    from captioning.shapes import builtin_dataset_dir
-
-    return builtin_dataset_dir()
-
-
-def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | None = None,
-                   pca_features: bool = True) -> dict[str, Any]:
+def read_coco_folder(base_dir: str | os.PathLike, max_train: int | None = None,
+                     pca_features: bool = True) -> dict[str, Any]:
     """Read and check one folder in the COCO captioning layout.
 
     Returns train_captions / val_captions (M, 17) int32, train_image_idxs / val_image_idxs
@@ -51,7 +34,7 @@ def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | N
     captions with their image indices; features stay whole.
     Raises FileNotFoundError or ValueError naming the file, key and what was expected.
     """
-    base = Path(base_dir) if base_dir is not None else default_data_dir()
+    base = Path(base_dir)
     if not base.is_dir():
         raise FileNotFoundError(f"data folder {base} does not exist (expected a folder in the "
                                 "COCO captioning layout; see the README)")
@@ -103,16 +86,6 @@ def load_coco_data(base_dir: str | os.PathLike | None = None, max_train: int | N
             data["train_captions"] = data["train_captions"][keep]
             data["train_image_idxs"] = data["train_image_idxs"][keep]
     return data
-
-
-def check_word_indices(captions: np.ndarray, vocab_size: int, what: str) -> None:
-    """Raise ValueError naming ``what`` if any index lies outside [0, vocab_size)."""
-    if captions.size and (captions.min() < 0 or captions.max() >= vocab_size):
-        bad = captions[(captions < 0) | (captions >= vocab_size)][0]
-        raise ValueError(
-            f"{what} hold word index {int(bad)}, outside the vocabulary of {vocab_size} words "
-            f"(expected 0..{vocab_size - 1})"
-        )
 
 
 def read_vocab(path: Path) -> tuple[list[str], dict[str, int]]:
@@ -176,29 +149,6 @@ def _read(f: h5py.File, path: Path, key: str, ndim: int, kind: str) -> np.ndarra
         raise ValueError(f"{path}: {key!r} is {array.dtype} with shape {array.shape}; "
                          f"expected a {ndim}-D integer array")
     return array
-
-
-def decode_captions(captions, idx_to_word) -> str | list[str]:
-    """Word indices -> text. (T,) gives one string, (N, T) a list of N strings.
-
-    Words are joined by spaces, <NULL> is skipped, and decoding stops after <END>
-    (which is kept, as is a leading <START>).
-    """
-    captions = np.asarray(captions)
-    if captions.ndim not in (1, 2):
-        raise ValueError(f"captions must be (T,) or (N, T), got shape {captions.shape}")
-    rows = captions[None] if captions.ndim == 1 else captions
-    decoded = []
-    for row in rows:
-        words = []
-        for idx in row:
-            word = idx_to_word[int(idx)]
-            if word != "<NULL>":
-                words.append(word)
-            if word == "<END>":
-                break
-        decoded.append(" ".join(words))
-    return decoded[0] if captions.ndim == 1 else decoded
 
 
 def sample_coco_minibatch(data: dict[str, Any], batch_size: int = 100,

@@ -1,6 +1,7 @@
-"""Caption text -> the COCO layout's word indices: tokeniser, vocabulary, encoder.
+"""Caption text <-> the COCO layout's word indices: tokeniser, vocabulary, encoder, and
+the exercise's ``decode_captions`` back to text.
 
-The built-in dataset and ``captioning data build`` both go through these three
+The built-in dataset and ``captioning data build`` both go through the first three
 functions, so every folder this project writes has the same special tokens and padding.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioning.coco import SPECIAL_TOKENS
+from captioning.data.layout import SPECIAL_TOKENS
 
 _NOT_WORD = re.compile(r"[^a-z0-9' ]+")
 
@@ -77,3 +78,26 @@ def encode_captions(captions: Sequence[Sequence[str]], word_to_idx: dict[str, in
         row[1 : len(indices) + 1] = indices
         row[len(indices) + 1] = end
     return rows, stats
+
+
+def decode_captions(captions, idx_to_word) -> str | list[str]:
+    """Word indices -> text. (T,) gives one string, (N, T) a list of N strings.
+
+    Words are joined by spaces, <NULL> is skipped, and decoding stops after <END>
+    (which is kept, as is a leading <START>).
+    """
+    captions = np.asarray(captions)
+    if captions.ndim not in (1, 2):
+        raise ValueError(f"captions must be (T,) or (N, T), got shape {captions.shape}")
+    rows = captions[None] if captions.ndim == 1 else captions
+    decoded = []
+    for row in rows:
+        words = []
+        for idx in row:
+            word = idx_to_word[int(idx)]
+            if word != "<NULL>":
+                words.append(word)
+            if word == "<END>":
+                break
+        decoded.append(" ".join(words))
+    return decoded[0] if captions.ndim == 1 else decoded

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from captioning.atomic import atomic_path
+from captioning.data.layout import SPLITS, features_file
 
 CHUNK_ROWS = 4096
 
@@ -98,8 +99,6 @@ def pca_folder(folder: str | os.PathLike, dim: int = 512,
                chunk_rows: int = CHUNK_ROWS) -> PCA:
     """Fit on ``train2014_vgg16_fc7.h5`` of a COCO-layout folder and write the
     ``_pca.h5`` file of both splits."""
-    from captioning.coco import SPLITS, features_file
-
     folder = Path(folder)
     sources = {s: folder / features_file(s, pca=False) for s in SPLITS}
     for path in sources.values():

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from captioning.coco import SPLITS
-from captioning.vocab import build_vocab, encode_captions
-from captioning.writer import SplitData, write_coco_folder
+from captioning.data import layout, pca, vocab, writer
+from captioning.data.layout import SPLITS
+from captioning.data.vocab import build_vocab, encode_captions
+from captioning.data.writer import SplitData, write_coco_folder
 
 IMAGE_SIZE = 64
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
@@ -243,8 +245,6 @@ def write_shapes_dataset(out: str | os.PathLike, train: int = DEFAULT_TRAIN,
     """Generate ``train`` + ``val`` scenes into ``out`` in the COCO captioning layout,
     with the PNG images under ``images/<split>/`` (the URLs are those relative paths)
     and ``shapes.json`` recording how it was made, written last."""
-    from tqdm.auto import tqdm
-
     for name, value in (("train", train), ("val", val)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive number of images, got {value!r}")
@@ -282,10 +282,8 @@ def write_shapes_dataset(out: str | os.PathLike, train: int = DEFAULT_TRAIN,
 
 def generator_stamp() -> str:
     """A hash of the code that makes the dataset: any change to it gives a new stamp."""
-    from captioning import pca, vocab, writer
-
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], vocab, writer, pca):
+    for module in (sys.modules[__name__], layout, vocab, writer, pca):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
