@@ -82,12 +82,12 @@ def child_train(folder: str, backend: str, iterations: int) -> dict:
     draws = trainer.model.backend.asarray(np.random.default_rng(0).integers(
         0, trainer.num_train, (iterations + 3, 128)))
     for k in range(3):  # warm-up (Numba compiles)
-        trainer._step(draws[k])
-    trainer._flush_losses()
+        trainer.step(draws[k])
+    trainer.losses()
     start = time.perf_counter()
     for k in range(3, iterations + 3):
-        trainer._step(draws[k])
-    trainer._flush_losses()
+        trainer.step(draws[k])
+    trainer.losses()
     per_iteration = (time.perf_counter() - start) / iterations
     return {"peak_rss_mb": peak_rss_mb(), "seconds_per_iteration": per_iteration,
             "epoch_s": per_iteration * trainer.iterations_per_epoch,

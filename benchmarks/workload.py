@@ -92,8 +92,7 @@ def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None,
     counter = iter(range(10**12))
 
     def step() -> None:
-        trainer._step(batches[next(counter) % len(batches)])
-        trainer._pending.clear()
+        trainer.training_step(batches[next(counter) % len(batches)])
         if synchronize:
             be.synchronize()
 

@@ -69,9 +69,10 @@ def test_recorded_training_matches_op_by_op_training(dtype, rtol):
                                     seed=0, lr_decay=0.9, grad_clip=5.0, cuda_graph=graph)
         runs[graph] = (trainer.train(), model.backend.to_numpy(model.params["Wh"]), trainer)
     recorded = runs[True][2]
-    assert recorded._recording_off is None and recorded._graph.recording.graph is not None
-    assert recorded._graph.recording.runs == 17  # 18 steps: the first runs op by op
-    assert runs[False][2]._graph is None
+    step = recorded.training_step
+    assert step.recording_off is None and step.graph.recording.graph is not None
+    assert step.graph.recording.runs == 17  # 18 steps: the first runs op by op
+    assert runs[False][2].training_step.graph is None
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=rtol)
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=rtol * 100, atol=rtol)
 

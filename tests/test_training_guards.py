@@ -16,6 +16,7 @@ import pytest
 from captioning import CaptioningRNN, CaptioningTrainer, load_coco_data
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.trainer import TrainingStopped
+from captioning.training import run_folder
 
 
 def _model(data, backend="numpy", seed=0, hidden=12):
@@ -36,20 +37,20 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(backend, tiny_coco, tmp_p
     whole.train()
 
     first = _trainer(_model(data, backend), data, tmp_path / "split", checkpoint_every="4")
-    step = first._step
+    step = first.step
 
     def stop_after_four(batch):  # as if Ctrl-C arrived during iteration 4
         step(batch)
-        if first.iteration == 3:
-            first._interrupted = True
+        if first.iteration == 3:  # the loop counts this step once it returns
+            first.request_stop()
 
-    first._step = stop_after_four
+    first.step = stop_after_four
     first.train()
     assert first.stop_reason.startswith("interrupted") and first.iteration == 4
 
     resumed = _trainer(_model(data, backend, seed=99), data, tmp_path / "split")
     resumed.restore(tmp_path / "split" / "checkpoint.npz")
-    assert (resumed.epoch, resumed._epoch_step) == (1, 1)  # 3 iterations per epoch
+    assert (resumed.epoch, resumed.loop.epoch_step) == (1, 1)  # 3 iterations per epoch
     resumed.train()
     exact = backend.name != "cupy"  # atomics make GPU sums order-dependent
     for name, value in whole.model.params.items():
@@ -127,14 +128,14 @@ def test_nan_features_stop_the_run_and_keep_the_last_good_checkpoint(tiny_coco, 
 def test_a_non_finite_gradient_is_never_saved(tiny_coco, tmp_path):
     data = load_coco_data(tiny_coco)
     trainer = _trainer(_model(data), data, tmp_path, checkpoint_every="1", num_epochs=1)
-    step = trainer._step
+    step = trainer.step
 
     def poisoned(batch):  # the loss of this step is fine; its update is not
         step(batch)
         if trainer.iteration == 1:
             trainer.model.params["Wh"][0, 0] = np.inf
 
-    trainer._step = poisoned
+    trainer.step = poisoned
     with pytest.raises(TrainingStopped, match=r"parameters \['Wh'\] hold NaN or infinite"):
         trainer.train()
     _, state, _ = load_checkpoint(tmp_path / "checkpoint.npz")
@@ -187,7 +188,7 @@ def test_gradient_clipping_bounds_each_update(tiny_coco, tmp_path):
     trainer = CaptioningTrainer(model, data, update_rule="sgd", grad_clip=1e-3, batch_size=4,
                                 num_epochs=1, verbose=False, seed=0,
                                 updater_config={"learning_rate": 1.0})
-    trainer._step(np.arange(4))
+    trainer.step(np.arange(4))
     change = np.sqrt(sum(((model.params[k] - before[k]) ** 2).sum() for k in before))
     assert 0 < change <= 1e-3 * (1 + 1e-6)
     with pytest.raises(ValueError, match="grad_clip must be positive"):
@@ -198,15 +199,14 @@ def test_unwritable_folder_or_full_disk_is_reported_before_training(tiny_coco, t
                                                                     monkeypatch):
     data = load_coco_data(tiny_coco)
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(TrainingStopped, match="cannot write to the checkpoint folder"):
+    with pytest.raises(OSError, match="cannot write to the run folder .*a-file"):
         _trainer(_model(data), data, tmp_path / "a-file" / "run")
-    import captioning.trainer as trainer_module
 
     class Usage:
         free = 10
 
-    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda path: Usage)
-    with pytest.raises(TrainingStopped, match="MB free"):
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: Usage)
+    with pytest.raises(OSError, match="only 0.0 MB free in .*run; checkpoints need about"):
         _trainer(_model(data), data, tmp_path / "run")
 
 
@@ -295,6 +295,6 @@ def test_a_step_that_cannot_be_recorded_runs_op_by_op(tiny_coco, tmp_path):
     refused = _trainer(_model(data, _replaying_backend(refuse=True)), data, tmp_path / "r")
     with pytest.warns(RuntimeWarning, match="refuses to record.*op by op"):
         refused.train()
-    assert refused._recording_off is not None
+    assert "refuses to record" in refused.training_step.recording_off
     np.testing.assert_allclose(refused.loss_history, plain.loss_history, rtol=1e-5)
     assert refused.updater_configs["Wx"]["t"] == plain.updater_configs["Wx"]["t"] == 9

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import h5py
 from captioning.data.default import default_data_dir
 from captioning.data.layout import features_file
 from captioning.data.reader import read_coco_folder
+from captioning.training.run_folder import BEST_NAME, CHECKPOINT_NAME, RunFolder
 
-RUN_FILE = "run.json"  # the settings a run was started with, beside its checkpoints
-CHECKPOINT_CHOICES = ("best.npz", "checkpoint.npz", "model.npz")
+CHECKPOINT_CHOICES = (BEST_NAME, CHECKPOINT_NAME, "model.npz")
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
@@ -40,9 +39,8 @@ def resolve_checkpoint(path: str) -> tuple[Path, dict[str, Any]]:
     elif not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist (give a .npz file or a run "
                                 "folder written by `captioning train`)")
-    run_file = p.parent / RUN_FILE
-    settings = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    return p, settings
+    run = RunFolder(p.parent)
+    return p, (run.read_settings() if run.settings.is_file() else {})
 
 
 def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]

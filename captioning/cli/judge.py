@@ -13,6 +13,7 @@ from captioning.cli.common import add_backend, add_data, load_data_for, resolve_
 from captioning.evaluation import evaluate, pick_samples, references_by_image
 from captioning.metrics import format_metrics
 from captioning.report import write_report
+from captioning.training.run_folder import RunFolder
 
 _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
                     "checkpoint.npz)")
@@ -123,8 +124,9 @@ def make_report(model: Any, run_dir: Path, data: dict, data_dir: Path,
     """Evaluate ``model`` (greedy and beam 3) and write the report folder of the run in
     ``run_dir``, its loss curves read from the run's checkpoint.npz when there is one."""
     state, arrays = {}, {}
-    if (run_dir / "checkpoint.npz").is_file():
-        _, saved_state, arrays = load_checkpoint(run_dir / "checkpoint.npz")
+    checkpoint = RunFolder(run_dir).checkpoint
+    if checkpoint.is_file():
+        _, saved_state, arrays = load_checkpoint(checkpoint)
         state = saved_state or {}
     metrics = evaluate(model, data, "val", (1, 3), max_images)
     samples = pick_samples(model, data, "val", images)

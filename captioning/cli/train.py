@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,15 +11,15 @@ from typing import Any
 import numpy as np
 
 from backend import get_backend
-from captioning.atomic import atomic_path
 from captioning.checkpoint import load_model
-from captioning.cli.common import RUN_FILE, add_backend, add_data, resolve_checkpoint
+from captioning.cli.common import add_backend, add_data, resolve_checkpoint
 from captioning.cli.judge import make_report
 from captioning.data.default import default_data_dir
 from captioning.data.reader import read_coco_folder
 from captioning.evaluation import evaluate, pick_samples
 from captioning.model import CaptioningRNN
 from captioning.trainer import CaptioningTrainer
+from captioning.training.run_folder import RunFolder
 
 # Settings a resumed run takes from its run.json; the others may be given again.
 _FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
@@ -80,35 +79,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _settings(args: argparse.Namespace) -> tuple[Path, dict[str, Any], bool]:
+def _settings(args: argparse.Namespace) -> tuple[RunFolder, dict[str, Any], bool]:
     """(run folder, settings, resuming?) from the arguments and, on --resume, run.json."""
     given = {k: v for k, v in vars(args).items()
              if k not in ("run", "resume", "out", "command")}
     if args.resume:
-        out = Path(args.resume)
-        run_file = out / RUN_FILE
-        if not run_file.is_file():
-            raise FileNotFoundError(f"{out} is not a run folder (no {RUN_FILE}); give the "
-                                    "--out folder of an earlier `captioning train`")
-        saved = json.loads(run_file.read_text(encoding="utf-8"))
+        folder = RunFolder(args.resume)
+        saved = folder.read_settings()
         settings = {**given, **{k: saved[k] for k in _FIXED_ON_RESUME if k in saved}}
         settings["epochs"] = args.epochs or saved.get("epochs", DEFAULT_EPOCHS)
-        return out, settings, True
+        return folder, settings, True
     given["data"] = str(Path(args.data or default_data_dir()).resolve())
     given["epochs"] = args.epochs or DEFAULT_EPOCHS
-    out = Path(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "checkpoint.npz").exists():
-        raise ValueError(f"{out} already holds a run; continue it with --resume {out} or "
-                         "choose another --out")
-    return out, given, False
+    folder = RunFolder(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if folder.checkpoint.exists():
+        raise ValueError(f"{folder.path} already holds a run; continue it with --resume "
+                         f"{folder.path} or choose another --out")
+    return folder, given, False
 
 
 def run(args: argparse.Namespace) -> int:
-    out, s, resuming = _settings(args)
+    folder, s, resuming = _settings(args)
+    out = folder.path
     backend = get_backend(s["backend"])
     np.random.seed(s["seed"])
     data = read_coco_folder(s["data"], max_train=s["max_train"],
-                          pca_features=s["features"] == "pca")
+                            pca_features=s["features"] == "pca")
     model = CaptioningRNN(
         data["word_to_idx"], input_dim=data["train_features"].shape[1],
         wordvec_dim=s["wordvec"], hidden_dim=s["hidden"], cell_type=s["cell"],
@@ -124,11 +120,9 @@ def run(args: argparse.Namespace) -> int:
         epoch_callback=_metrics_callback(data, s["metrics_every"]),
     )
     if resuming:
-        trainer.restore(out / "checkpoint.npz")
+        trainer.restore(folder.checkpoint)
         print(f"resuming {out} at epoch {trainer.epoch + 1}, iteration {trainer.iteration}")
-    with atomic_path(out / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps({k: v for k, v in s.items() if k != "no_report"}, indent=2),
-                       encoding="utf-8")
+    folder.write_settings({k: v for k, v in s.items() if k != "no_report"})
     print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
           f"{trainer.num_train} captions of {s['data']}, "
           f"{data['train_features'].shape[1]}-d features, backend {backend.name}, "

@@ -1,0 +1,184 @@
+"""One training step on data that lives on the device:
+
+    gather the batch -> loss and gradients -> reduce_gradients -> clip -> update
+
+``reduce_gradients`` is where a data-parallel run sums the gradients of the whole batch
+across processes; alone, there is nothing to reduce. On a backend that can record (CuPy)
+and with Adam, the step is recorded once as a CUDA graph and replayed, so a small batch
+is not paced by the host issuing ~100 kernels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend import RecordingFailed
+from captioning.data.layout import check_word_indices
+from captioning.model import CaptioningRNN
+from captioning.optim import adam_table, get_update_rule
+
+# (loss, gradients keyed like the parameters) of this process's share of the batch ->
+# the loss of the whole batch, with the gradients of the whole batch left in place.
+GradientReducer = Callable[[Any, dict[str, Any]], Any]
+
+
+@dataclass
+class DeviceData:
+    """The training split on the model's backend, moved there once: features (images, D)
+    in the model's dtype, captions (M, T+1) and image_idxs (M,) integers."""
+
+    features: Any
+    captions: Any
+    image_idxs: Any
+
+    @classmethod
+    def from_split(cls, model: CaptioningRNN, data: dict[str, Any]) -> DeviceData:
+        """Check the 'train_' arrays of ``data`` against ``model`` and move them."""
+        features = data["train_features"]
+        if features.ndim != 2 or features.shape[1] != model.input_dim:
+            raise ValueError(f"train_features have shape {features.shape}; the model expects "
+                             f"(images, {model.input_dim})")
+        captions = np.asarray(data["train_captions"])
+        image_idxs = np.asarray(data["train_image_idxs"])
+        if len(captions) == 0 or len(captions) != len(image_idxs):
+            raise ValueError(f"{len(captions)} train_captions and {len(image_idxs)} "
+                             "train_image_idxs: expected the same, non-zero number")
+        check_word_indices(captions, model.vocab_size, "train_captions")
+        if image_idxs.min() < 0 or image_idxs.max() >= len(features):
+            raise ValueError(f"train_image_idxs reach {int(image_idxs.max())}, but there are "
+                             f"only {len(features)} feature rows")
+        be = model.backend
+        return cls(be.asarray(features, dtype=model.dtype), be.asarray(captions),
+                   be.asarray(image_idxs))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class TrainingStep:
+    """``step(batch_idx)`` updates ``model.params`` in place from the captions
+    ``batch_idx`` (a device integer array) and returns the loss, a 0-d device array.
+
+    ``configs`` holds each parameter's update-rule settings and state (learning_rate,
+    Adam's m, v and t, ...), keyed like the parameters.
+
+    cuda_graph: with Adam, on a backend that can record, step 1 runs op by op and makes
+    Adam's buffers; step 2 runs op by op inside the recording's own memory pool (so its
+    blocks exist and every kernel is compiled); step 3 is recorded and launched; later
+    steps replay the recording. It is recorded again whenever a step would act on other
+    arrays (new parameter or Adam arrays after a restore, another batch shape or clip
+    value). If recording fails, a RuntimeWarning says why and every later step runs op
+    by op; no step is lost or repeated.
+    """
+
+    def __init__(self, model: CaptioningRNN, data: DeviceData, update_rule: str = "adam",
+                 updater_config: dict[str, Any] | None = None, grad_clip: float | None = None,
+                 cuda_graph: bool = True, reduce_gradients: GradientReducer | None = None
+                 ) -> None:
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {grad_clip!r}")
+        self.model, self.data = model, data
+        self.update_rule_name = update_rule
+        self.update_rule = get_update_rule(update_rule)
+        self.configs = {name: dict(updater_config or {}) for name in model.params}
+        self.grad_clip = grad_clip
+        self.cuda_graph = cuda_graph
+        self.reduce_gradients = reduce_gradients
+        self.graph: StepGraph | None = None
+        self.recording_off: str | None = None  # why recording failed, once it has
+
+    def __call__(self, batch_idx: Any) -> Any:
+        if self._recordable():
+            return self._replay(batch_idx)
+        return self.run(batch_idx, self._rule_update)
+
+    def run(self, batch_idx: Any, update: Callable[[int, str, Any, Any], None]) -> Any:
+        """The step's device work, op by op, with ``update(slot, name, w, dw)`` for each
+        parameter; returns the loss (device)."""
+        model = self.model
+        captions = self.data.captions[batch_idx]
+        features = self.data.features[self.data.image_idxs[batch_idx]]
+        loss, grads = model.loss(features, captions)
+        if self.reduce_gradients is not None:
+            loss = self.reduce_gradients(loss, grads)
+        if self.grad_clip is not None:
+            clip_global_norm(grads, self.grad_clip, model.backend.xp)
+        for slot, (name, w) in enumerate(model.params.items()):
+            update(slot, name, w, grads[name])
+        return loss
+
+    def learning_rate(self) -> float:
+        """The current learning rate (every parameter has the same)."""
+        return float(next(iter(self.configs.values())).get("learning_rate", 0))
+
+    def decay_learning_rate(self, factor: float) -> None:
+        for config in self.configs.values():
+            config["learning_rate"] = config.get("learning_rate", 0) * factor
+
+    def _rule_update(self, slot: int, name: str, w: Any, dw: Any) -> None:
+        self.update_rule(w, dw, self.configs[name], inplace=True, backend=self.model.backend)
+
+    def _recordable(self) -> bool:
+        return (self.cuda_graph and self.model.backend.can_record
+                and self.update_rule_name == "adam" and self.recording_off is None
+                and all("m" in c for c in self.configs.values()))
+
+    def _replay(self, batch_idx: Any) -> Any:
+        """The step through the recording: this step's batch and Adam scalars go into
+        the recording's fixed input arrays, then one replay does the rest."""
+        be, model = self.model.backend, self.model
+        configs = [self.configs[name] for name in model.params]
+        arrays = [self.data.features, self.data.captions, self.data.image_idxs,
+                  *model.params.values(), *(c[key] for c in configs for key in ("m", "v"))]
+        if self.graph is None or not self.graph.fits(arrays, batch_idx, self.grad_clip):
+            self.graph = StepGraph(self, arrays, batch_idx)
+        be.upload(self.graph.hyper, adam_table(configs, model.dtype))
+        self.graph.batch[...] = batch_idx
+        try:
+            loss = self.graph.recording()
+        except RecordingFailed as exc:  # nothing of this step has run
+            self.recording_off, self.graph = str(exc), None
+            warnings.warn(f"{exc}; training goes on op by op", RuntimeWarning, stacklevel=3)
+            return self.run(batch_idx, self._rule_update)
+        for config in configs:
+            config["t"] += 1
+        return loss.copy()  # the recording's own loss array is overwritten by the next replay
+
+
+class StepGraph:
+    """A step recorded for replay (``Backend.record``): its fixed input arrays (the
+    batch's caption indices; Adam's scalars, one row per parameter) and the arrays it
+    was recorded against, held so that their memory stays theirs."""
+
+    def __init__(self, step: TrainingStep, arrays: list, batch_idx: Any) -> None:
+        be, model = step.model.backend, step.model
+        self.arrays, self.grad_clip = arrays, step.grad_clip
+        self.batch = be.xp.empty_like(batch_idx)
+        self.hyper = be.xp.empty((len(model.params), 4), dtype=model.dtype)
+        configs = step.configs
+
+        def update(slot: int, name: str, w: Any, dw: Any) -> None:
+            config = configs[name]
+            be.adam_update_device(w, dw, config["m"], config["v"], self.hyper[slot])
+
+        self.recording = be.record(lambda: step.run(self.batch, update))
+
+    def fits(self, arrays: list, batch_idx: Any, grad_clip: float | None) -> bool:
+        """Whether a replay would act on these arrays, this batch shape and clipping."""
+        return (grad_clip == self.grad_clip and batch_idx.shape == self.batch.shape
+                and len(arrays) == len(self.arrays)
+                and all(a is b for a, b in zip(arrays, self.arrays)))
+
+
+def clip_global_norm(grads: dict[str, Any], max_norm: float, xp: Any) -> None:
+    """Scale every gradient in place so that their global L2 norm is at most
+    ``max_norm``; no host sync (a NaN norm gives a NaN scale, which the next loss shows)."""
+    norm = xp.sqrt(sum((g * g).sum() for g in grads.values()))
+    scale = max_norm / xp.maximum(norm, max_norm)
+    for g in grads.values():
+        g *= scale.astype(g.dtype)

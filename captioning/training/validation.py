@@ -1,0 +1,60 @@
+"""The evaluation done during training: the validation loss on a fixed subset of the
+validation captions, and early stopping on it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from captioning.model import CaptioningRNN
+
+BATCH = 512  # captions per forward pass
+
+
+class ValidationSet:
+    """At most ``max_captions`` validation captions, the same subset every epoch and in
+    every run of the same data (drawn with a fixed seed), kept on the host."""
+
+    def __init__(self, data: dict[str, Any], max_captions: int) -> None:
+        for key in ("val_captions", "val_image_idxs", "val_features"):
+            if key not in data:
+                raise ValueError(f"validation needs data[{key!r}], which is missing")
+        count = len(data["val_captions"])
+        keep = np.sort(np.random.default_rng(0).permutation(count)[:max_captions])
+        self.features = data["val_features"][data["val_image_idxs"][keep]]
+        self.captions = np.asarray(data["val_captions"])[keep]
+
+    def loss(self, model: CaptioningRNN) -> float:
+        """Mean loss per caption (the model's loss is a sum over captions / batch size)."""
+        total = 0.0
+        for start in range(0, len(self.captions), BATCH):
+            captions = self.captions[start : start + BATCH]
+            loss = model.loss(self.features[start : start + BATCH], captions, grads=False)
+            total += float(loss) * len(captions)
+        return total / max(len(self.captions), 1)
+
+
+class EarlyStopping:
+    """Tracks the best validation loss; ``exhausted`` once ``patience`` epochs in a row
+    brought no better one (never, when patience is None)."""
+
+    def __init__(self, patience: int | None) -> None:
+        if patience is not None and (int(patience) != patience or patience < 1):
+            raise ValueError(f"patience must be a positive number of epochs, got {patience!r}")
+        self.patience = patience
+        self.best = math.inf
+        self.epochs_without_improvement = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True if it is the best so far."""
+        if val_loss < self.best:
+            self.best, self.epochs_without_improvement = val_loss, 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.epochs_without_improvement >= self.patience
