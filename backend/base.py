@@ -13,6 +13,20 @@ all T steps is one matrix product, and in the backward pass ``dx``, ``dWx``, ``d
 subclass that fuses the gates speeds up both.
 
 Caches are opaque tuples that belong to the backend that made them.
+
+How a backend subclass speeds things up: it overrides any operation of the contract
+(the layers, the gates, ``embedding_backward``, ``matmul``, ``adam_update_device``...),
+and these extension points, which exist only to be overridden and which nothing outside
+a backend calls:
+
+- ``lstm_gates_forward_sum`` / ``lstm_gates_backward_sum``: the sequence loops' gate
+  calls, with the pre-activation (upstream gradient) in two parts, so one fused kernel
+  can add them and apply the gates;
+- ``cross_entropy`` (the whole softmax cross-entropy and its gradient) or just
+  ``finish_cross_entropy`` (from the exp-shifted scores on);
+- ``adam_kernel``: the Adam update once its scalars are known, which both
+  ``adam_update`` and ``adam_update_device`` call;
+- ``can_record`` / ``record``: replaying a function's device work (a CUDA graph).
 """
 
 from __future__ import annotations
@@ -60,9 +74,10 @@ class Backend:
         """Copy the host array ``host`` into the existing array ``dst`` (same shape)."""
         dst[...] = host
 
-    # A backend that can record a function's device work once and replay it (a CUDA
-    # graph) sets this and provides ``record(fn)``, a callable that runs fn's work once
-    # per call (kernels/cuda_graph.py has the contract; captioning/trainer.py uses it).
+    # Extension point: a backend that can record a function's device work once and
+    # replay it (a CUDA graph) sets this and provides ``record(fn)``, a callable that
+    # runs fn's work once per call (kernels/cuda_graph.py has the contract;
+    # captioning/training/step.py uses it).
     can_record = False
 
     # ------------------------------------------------------------------ products
@@ -212,16 +227,18 @@ class Backend:
         self.xp.multiply(dc * i, 1 - g * g, out=da_g)
         self.xp.multiply(dc, f, out=dprev_c)
 
-    # The recurrences' per-step calls: the pre-activation and the upstream gradient
-    # arrive in two parts, so a backend can add them inside its gate kernel (one launch
-    # fewer per step each way, which is what bounds small batches on a GPU).
-    def _lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
-        """lstm_gates_forward on a + a_extra, activating the gates in place in a."""
+    # Extension points of the recurrences' per-step calls: the pre-activation and the
+    # upstream gradient arrive in two parts, so a backend can add them inside its gate
+    # kernel (one launch fewer per step each way, which bounds small batches on a GPU).
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+        """Extension point: lstm_gates_forward on a + a_extra, activating the gates in
+        place in a."""
         a += a_extra
         self.lstm_gates_forward(a, prev_c, a, next_c, next_h, tanh_c)
 
-    def _lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
-        """lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c overwrites dnext_c."""
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+        """Extension point: lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c
+        overwrites dnext_c."""
         self.lstm_gates_backward(dh + dh_extra, dnext_c, gates, prev_c, tanh_c, da, dnext_c)
 
     # ------------------------------------------------------------------ vanilla RNN
@@ -305,7 +322,7 @@ class Backend:
         buf = xp.empty_like(gates[0])
         for t in range(T):
             self.matmul(hs[t], Wh, buf)
-            self._lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
+            self.lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
         return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
 
     def lstm_backward(self, dh, cache):
@@ -316,7 +333,7 @@ class Backend:
         dprev_h = xp.zeros_like(hs[0])
         dprev_c = xp.zeros_like(hs[0])
         for t in reversed(range(gates.shape[0])):
-            self._lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
+            self.lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
                                           tanh_c[t], da[t])
             self.matmul(da[t], Wh.T, dprev_h)
         dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
@@ -356,15 +373,17 @@ class Backend:
         """
         N, T, V = x.shape
         weight = mask.reshape(N * T).astype(x.dtype)
-        loss, dx = self._cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
+        loss, dx = self.cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
         return loss, dx.reshape(N, T, V)
 
-    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
-        """scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
+        """Extension point (the CuPy backend fuses it into one kernel).
+
+        scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
         dscores (M, V)). The gradient reuses one (M, V) buffer: ``scores`` itself when
         ``overwrite`` allows it, else a new one."""
         probs, picked = self._shifted_exp(scores, y, overwrite)
-        return self._finish_cross_entropy(probs, picked, y, weight, n)
+        return self.finish_cross_entropy(probs, picked, y, weight, n)
 
     def _shifted_exp(self, scores, y, overwrite: bool):
         """(exp(scores - rowmax), the shifted score of each row's target y)."""
@@ -374,8 +393,10 @@ class Backend:
         self.xp.exp(probs, out=probs)
         return probs, picked
 
-    def _finish_cross_entropy(self, probs, picked, y, weight, n: int):
-        """Turn exp-shifted scores into the gradient in place; return (loss, gradient)."""
+    def finish_cross_entropy(self, probs, picked, y, weight, n: int):
+        """Extension point (the Numba backend compiles it): turn exp-shifted scores
+        ``probs`` (M, V) into the gradient in place, with ``picked`` (M,) the shifted
+        score of each row's target; return (loss, gradient)."""
         xp = self.xp
         sums = probs.sum(axis=1)
         loss = -((picked - xp.log(sums)) * weight).sum() / n
@@ -406,7 +427,7 @@ class Backend:
             weight = mask.reshape(N * T).astype(h.dtype)
         scores = self.matmul(h_kept, W_vocab)
         scores += b_vocab
-        loss, dscores = self._cross_entropy(scores, y_kept, weight, N, overwrite=True)
+        loss, dscores = self.cross_entropy(scores, y_kept, weight, N, overwrite=True)
         dh_kept = self.matmul(dscores, W_vocab.T)
         dW_vocab, db_vocab = self.matmul(h_kept.T, dscores), dscores.sum(axis=0)
         if self.compact_masked_positions:
@@ -424,16 +445,18 @@ class Backend:
         corrections are folded into one step size (``adam_scalars``).
         """
         step, eps_hat = adam_scalars(t, learning_rate, beta1, beta2, epsilon)
-        self._adam(w, dw, m, v, step, eps_hat, beta1, beta2)
+        self.adam_kernel(w, dw, m, v, step, eps_hat, beta1, beta2)
 
     def adam_update_device(self, w, dw, m, v, hyper) -> None:
         """adam_update with its scalars read from the array ``hyper`` (4,) of w's dtype:
         (step size, eps_hat, beta1, beta2) as ``adam_table`` writes them. A recorded
         step replays fixed kernel arguments, so what changes each step must be data."""
-        self._adam(w, dw, m, v, hyper[0], hyper[1], hyper[2], hyper[3])
+        self.adam_kernel(w, dw, m, v, hyper[0], hyper[1], hyper[2], hyper[3])
 
-    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2) -> None:
-        """The update itself; the scalars are Python floats or 0-d arrays of w's dtype."""
+    def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2) -> None:
+        """Extension point (fused by the Numba and CuPy backends): the Adam update in
+        place on w, m, v, with the bias corrections folded into ``step`` and ``eps_hat``;
+        the scalars are Python floats or 0-d arrays of w's dtype."""
         m *= beta1
         m += (1 - beta1) * dw
         v *= beta2

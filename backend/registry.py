@@ -34,6 +34,7 @@ _REGISTRY: dict[str, _Entry] = {
     ),
 }
 _instances: dict[str, Backend] = {}
+_FIRST_PARTY = ("backend", "kernels", "captioning")
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,15 @@ def _load(name: str) -> Backend:
     entry = _REGISTRY[name]
     try:
         module = importlib.import_module(entry.module)
-    except ModuleNotFoundError as exc:
-        if exc.name == entry.module:
-            raise BackendUnavailable(
-                f"backend {name!r} is not implemented yet in this version "
-                f"(no module {entry.module})"
-            ) from exc
+    except ImportError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package in _FIRST_PARTY:  # our own code does not import: a bug, not a missing package
+            raise
+        what = (f"the Python package {package!r}, which is not installed here"
+                if isinstance(exc, ModuleNotFoundError) and package
+                else f"a package that fails to import here ({exc})")
         raise BackendUnavailable(
-            f"backend {name!r} needs the Python package {exc.name!r}, which is not "
-            f"installed here; install it with: {entry.install}"
-        ) from exc
+            f"backend {name!r} needs {what}; install it with: {entry.install}") from exc
     backend = getattr(module, entry.cls)()  # the constructor raises if no device
     _instances[name] = backend
     return backend

@@ -285,19 +285,19 @@ class CupyBackend(Backend):
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
                 np.int32(0), dnext_c, gates, prev_c, tanh_c, da, dprev_c)
 
-    def _lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
         _launch("lstm_forward", prev_c, a, a_extra, np.int32(1), prev_c, a, next_c, next_h,
                 tanh_c)
 
-    def _lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
                 dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da, dnext_c)
 
-    def _cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         M, V = scores.shape
         grad = scores if overwrite and scores.flags.c_contiguous else scores.copy(order="C")
         row_loss = cp.empty(M, dtype=scores.dtype)
@@ -308,7 +308,7 @@ class CupyBackend(Backend):
                 cp.int32(V), row_loss))
         return row_loss.sum(), grad
 
-    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2):
+    def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):
         d = w.dtype.type
         _ADAM(dw, d(step), d(eps_hat), d(beta1), d(beta2), w, m, v)
 

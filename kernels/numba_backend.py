@@ -168,13 +168,13 @@ class NumbaBackend(NumpyBackend):
         _lstm_backward(_c(dnext_h), _c(dnext_c), _c(gates), _c(prev_c), _c(tanh_c), da,
                        dprev_c, gates.dtype.type(1))
 
-    def _finish_cross_entropy(self, probs, picked, y, weight, n: int):
+    def finish_cross_entropy(self, probs, picked, y, weight, n: int):
         losses = picked  # a fresh array (fancy indexing); the kernel turns it into row losses
         _cross_entropy(probs, np.ascontiguousarray(y), np.ascontiguousarray(weight),
                        probs.dtype.type(n), losses)
         return losses.sum(), probs
 
-    def _adam(self, w, dw, m, v, step, eps_hat, beta1, beta2):
+    def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):
         d = w.dtype.type
         _adam_kernel(w, _c(dw), m, v, d(step), d(beta1), d(beta2), d(1 - beta1), d(1 - beta2),
                      d(eps_hat))

@@ -31,14 +31,6 @@ def backend(request, monkeypatch):
     return get_backend(request.param)
 
 
-@pytest.fixture
-def reference():
-    """The base class's plain implementation over NumPy: what every backend must match."""
-    from backend.base import Backend
-
-    return Backend()
-
-
 VOCAB = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "blue", "circle", "square",
          "on", "the", "left", "right", "big", "small"]
 

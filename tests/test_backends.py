@@ -1,11 +1,13 @@
-"""Backend selection, and every backend against the plain reference on random inputs."""
+"""Backend selection, and every backend against the textbook formulas on random inputs."""
 
 import numpy as np
 import pytest
 
 import backend as backend_pkg
 from backend import BackendUnavailable, available_backends, get_backend
+from benchmarks import textbook
 from captioning import rel_error
+from captioning.optim import adam_table
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
@@ -26,15 +28,17 @@ def test_unknown_backend_lists_the_known_ones(monkeypatch):
         get_backend()
 
 
-def test_available_backends_explains_the_missing():
-    status = available_backends()
-    assert set(status) == {"numpy", "numba", "cupy"}
-    assert status["numpy"].available
-    for s in status.values():
-        if not s.available:
-            assert "install" in s.reason or "device" in s.reason or "not implemented" in s.reason
-            with pytest.raises(BackendUnavailable, match=s.name):
-                get_backend(s.name)
+@pytest.mark.parametrize("name", ["numpy", "numba", "cupy"])
+def test_available_backends_says_why_and_agrees_with_get_backend(name):
+    status = available_backends()[name]
+    assert status.name == name
+    if status.available:
+        assert status.reason == "ok" and get_backend(name).name == name
+    else:
+        assert "install" in status.reason or "device" in status.reason
+        with pytest.raises(BackendUnavailable, match=f"backend '{name}'"):
+            get_backend(name)
+    assert available_backends()["numpy"].available
 
 
 def test_missing_package_names_it_and_how_to_install(monkeypatch):
@@ -51,7 +55,33 @@ def test_missing_package_names_it_and_how_to_install(monkeypatch):
     assert not available_backends()["numba"].available
 
 
-# ---------------------------------------------------------------- parity with the reference
+def test_a_kernel_module_that_fails_to_import_is_a_bug_not_a_missing_backend(monkeypatch):
+    """Only a missing third-party package makes a backend unavailable; a broken module of
+    the project's own raises, so the test suite fails instead of skipping that backend."""
+    registry = backend_pkg.registry
+
+    def broken_import(name):
+        raise ModuleNotFoundError("No module named 'kernels.cuda_graphs'",
+                                  name="kernels.cuda_graphs")
+
+    monkeypatch.setattr(registry.importlib, "import_module", broken_import)
+    monkeypatch.delitem(registry._instances, "numba", raising=False)
+    with pytest.raises(ModuleNotFoundError, match="kernels.cuda_graphs"):
+        get_backend("numba")
+    with pytest.raises(ModuleNotFoundError):
+        available_backends()
+
+    def third_party_breaks(name):
+        raise ImportError("libcudart.so.12: cannot open shared object file")
+
+    monkeypatch.setattr(registry.importlib, "import_module", third_party_breaks)
+    with pytest.raises(BackendUnavailable, match="fails to import here.*libcudart"):
+        get_backend("numba")
+
+
+# ---------------------------------------------------------------- parity with the textbook
+# Every backend, numpy included, against the exercise's formulas written independently
+# (benchmarks/textbook.py), evaluated in float64 from the same inputs.
 SHAPES = [(1, 1, 3, 5), (4, 7, 6, 9), (3, 5, 8, 13)]  # N, T, D, H (H not a multiple of 8)
 
 
@@ -61,12 +91,18 @@ def _inputs(rng, N, T, D, H, k, dtype):
     return r(N, T, D), r(N, H), r(D, k * H), r(H, k * H), r(k * H), r(N, T, H)
 
 
+def _f64(*arrays):
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
 def _close(be, got, want, dtype):
     """float64: the exercise's elementwise rel_error; float32, whose summation order moves
     near-zero elements by more than 1e-4 of themselves: max |g - w| / max |w|."""
+    assert len(got) == len(want)
     for g, w in zip(got, want):
         g = be.to_numpy(g)
         assert g.dtype == dtype
+        assert g.shape == np.shape(w)
         if dtype == np.float64:
             assert rel_error(g, w) < TOL[dtype]
         else:
@@ -76,41 +112,48 @@ def _close(be, got, want, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_sequences_match_reference(backend, reference, cell, shape, dtype):
+def test_sequences_match_the_textbook(backend, cell, shape, dtype):
     rng = np.random.default_rng(sum(shape))
     x, h0, Wx, Wh, b, dh = _inputs(rng, *shape, 4 if cell == "lstm" else 1, dtype)
     fwd, bwd = f"{cell}_forward", f"{cell}_backward"
-    h_ref, cache_ref = getattr(reference, fwd)(x, h0, Wx, Wh, b)
+    h_ref, caches = getattr(textbook, fwd)(*_f64(x, h0, Wx, Wh, b))
     h, cache = getattr(backend, fwd)(*(backend.asarray(a) for a in (x, h0, Wx, Wh, b)))
     _close(backend, [h], [h_ref], dtype)
     _close(backend, getattr(backend, bwd)(backend.asarray(dh), cache),
-           getattr(reference, bwd)(dh, cache_ref), dtype)
+           getattr(textbook, bwd)(*_f64(dh), caches), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 3, 5), (5, 1, 8, 13)])
-def test_lstm_step_matches_reference(backend, reference, shape, dtype):
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_single_steps_match_the_textbook(backend, cell, shape, dtype):
     rng = np.random.default_rng(1)
-    x, h, Wx, Wh, b, _ = _inputs(rng, *shape, 4, dtype)
+    x, h, Wx, Wh, b, _ = _inputs(rng, *shape, 4 if cell == "lstm" else 1, dtype)
     x, c = x[:, 0], rng.standard_normal(h.shape).astype(dtype)
-    ref = reference.lstm_step_forward(x, h, c, Wx, Wh, b)
+    dnext_h, dnext_c = h[::-1].copy(), c[::-1].copy()
+    if cell == "rnn":
+        ref = textbook.rnn_step_forward(*_f64(x, h, Wx, Wh, b))
+        got = backend.rnn_step_forward(*(backend.asarray(a) for a in (x, h, Wx, Wh, b)))
+        _close(backend, got[:1], ref[:1], dtype)
+        _close(backend, backend.rnn_step_backward(backend.asarray(dnext_h), got[1]),
+               textbook.rnn_step_backward(*_f64(dnext_h), ref[1]), dtype)
+        return
+    ref = textbook.lstm_step_forward(*_f64(x, h, c, Wx, Wh, b))
     got = backend.lstm_step_forward(*(backend.asarray(a) for a in (x, h, c, Wx, Wh, b)))
     _close(backend, got[:2], ref[:2], dtype)
-    dnext_h, dnext_c = h[::-1].copy(), c[::-1].copy()
     _close(backend, backend.lstm_step_backward(backend.asarray(dnext_h),
                                                backend.asarray(dnext_c), got[2]),
-           reference.lstm_step_backward(dnext_h, dnext_c, ref[2]), dtype)
+           textbook.lstm_step_backward(*_f64(dnext_h, dnext_c), ref[2]), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("N", "H"), [(1, 1), (7, 13), (300, 64)])
-def test_halved_gates_match_the_plain_gates(backend, reference, N, H, dtype):
+def test_halved_gates_match_the_textbook_cell(backend, N, H, dtype):
     """Decoding's cell update from half-scaled i, f, o pre-activations."""
     rng = np.random.default_rng(H)
     a = (3 * rng.standard_normal((N, 4 * H))).astype(dtype)
     prev_c = rng.standard_normal((N, H)).astype(dtype)
-    gates, next_c, next_h, tanh_c = (np.empty_like(x) for x in (a, prev_c, prev_c, prev_c))
-    reference.lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
+    next_h, next_c, _ = textbook.lstm_cell(*_f64(a, prev_c))
     halved = a.copy()
     halved[:, : 3 * H] *= 0.5
     got_c, got_h = (backend.xp.empty((N, H), dtype=dtype) for _ in range(2))
@@ -122,7 +165,7 @@ def test_halved_gates_match_the_plain_gates(backend, reference, N, H, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("M", "N", "H", "V"), [(1, 1, 1, 2), (4, 12, 13, 9), (100, 300, 64, 50)])
 @pytest.mark.parametrize("gathered", [True, False])
-def test_decode_gates_match_the_plain_gates(backend, reference, M, N, H, V, dtype, gathered):
+def test_decode_gates_match_the_textbook_cell(backend, M, N, H, V, dtype, gathered):
     """Decoding's step: rows gathered from earlier rows (or a slice), words looked up."""
     rng = np.random.default_rng(N)
     hw = (3 * rng.standard_normal((M if gathered else N + 2, 4 * H))).astype(dtype)
@@ -130,9 +173,7 @@ def test_decode_gates_match_the_plain_gates(backend, reference, M, N, H, V, dtyp
     prev_c = rng.standard_normal((len(hw), H)).astype(dtype)
     words = rng.integers(0, V, N)
     rows = rng.integers(0, M, N) if gathered else slice(2, N + 2)
-    a = hw[rows] + table[words]
-    gates, next_c, next_h, tanh_c = (np.empty((N, n * H), dtype) for n in (4, 1, 1, 1))
-    reference.lstm_gates_forward(a, prev_c[rows], gates, next_c, next_h, tanh_c)
+    next_h, next_c, _ = textbook.lstm_cell(*_f64(hw[rows] + table[words], prev_c[rows]))
     for t in (hw, table):
         t[:, : 3 * H] *= 0.5
     got_c, got_h = (backend.xp.empty((N, H), dtype=dtype) for _ in range(2))
@@ -170,52 +211,50 @@ def test_numba_decode_step_passes_nan_on():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37)])
-def test_scatter_add_matches_reference(backend, reference, K, V, D, dtype):
+def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
     rng = np.random.default_rng(K)
     idx = rng.integers(0, V, K)
     idx[: K // 2] = idx[0]  # many repeats of one word
     dout = rng.standard_normal((K, D)).astype(dtype)
     got = backend.embedding_backward(backend.asarray(idx), backend.asarray(dout), V)
-    _close(backend, [got], [reference.embedding_backward(idx, dout, V)], dtype)
+    _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("N", "T", "V"), [(1, 1, 2), (7, 8, 9), (16, 4, 1004)])
-def test_softmax_loss_matches_reference(backend, reference, N, T, V, dtype):
+def test_softmax_loss_matches_the_textbook(backend, N, T, V, dtype):
     rng = np.random.default_rng(V)
     x = (3 * rng.standard_normal((N, T, V))).astype(dtype)
     y = rng.integers(0, V, (N, T))
     mask = rng.random((N, T)) > 0.3
     got = backend.softmax_loss(*(backend.asarray(a) for a in (x, y, mask)))
-    _close(backend, got, reference.softmax_loss(x, y, mask), dtype)
+    _close(backend, got, textbook.temporal_softmax_loss(*_f64(x), y, mask), dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_update_matches_reference(backend, reference, dtype):
+def _adam_inputs(dtype):
     rng = np.random.default_rng(5)
-    arrays = [rng.standard_normal((37, 11)).astype(dtype) for _ in range(4)]
-    arrays[3] = np.abs(arrays[3])  # v is non-negative
-    w, dw, m, v = (a.copy() for a in arrays)
-    reference.adam_update(w, dw, m, v, 3, 1e-3, 0.9, 0.999, 1e-8)
-    dev = [backend.asarray(a.copy()) for a in arrays]
-    backend.adam_update(*dev, 3, 1e-3, 0.9, 0.999, 1e-8)
-    _close(backend, [dev[0], dev[2], dev[3]], [w, m, v], dtype)
+    w, dw, m, v = (rng.standard_normal((37, 11)).astype(dtype) for _ in range(4))
+    return w, dw, m, np.abs(v)  # v is non-negative
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_from_a_device_table_matches_adam_update(backend, reference, dtype):
-    from captioning.optim import adam_table
+def test_adam_update_matches_the_textbook(backend, dtype):
+    w, dw, m, v = _adam_inputs(dtype)
+    want = textbook.adam(*_f64(w, dw, m, v), 3, 2e-3, 0.8, 0.99, 1e-6)
+    dev = [backend.asarray(a.copy()) for a in (w, dw, m, v)]
+    backend.adam_update(*dev, 3, 2e-3, 0.8, 0.99, 1e-6)
+    _close(backend, [dev[0], dev[2], dev[3]], want, dtype)
 
-    rng = np.random.default_rng(6)
-    arrays = [rng.standard_normal((37, 11)).astype(dtype) for _ in range(4)]
-    arrays[3] = np.abs(arrays[3])
-    w, dw, m, v = (a.copy() for a in arrays)
-    reference.adam_update(w, dw, m, v, 3, 2e-3, 0.8, 0.99, 1e-6)
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_from_a_device_table_matches_the_textbook(backend, dtype):
+    w, dw, m, v = _adam_inputs(dtype)
+    want = textbook.adam(*_f64(w, dw, m, v), 3, 2e-3, 0.8, 0.99, 1e-6)
     config = {"t": 2, "learning_rate": 2e-3, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-6}
     table = backend.asarray(adam_table([config, {**config, "t": 7}], dtype))
-    dev = [backend.asarray(a.copy()) for a in arrays]
+    dev = [backend.asarray(a.copy()) for a in (w, dw, m, v)]
     backend.adam_update_device(*dev, table[0])
-    _close(backend, [dev[0], dev[2], dev[3]], [w, m, v], dtype)
+    _close(backend, [dev[0], dev[2], dev[3]], want, dtype)
 
 
 def _operand(be, rng, rows, cols, layout, dtype):
