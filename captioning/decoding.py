@@ -181,8 +181,10 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
 
     Each step extends the ``beam_size`` live hypotheses of every image by every word and
     keeps the ``beam_size`` best continuations that do not end. A hypothesis ending in
-    <END> is finished when it ranks among the ``beam_size`` best candidates of its step
-    (so a beam of 1 is greedy decoding), and at the last step every one that ends is.
+    <END> is finished when it ranks among the ``beam_size`` best candidates of its step,
+    and at the last step every one that ends is. So a beam of 1 is greedy decoding except
+    at the last step: a caption that has not ended by then ends there with <END> (and its
+    log-probability counts <END>) where greedy decoding writes its likeliest word.
     An image is done once it holds ``beam_size`` finished hypotheses. The answer is the
     finished one with the best log-probability / length**length_penalty (length in
     words, <END> included; 0 compares plain log-probabilities); an image with none

@@ -38,6 +38,17 @@ _OPTIONS = {
 }
 
 
+def _loop_attribute(name: str, doc: str, settable: bool = False) -> property:
+    """A trainer attribute that is its loop's."""
+    def get(self: CaptioningTrainer) -> Any:
+        return getattr(self.loop, name)
+
+    def set_(self: CaptioningTrainer, value: Any) -> None:
+        setattr(self.loop, name, value)
+
+    return property(get, set_ if settable else None, doc=doc)
+
+
 class CaptioningTrainer:
     """Trains ``model`` on ``data`` (the dict of ``load_coco_data``).
 
@@ -293,41 +304,15 @@ class CaptioningTrainer:
         """The update rule's function (``captioning.optim``), as in the exercise."""
         return self.training_step.update_rule
 
-    @property
-    def epoch(self) -> int:
-        return self.loop.epoch
-
-    @property
-    def iteration(self) -> int:
-        return self.loop.iteration
-
-    @property
-    def num_epochs(self) -> int:
-        return self.loop.num_epochs
-
-    @num_epochs.setter
-    def num_epochs(self, value: int) -> None:
-        self.loop.num_epochs = int(value)
-
-    @property
-    def batch_size(self) -> int:
-        return self.loop.batch_size
-
-    @property
-    def num_train(self) -> int:
-        return self.loop.num_train
-
-    @property
-    def iterations_per_epoch(self) -> int:
-        return self.loop.iterations_per_epoch
-
-    @property
-    def verbose(self) -> bool:
-        return self.loop.verbose
-
-    @property
-    def stop_reason(self) -> str | None:
-        return self.loop.stop_reason
+    epoch = _loop_attribute("epoch", "Completed epochs.")
+    iteration = _loop_attribute("iteration", "Completed iterations, all epochs.")
+    num_epochs = _loop_attribute("num_epochs", "Epochs in all (may be raised to go on).",
+                                 settable=True)
+    batch_size = _loop_attribute("batch_size", "Captions per step.")
+    num_train = _loop_attribute("num_train", "Training captions.")
+    iterations_per_epoch = _loop_attribute("iterations_per_epoch", "Steps per epoch.")
+    verbose = _loop_attribute("verbose", "Whether loss lines are printed.")
+    stop_reason = _loop_attribute("stop_reason", "Why training ended early, else None.")
 
     @property
     def best_val_loss(self) -> float:

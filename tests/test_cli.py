@@ -97,7 +97,11 @@ def test_data_commands(tmp_path, capsys):
 
 
 def test_module_entry_point_help():
-    for command in (["train"], ["evaluate"], ["data", "build"]):
+    expected = {("train",): ["--data", "--resume", "--epochs", "--backend"],
+                ("evaluate",): ["--checkpoint", "--beam", "--shuffled"],
+                ("data", "build"): ["--features", "--karpathy", "--min-count"]}
+    for command, options in expected.items():
         out = subprocess.run([sys.executable, "-m", "captioning", *command, "--help"],
-                             capture_output=True, text=True, check=True).stdout
-        assert "--data" in out or "--features" in out
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        assert out.startswith(f"usage: captioning {' '.join(command)}")
+        assert [o for o in options if o not in out] == []

@@ -65,9 +65,12 @@ def test_a_wide_beam_finds_the_best_caption_of_exhaustive_search(backend, seed):
                                      max_length=max_length)
         assert tuple(_trim(captions[0], end)) == best
         assert logp[0] == pytest.approx(scored[best], abs=1e-9)
-        for beam in (1, 2, 3, 5):
-            narrow = beam_decode(model, features[image : image + 1], beam, max_length)[1][0]
-            assert narrow <= scored[best] + 1e-9
+        for beam in (1, 2, 3, 5):  # a narrower beam: a true log-probability, never above
+            narrow, narrow_logp = beam_decode(model, features[image : image + 1], beam,
+                                              max_length)
+            found = tuple(_trim(narrow[0], end))
+            assert narrow_logp[0] == pytest.approx(scored[found], abs=1e-9)
+            assert scored[found] <= scored[best]
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -82,6 +85,21 @@ def test_beam_of_one_is_greedy_and_returns_true_log_probabilities(backend, cell)
         assert value == pytest.approx(_log_prob(model, feats, _trim(row, 2)), abs=1e-9)
     wider = beam_decode(model, features, beam_size=4, max_length=12)[1]
     assert (wider >= logp - 1e-9).all()  # a wider beam never finds worse here
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_beam_of_one_ends_an_unfinished_caption_at_the_last_step(backend, cell):
+    """Where greedy decoding writes its likeliest last word, a beam of 1 finishes the
+    hypothesis with <END> (every hypothesis that ends at the last step is finished)."""
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    model, features = _model(backend, vocab, cell, seed=5, end_bias=-30.0)
+    greedy = greedy_decode(model, features, max_length=6)
+    assert not (greedy == 2).any()  # the case: no greedy caption ends by itself
+    captions, logp = beam_decode(model, features, beam_size=1, max_length=6)
+    np.testing.assert_array_equal(captions[:, :-1], greedy[:, :-1])
+    assert (captions[:, -1] == 2).all()
+    for feats, row, value in zip(features, captions, logp):
+        assert value == pytest.approx(_log_prob(model, feats, row), abs=1e-9)
 
 
 def test_beam_search_layout_and_length_penalty(backend):
@@ -103,9 +121,11 @@ def test_a_vocabulary_without_start_or_end_decodes_whole_captions(backend):
     vocab = {"<NULL>": 0, "x": 1, "y": 2, "z": 3}
     model, features = _model(backend, vocab)
     captions, logp = beam_decode(model, features, beam_size=3, max_length=5)
-    assert captions.shape == (4, 5) and np.isfinite(logp).all()
-    assert (captions != 0).sum() > 0  # words were written; nothing ends them early
-    assert greedy_decode(model, features, 5).shape == (4, 5)
+    assert captions.shape == (4, 5)
+    for feats, row, value in zip(features, captions, logp):  # all 5 words count
+        assert value == pytest.approx(_log_prob(model, feats, row), abs=1e-9)
+    greedy = greedy_decode(model, features, 5)
+    np.testing.assert_array_equal(beam_decode(model, features, 1, 5)[0], greedy)
 
 
 def test_sampling_near_zero_temperature_or_top_1_is_greedy(backend):

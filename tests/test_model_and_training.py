@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from benchmarks import textbook
 from captioning import CaptioningRNN, CaptioningSolver, CaptioningTrainer, adam, rmsprop, sgd
 from captioning.optim import sgd_momentum
 from conftest import random_captions
@@ -77,26 +78,23 @@ def test_same_seed_same_parameters(backend):
 
 
 # ---------------------------------------------------------------- update rules
-def textbook_adam(w, dw, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    m = b1 * m + (1 - b1) * dw
-    v = b2 * v + (1 - b2) * dw**2
-    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
-    return w - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
-
-
 def test_adam_matches_the_textbook_formula(backend):
+    """The exercise's adam(w, dw, config) on this backend's arrays (the rule runs on the
+    backend that holds w)."""
     rng = np.random.default_rng(0)
-    w, config = rng.standard_normal((4, 5)), None
-    ref_w, m, v = w.copy(), np.zeros_like(w), np.zeros_like(w)
+    host_w = rng.standard_normal((4, 5))
+    w, config = backend.asarray(host_w), None
+    ref_w, m, v = host_w.copy(), np.zeros_like(host_w), np.zeros_like(host_w)
     for t in range(1, 4):
-        dw = rng.standard_normal(w.shape)
-        w_in, w_before = w, w.copy()
-        w, config = adam(w_in, dw, config)
-        np.testing.assert_array_equal(w_in, w_before)  # the input was not mutated
-        ref_w, m, v = textbook_adam(ref_w, dw, m, v, t)
-        np.testing.assert_allclose(w, ref_w, rtol=1e-12)
+        dw = rng.standard_normal(host_w.shape)
+        w_in, w_before = w, backend.to_numpy(w).copy()
+        w, config = adam(w_in, backend.asarray(dw), config)
+        assert backend.owns(w) and backend.owns(config["m"])
+        np.testing.assert_array_equal(backend.to_numpy(w_in), w_before)  # input not mutated
+        ref_w, m, v = textbook.adam(ref_w, dw, m, v, t)
+        np.testing.assert_allclose(backend.to_numpy(w), ref_w, rtol=1e-12)
     assert config["t"] == 3
-    np.testing.assert_allclose(config["m"], m, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(config["m"]), m, rtol=1e-12)
 
 
 def test_other_rules_match_their_formulas():
@@ -111,6 +109,49 @@ def test_other_rules_match_their_formulas():
     w_copy = w.copy()
     sgd(w, dw, inplace=True)
     np.testing.assert_allclose(w, w_copy - 1e-2 * dw)
+
+
+def test_reduce_gradients_sits_between_the_backward_pass_and_the_update(backend):
+    """The data-parallel hook: what it leaves in the gradients is what the update uses
+    (clipping included), and the loss it returns is the step's loss."""
+    rng = np.random.default_rng(3)
+    data = overfit_data(rng, count=8, dim=6)
+    calls = []
+
+    def twice(loss, grads):  # as if a second process had computed the same gradients
+        calls.append(sorted(grads))
+        for g in grads.values():
+            g *= 2
+        return loss * 2
+
+    runs = {}
+    for name, lr, reducer in (("plain", 1.0, None), ("reduced", 0.5, twice)):
+        model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=4, hidden_dim=5,
+                              cell_type="lstm", seed=0, backend=backend)
+        trainer = CaptioningTrainer(model, data, update_rule="sgd", batch_size=4, num_epochs=2,
+                                    verbose=False, seed=0, reduce_gradients=reducer,
+                                    updater_config={"learning_rate": lr})
+        runs[name] = (trainer.train(), model)
+    assert calls == [sorted(runs["plain"][1].params)] * 4
+    np.testing.assert_allclose(runs["reduced"][0], 2 * np.asarray(runs["plain"][0]), rtol=1e-10)
+    for name, value in runs["plain"][1].params.items():
+        np.testing.assert_allclose(backend.to_numpy(runs["reduced"][1].params[name]),
+                                   backend.to_numpy(value), rtol=1e-10, atol=1e-12)
+
+    def huge(loss, grads):
+        for g in grads.values():
+            g *= 1e6
+        return loss
+
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=4, hidden_dim=5, cell_type="lstm",
+                          seed=0, backend=backend)
+    before = {k: backend.to_numpy(v).copy() for k, v in model.params.items()}
+    trainer = CaptioningTrainer(model, data, update_rule="sgd", grad_clip=1e-3, verbose=False,
+                                reduce_gradients=huge, updater_config={"learning_rate": 1.0})
+    trainer.step(np.arange(4))  # clipped after the reduction: the update's norm is the clip
+    change = np.sqrt(sum(((backend.to_numpy(model.params[k]) - before[k]) ** 2).sum()
+                         for k in before))
+    assert change == pytest.approx(1e-3, rel=1e-6)
 
 
 # ---------------------------------------------------------------- bad input

@@ -27,22 +27,10 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT_NAME
-
-    @property
-    def best(self) -> Path:
-        return self.path / BEST_NAME
-
-    @property
-    def log(self) -> Path:
-        return self.path / LOG_NAME
-
-    @property
-    def settings(self) -> Path:
-        return self.path / SETTINGS_NAME
+        self.checkpoint = self.path / CHECKPOINT_NAME
+        self.best = self.path / BEST_NAME
+        self.log = self.path / LOG_NAME
+        self.settings = self.path / SETTINGS_NAME
 
     def check_writable(self, need_bytes: int) -> None:
         """Create the folder and fail now, with OSError saying why, if it cannot take a

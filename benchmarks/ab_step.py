@@ -1,0 +1,89 @@
+"""The library's training step from two source trees, timed in turns in one run: did a
+change move the step rate?
+
+    git worktree add /tmp/before HEAD~1
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.ab_step /tmp/before . \\
+        --backends numpy numba --repeats 15
+
+Each tree runs in a worker process of its own, importing its own code (its
+``benchmarks.workload.library_step``, at the benchmark's sizes), and the workers take
+turns: one step of A, then one of B, with a short pause before each, so machine drift
+falls on both alike. Prints the median ms per step of each and the ratio B/A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_WORKER = """
+import sys, time
+from benchmarks.workload import Sizes, library_step
+step = library_step(sys.argv[1], Sizes())
+for _ in range(int(sys.argv[2])):
+    step()
+print("ready", flush=True)
+for line in sys.stdin:
+    start = time.perf_counter()
+    step()
+    print(time.perf_counter() - start, flush=True)
+"""
+
+
+class Worker:
+    """A process running one tree's step on request."""
+
+    def __init__(self, tree: Path, backend: str, warmup: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, backend, str(warmup)],
+                                     cwd=tree, env=env, text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the worker for {tree} ({backend}) did not start")
+
+    def time_one(self) -> float:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tree_a", type=Path, help="the baseline source tree")
+    parser.add_argument("tree_b", type=Path, help="the changed source tree")
+    parser.add_argument("--backends", nargs="+", default=["numpy", "numba"])
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps of each")
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"A = {args.tree_a.resolve()}, B = {args.tree_b.resolve()}; median of "
+          f"{args.repeats} steps each, in turns")
+    print(f"{'backend':8s} {'A ms/step':>10s} {'B ms/step':>10s} {'B/A':>6s}")
+    for backend in args.backends:
+        workers = [Worker(tree.resolve(), backend, args.warmup)
+                   for tree in (args.tree_a, args.tree_b)]
+        times: list[list[float]] = [[], []]
+        try:
+            for _ in range(args.repeats):
+                for k, worker in enumerate(workers):
+                    time.sleep(0.05)  # let the other worker's BLAS threads go idle
+                    times[k].append(worker.time_one())
+        finally:
+            for worker in workers:
+                worker.close()
+        a, b = (float(np.median(t)) for t in times)
+        print(f"{backend:8s} {a * 1e3:10.1f} {b * 1e3:10.1f} {b / a:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
