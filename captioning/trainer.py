@@ -10,18 +10,20 @@ each epoch, and what a checkpoint holds.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from captioning import checks
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.model import CaptioningRNN
 from captioning.training.errors import TrainingStopped
 from captioning.training.loop import TrainingLoop
 from captioning.training.losses import LossLog
-from captioning.training.run_folder import RunFolder
+from captioning.training.run_folder import RunFolder, RunFolderBusy
 from captioning.training.schedule import Every
 from captioning.training.step import DeviceData, TrainingStep
 from captioning.training.validation import EarlyStopping, ValidationSet
@@ -59,16 +61,19 @@ class CaptioningTrainer:
     seed (of the minibatch draws; default: drawn from NumPy's global generator, so
     ``np.random.seed`` fixes a run); progress (a tqdm bar per epoch: loss, captions/s, ETA).
 
-    checkpoint_dir: the run folder for ``checkpoint.npz`` (latest), ``best.npz`` (lowest
-    validation loss) and ``train_log.jsonl``; checked to be writable before training
-    (OSError if not). checkpoint_every: 'N' iterations or 'Ne' epochs (default: every
+    checkpoint_dir: the run folder (a path or a ``RunFolder``) for ``checkpoint.npz``
+    (latest), ``best.npz`` (lowest validation loss) and ``train_log.jsonl``; checked to
+    be writable before training (OSError if not). The trainer holds the folder's lock
+    while it writes there (training, saving): another process writing there gets
+    RunFolderBusy. checkpoint_every: 'N' iterations or 'Ne' epochs (default: every
     epoch). validate: compute the validation loss after each epoch (on at most
     val_max_captions captions, a fixed subset). patience: stop after that many epochs
     without a better validation loss. grad_clip: rescale the gradients so their global
     norm is at most this. handle_interrupt: Ctrl-C saves a checkpoint and stops cleanly
-    (a SIGINT handler while training). epoch_callback(trainer, record): called after each
-    epoch with its log record, which it may extend (e.g. with metrics). cuda_graph: replay
-    the step from a CUDA graph where the backend can (``TrainingStep`` says when).
+    (a SIGINT handler while training). epoch_callback(trainer, record): called after
+    each epoch with its log record, which it may extend (e.g. with metrics). cuda_graph:
+    replay the step from a CUDA graph where the backend can (``TrainingStep`` says
+    when).
     reduce_gradients(loss, grads) -> loss: called in every step between the backward pass
     and clipping, to sum the gradients of a batch split across processes.
 
@@ -88,8 +93,13 @@ class CaptioningTrainer:
             raise ValueError(f"unrecognised arguments {unknown}; expected some of "
                              f"{sorted(_OPTIONS) + ['optim_config']}")
         o = {**_OPTIONS, **kwargs}
+        for key in ("batch_size", "num_epochs", "print_every", "val_max_captions"):
+            o[key] = checks.integer(key, o[key])
+        o["updater_config"] = dict(o["updater_config"] or {})
+        if "learning_rate" in o["updater_config"]:
+            checks.positive("learning_rate", o["updater_config"]["learning_rate"])
         self.model, self.data = model, data
-        self.lr_decay = float(o["lr_decay"])
+        self.lr_decay = checks.fraction("lr_decay", o["lr_decay"])
         self.checkpoint_every = Every.parse(o["checkpoint_every"])
         self.epoch_callback = o["epoch_callback"]
         self.handle_interrupt = bool(o["handle_interrupt"])
@@ -98,32 +108,36 @@ class CaptioningTrainer:
             model.params[name] = model.backend.asarray(value)
         self.training_step = TrainingStep(
             model, train, o["update_rule"], o["updater_config"],
-            grad_clip=None if o["grad_clip"] is None else float(o["grad_clip"]),
+            grad_clip=None if o["grad_clip"] is None else checks.positive("grad_clip",
+                                                                          o["grad_clip"]),
             cuda_graph=bool(o["cuda_graph"]), reduce_gradients=o["reduce_gradients"])
-        self.loop = TrainingLoop(model.backend, len(train), int(o["batch_size"]),
-                                 int(o["num_epochs"]), o["seed"], int(o["print_every"]),
-                                 bool(o["verbose"]), bool(o["progress"]))
-        self.validation = (ValidationSet(data, int(o["val_max_captions"]))
+        self.loop = TrainingLoop(model.backend, len(train), o["batch_size"], o["num_epochs"],
+                                 o["seed"], o["print_every"], bool(o["verbose"]),
+                                 bool(o["progress"]))
+        self.validation = (ValidationSet(data, o["val_max_captions"])
                            if o["validate"] else None)
         self.early_stopping = EarlyStopping(o["patience"])
         self.val_history: list[float] = []
         self._losses = LossLog(model.backend)
-        self.run_folder = (RunFolder(o["checkpoint_dir"])
-                           if o["checkpoint_dir"] is not None else None)
+        folder = o["checkpoint_dir"]
+        self.run_folder = (folder if isinstance(folder, RunFolder) or folder is None
+                           else RunFolder(folder))
         if self.run_folder is not None:
-            # Parameters, Adam's two buffers, and a second copy while a new file is written.
-            self.run_folder.check_writable(
-                2 * 3 * sum(int(v.nbytes) for v in model.params.values()))
+            with self.run_folder.owned():
+                # Parameters, Adam's two buffers, and a second copy while a file is written.
+                self.run_folder.check_writable(
+                    2 * 3 * sum(int(v.nbytes) for v in model.params.values()))
 
     # ------------------------------------------------------------------ the public face
     def train(self) -> list[float]:
         """Run the remaining epochs; returns (and keeps in ``loss_history``) one loss per
         iteration. Sets ``stop_reason`` when it ends early (early stopping, Ctrl-C)."""
-        if self.handle_interrupt:
-            with self.loop.ctrl_c_requests_stop():
+        with self._owning_folder():
+            if self.handle_interrupt:
+                with self.loop.ctrl_c_requests_stop():
+                    self.loop.run(self)
+            else:
                 self.loop.run(self)
-        else:
-            self.loop.run(self)
         return self.losses()
 
     def step(self, batch_idx: Any) -> None:
@@ -244,7 +258,10 @@ class CaptioningTrainer:
                 + ("" if self.training_step.grad_clip
                    else "; try --grad-clip or a lower learning rate"))
         try:
-            return save_checkpoint(path, self.model, state, arrays)
+            with self._owning_folder():
+                return save_checkpoint(path, self.model, state, arrays)
+        except RunFolderBusy:
+            raise
         except OSError as exc:
             raise TrainingStopped(
                 f"could not write the checkpoint {path} ({exc}); any earlier checkpoint "
@@ -321,6 +338,12 @@ class CaptioningTrainer:
     @property
     def checkpoint_dir(self) -> Path | None:
         return None if self.run_folder is None else self.run_folder.path
+
+    def _owning_folder(self) -> contextlib.AbstractContextManager:
+        """The run folder's lock (RunFolderBusy if another process holds it)."""
+        if self.run_folder is None:
+            return contextlib.nullcontext()
+        return self.run_folder.owned()
 
     def _last_good_checkpoint(self) -> str:
         if self.run_folder is not None and self.run_folder.checkpoint.exists():

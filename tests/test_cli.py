@@ -2,6 +2,7 @@
 commands."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -51,7 +52,8 @@ def test_train_reports_then_refuses_to_overwrite_and_reports_bad_input(tiny_coco
     assert f"report: {tmp_path / 'run' / 'report' / 'index.html'}" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())["beam 3"]
     assert _train(tiny_coco, tmp_path / "run") == 1
-    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert re.search(r"already holds a run \(run.json, .*checkpoint.npz.*\); continue it with "
+                     "--resume", capsys.readouterr().err)
     assert main(["train", "--data", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--data", str(tiny_coco), "--backend", "tpu",

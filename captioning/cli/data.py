@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from captioning.checks import cli_type, integer
 from captioning.data.annotations import build_dataset
 from captioning.data.pca import pca_folder
 from captioning.data.shapes import builtin_dataset_dir, write_shapes_dataset
@@ -14,6 +15,7 @@ from captioning.data.shapes import builtin_dataset_dir, write_shapes_dataset
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
+    count = cli_type(integer)
     data = sub.add_parser("data", help="make datasets in the COCO captioning layout",
                           description="Make datasets in the COCO captioning layout.")
     kinds = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
@@ -25,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "computed from the pixels and their 512-d PCA. Without --out it "
                          "fills (or reuses) the cache that every command uses by default.")
     p.add_argument("--out", help="folder to write (default: the cache, printed)")
-    p.add_argument("--train", type=int, default=8000, help="training images")
-    p.add_argument("--val", type=int, default=1000, help="validation images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=count, default=8000, help="training images")
+    p.add_argument("--val", type=count, default=1000, help="validation images")
+    p.add_argument("--seed", type=cli_type(integer, minimum=0), default=0)
     p.set_defaults(run=run_shapes)
 
     p = kinds.add_parser("build", formatter_class=fmt,
@@ -42,10 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--karpathy", help="dataset_coco.json (train + restval -> train, val)")
     p.add_argument("--coco-train", help="captions_train2014.json")
     p.add_argument("--coco-val", help="captions_val2014.json")
-    p.add_argument("--min-count", type=int, default=5,
+    p.add_argument("--min-count", type=count, default=5,
                    help="words seen fewer times in training become <UNK>")
-    p.add_argument("--max-length", type=int, default=15, help="words kept per caption")
-    p.add_argument("--pca-dim", type=int, default=512)
+    p.add_argument("--max-length", type=count, default=15, help="words kept per caption")
+    p.add_argument("--pca-dim", type=count, default=512)
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out images without features instead of stopping")
     p.set_defaults(run=run_build)
@@ -56,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "so the 1.36 GB COCO file is never held whole) and write both "
                          "splits' _pca.h5 files.")
     p.add_argument("folder")
-    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--dim", type=count, default=512)
     p.set_defaults(run=run_pca)
 
 

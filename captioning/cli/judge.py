@@ -9,6 +9,7 @@ from typing import Any
 
 from captioning.atomic import atomic_path
 from captioning.checkpoint import load_checkpoint, load_model
+from captioning.checks import cli_type, integer, positive
 from captioning.cli.common import add_backend, add_data, load_data_for, resolve_checkpoint
 from captioning.evaluation import evaluate, pick_samples, references_by_image
 from captioning.metrics import format_metrics
@@ -28,6 +29,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
+    count = cli_type(integer)
     p = sub.add_parser("evaluate", formatter_class=fmt,
                        help="BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR with Java) of a model",
                        description="Decode every image of a split greedily and with beam "
@@ -35,9 +37,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "with pycocoevalcap, print a table and write it as JSON.")
     _add_model_source(p)
     p.add_argument("--split", choices=["train", "val"], default="val")
-    p.add_argument("--beam", type=int, default=3, help="beam size of the second row (1: "
+    p.add_argument("--beam", type=count, default=3, help="beam size of the second row (1: "
                    "greedy only)")
-    p.add_argument("--max-images", type=int, help="score only the first N images")
+    p.add_argument("--max-images", type=count, help="score only the first N images")
+    p.add_argument("--max-length", type=count, default=16, help="words per caption at most")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
     p.add_argument("--shuffled", action="store_true",
                    help="a control: caption each image from another image's features")
@@ -51,12 +54,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "caption with the image's references.")
     _add_model_source(p)
     p.add_argument("--split", choices=["train", "val"], default="val")
-    p.add_argument("--n", type=int, default=8, help="images to caption")
+    p.add_argument("--n", type=count, default=8, help="images to caption")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    how.add_argument("--temperature", type=float, help="sample with this temperature")
-    p.add_argument("--top-k", type=int, help="with --temperature: only the K likeliest words")
-    p.add_argument("--seed", type=int, default=0, help="picks the images and the samples")
+    how.add_argument("--beam", type=count, default=1, help="beam size (1: greedy)")
+    how.add_argument("--temperature", type=cli_type(positive, float),
+                     help="sample with this temperature (> 0)")
+    p.add_argument("--top-k", type=count, help="with --temperature: only the K likeliest words")
+    p.add_argument("--max-length", type=count, default=16, help="words per caption at most")
+    p.add_argument("--seed", type=cli_type(integer, minimum=0), default=0,
+                   help="picks the images and the samples")
     p.set_defaults(run=run_sample)
 
     p = sub.add_parser("report", formatter_class=fmt,
@@ -66,8 +72,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "the metrics (greedy and beam 3) and an index.html tying them up.")
     _add_model_source(p)
     p.add_argument("--out", help="report folder (default: report/ beside the checkpoint)")
-    p.add_argument("--images", type=int, default=12, help="images in the sample grid")
-    p.add_argument("--max-images", type=int, default=1000, help="images scored")
+    p.add_argument("--images", type=count, default=12, help="images in the sample grid")
+    p.add_argument("--max-images", type=count, default=1000, help="images scored")
     p.set_defaults(run=run_report)
 
 
@@ -83,12 +89,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.beam < 1:
-        raise ValueError(f"--beam must be at least 1, got {args.beam}")
     model, data, path, _ = _load(args)
     beams = (1,) if args.beam == 1 else (1, args.beam)
     rows = evaluate(model, data, args.split, beams, args.max_images, not args.no_meteor,
-                    shuffle_seed=0 if args.shuffled else None)
+                    max_length=args.max_length, shuffle_seed=0 if args.shuffled else None)
     print(f"{path}, {args.split} split, {int(rows['greedy']['images'])} images"
           + (", features shuffled between images (control)" if args.shuffled else ""))
     print(format_metrics(rows))
@@ -105,12 +109,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.top_k is not None and args.temperature is None:
+        raise ValueError("--top-k applies to sampling: give --temperature too")
     model, data, _, _ = _load(args)
-    options: dict[str, Any] = {"beam": args.beam}
+    options: dict[str, Any] = {"beam": args.beam, "max_length": args.max_length}
     if args.temperature is not None:
-        options = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+        options = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed,
+                   "max_length": args.max_length}
     refs = references_by_image(data, args.split)
     for sample in pick_samples(model, data, args.split, args.n, args.seed, options):
         print(f"{sample.url}\n  generated: {sample.generated}")

@@ -12,6 +12,7 @@ import numpy as np
 
 from backend import get_backend
 from captioning.checkpoint import load_model
+from captioning.checks import cli_type, fraction, integer, positive
 from captioning.cli.common import add_backend, add_data, resolve_checkpoint
 from captioning.cli.judge import make_report
 from captioning.data.default import default_data_dir
@@ -20,62 +21,93 @@ from captioning.evaluation import evaluate, pick_samples
 from captioning.model import CaptioningRNN
 from captioning.trainer import CaptioningTrainer
 from captioning.training.run_folder import RunFolder
+from captioning.training.schedule import Every
 
-# Settings a resumed run takes from its run.json; the others may be given again.
-_FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
-                    "lr_decay", "batch_size", "max_train", "seed", "dtype", "grad_clip",
-                    "val_max_captions")
-DEFAULT_EPOCHS = 4
+# Every setting's default. An option not given is absent from the parsed arguments
+# (argparse.SUPPRESS), so a resumed run can tell "given again" from "left alone".
+DEFAULTS: dict[str, Any] = {
+    "data": None, "cell": "lstm", "hidden": 512, "wordvec": 256, "features": "full",
+    "update_rule": "adam", "lr": 1e-3, "lr_decay": 0.95, "batch_size": 128, "epochs": 4,
+    "max_train": None, "print_every": 50, "seed": 0, "backend": None, "dtype": "float32",
+    "checkpoint_every": "1e", "patience": 3, "grad_clip": None, "val_max_captions": 10_000,
+    "metrics_every": 2, "samples": 5, "no_report": False, "no_cuda_graph": False,
+}
+# What makes a run the run it is: a resumed run keeps these, and giving one again with
+# another value is an error. The other settings come back from run.json unless given.
+FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
+                   "lr_decay", "batch_size", "max_train", "seed", "dtype", "grad_clip",
+                   "val_max_captions")
+_THIS_INVOCATION = ("samples", "no_report")  # about this command's output, not the run
+
+
+def _every(text: str) -> str:
+    try:
+        Every.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N iterations ('500') or N epochs "
+                                         f"('2e'), got {text!r}") from None
+    return text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train",
+        "train", argument_default=argparse.SUPPRESS,
         help="train a captioning model (default: on the built-in dataset)",
         description="Train an RNN or LSTM captioning model, print the loss, check the "
         "validation loss every epoch, write checkpoints, the log and a report (loss curve, "
         "sample captions, metrics) into the run folder. Ctrl-C saves a checkpoint; "
-        "--resume continues a run exactly where it stopped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "--resume continues a run exactly where it stopped. One process at a time owns a "
+        "run folder.",
     )
+
+    def option(flag: str, help: str, **kwargs: Any) -> None:
+        key = flag[2:].replace("-", "_")
+        default = DEFAULTS[key]
+        if default is not None and kwargs.get("action") != "store_true":
+            help = f"{help} (default: {default})"
+        p.add_argument(flag, help=help, **kwargs)
+
+    count = cli_type(integer)
     add_data(p)
     p.add_argument("--out", help="run folder for checkpoints, train_log.jsonl and the report "
-                   "(default: runs/<cell>-<date>-<time>)")
+                   "(default: runs/<cell>-<date>-<time>, with a suffix if that is taken); "
+                   "must not hold a run already")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in this folder with its own settings (--epochs, "
-                   "--backend, --print-every and --patience may change)")
-    p.add_argument("--cell", choices=["rnn", "lstm"], default="lstm", help="recurrent cell")
-    p.add_argument("--hidden", type=int, default=512, help="hidden size H")
-    p.add_argument("--wordvec", type=int, default=256, help="word-vector size W")
-    p.add_argument("--features", choices=["full", "pca"], default="full",
-                   help="4096-d fc7 features or their 512-d PCA")
-    p.add_argument("--update-rule", default="adam",
-                   choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    p.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, help=f"epochs in all (default {DEFAULT_EPOCHS})")
-    p.add_argument("--max-train", type=int, help="keep a random subset of the training captions")
-    p.add_argument("--print-every", type=int, default=50, help="iterations between loss lines")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batches")
+                   help="continue the run in this folder; its settings come back from its "
+                   f"run.json ({', '.join(FIXED_ON_RESUME)} are fixed; the others may be "
+                   "given again)")
+    option("--cell", "recurrent cell", choices=["rnn", "lstm"])
+    option("--hidden", "hidden size H", type=count)
+    option("--wordvec", "word-vector size W", type=count)
+    option("--features", "4096-d fc7 features or their 512-d PCA", choices=["full", "pca"])
+    option("--update-rule", "update rule", choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
+    option("--lr", "learning rate, > 0", type=cli_type(positive, float))
+    option("--lr-decay", "learning-rate factor per epoch, in (0, 1]",
+           type=cli_type(fraction, float))
+    option("--batch-size", "captions per step", type=count)
+    option("--epochs", "epochs in all", type=count)
+    option("--max-train", "keep a random subset of this many training captions", type=count)
+    option("--print-every", "iterations between loss lines", type=count)
+    option("--seed", "seed of the initialisation and batches", type=cli_type(integer,
+                                                                             minimum=0))
     add_backend(p)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--checkpoint-every", default="1e",
-                   help="'N' iterations or 'Ne' epochs between checkpoints")
-    p.add_argument("--patience", type=int, default=3,
-                   help="stop after this many epochs without a better validation loss "
-                   "(0: never)")
-    p.add_argument("--grad-clip", type=float, help="clip gradients to this global norm")
-    p.add_argument("--val-max-captions", type=int, default=10_000,
-                   help="validation captions used for the loss each epoch")
-    p.add_argument("--metrics-every", type=int, default=2,
-                   help="epochs between validation BLEU/CIDEr checks (greedy, 500 images; "
-                   "0: never)")
-    p.add_argument("--samples", type=int, default=5, help="validation captions to print")
-    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    p.add_argument("--no-cuda-graph", action="store_true",
-                   help="on the cupy backend, run every step op by op instead of replaying "
-                   "it from a CUDA graph (same maths; the graph issues a step with one launch)")
+    option("--dtype", "parameters' precision", choices=["float32", "float64"])
+    option("--checkpoint-every", "'N' iterations or 'Ne' epochs between checkpoints",
+           type=_every)
+    option("--patience", "stop after this many epochs without a better validation loss "
+           "(0: never)", type=cli_type(integer, minimum=0))
+    option("--grad-clip", "clip gradients to this global norm, > 0",
+           type=cli_type(positive, float))
+    option("--val-max-captions", "validation captions used for the loss each epoch",
+           type=count)
+    option("--metrics-every", "epochs between validation BLEU/CIDEr checks (greedy, 500 "
+           "images; 0: never)", type=cli_type(integer, minimum=0))
+    option("--samples", "validation captions to print at the end",
+           type=cli_type(integer, minimum=0))
+    option("--no-report", "skip the report at the end", action="store_true")
+    option("--no-cuda-graph", "on the cupy backend, run every step op by op instead of "
+           "replaying it from a CUDA graph (same maths; the graph issues a step with one "
+           "launch)", action="store_true")
     p.set_defaults(run=run)
 
 
@@ -83,23 +115,51 @@ def _settings(args: argparse.Namespace) -> tuple[RunFolder, dict[str, Any], bool
     """(run folder, settings, resuming?) from the arguments and, on --resume, run.json."""
     given = {k: v for k, v in vars(args).items()
              if k not in ("run", "resume", "out", "command")}
-    if args.resume:
+    if "data" in given:
+        given["data"] = str(Path(given["data"]).resolve())
+    if getattr(args, "resume", None):
+        if getattr(args, "out", None):
+            raise ValueError("give --resume RUN_DIR or --out DIR, not both")
         folder = RunFolder(args.resume)
         saved = folder.read_settings()
-        settings = {**given, **{k: saved[k] for k in _FIXED_ON_RESUME if k in saved}}
-        settings["epochs"] = args.epochs or saved.get("epochs", DEFAULT_EPOCHS)
-        return folder, settings, True
-    given["data"] = str(Path(args.data or default_data_dir()).resolve())
-    given["epochs"] = args.epochs or DEFAULT_EPOCHS
-    folder = RunFolder(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if folder.checkpoint.exists():
-        raise ValueError(f"{folder.path} already holds a run; continue it with --resume "
-                         f"{folder.path} or choose another --out")
-    return folder, given, False
+        for key in FIXED_ON_RESUME:
+            if key in given and key in saved and given[key] != saved[key]:
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(f"{flag} {given[key]} differs from the value this run was "
+                                 f"started with, {saved[key]}; a resumed run keeps it "
+                                 f"(leave {flag} out, or start a new run with --out)")
+        return folder, {**DEFAULTS, **saved, **given}, True
+    settings = {**DEFAULTS, **given}
+    settings["data"] = str(Path(settings["data"] or default_data_dir()).resolve())
+    if getattr(args, "out", None):
+        return RunFolder(args.out), settings, False
+    return RunFolder.new(Path("runs") / f"{settings['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
+                         ), settings, False
 
 
 def run(args: argparse.Namespace) -> int:
     folder, s, resuming = _settings(args)
+    made_here = folder.made_here or not folder.path.exists()
+    try:
+        with folder.owned():  # before anything is written; another process here is refused
+            if resuming and not folder.checkpoint.is_file():
+                raise FileNotFoundError(f"{folder.path} has no {folder.checkpoint.name} to "
+                                        "resume from: the run stopped before its first "
+                                        "checkpoint")
+            if not resuming:
+                folder.refuse_existing_run()
+            return _train(folder, s, resuming)
+    except BaseException:
+        if made_here:  # a start that failed before training leaves no empty run folder
+            folder.remove_if_unused()
+        raise
+
+
+def _run_settings(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if k not in _THIS_INVOCATION}
+
+
+def _train(folder: RunFolder, s: dict[str, Any], resuming: bool) -> int:
     out = folder.path
     backend = get_backend(s["backend"])
     np.random.seed(s["seed"])
@@ -114,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         model, data, update_rule=s["update_rule"], updater_config={"learning_rate": s["lr"]},
         lr_decay=s["lr_decay"], batch_size=s["batch_size"], num_epochs=s["epochs"],
         print_every=s["print_every"], seed=s["seed"], progress=sys.stderr.isatty(),
-        checkpoint_dir=out, checkpoint_every=s["checkpoint_every"], validate=True,
+        checkpoint_dir=folder, checkpoint_every=s["checkpoint_every"], validate=True,
         val_max_captions=s["val_max_captions"], patience=s["patience"] or None,
         grad_clip=s["grad_clip"], handle_interrupt=True, cuda_graph=not s["no_cuda_graph"],
         epoch_callback=_metrics_callback(data, s["metrics_every"]),
@@ -122,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if resuming:
         trainer.restore(folder.checkpoint)
         print(f"resuming {out} at epoch {trainer.epoch + 1}, iteration {trainer.iteration}")
-    folder.write_settings({k: v for k, v in s.items() if k != "no_report"})
+    folder.write_settings(_run_settings(s))  # from here on the folder holds a run
     print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
           f"{trainer.num_train} captions of {s['data']}, "
           f"{data['train_features'].shape[1]}-d features, backend {backend.name}, "

@@ -42,16 +42,14 @@ class Hooks(Protocol):
 
 class TrainingLoop:
     """Epochs of ``max(num_train // batch_size, 1)`` steps, each on ``batch_size``
-    captions drawn with replacement. Each epoch's draws come in one go from a generator
-    whose state at the epoch's start is part of the position, so a run resumed mid-epoch
-    draws exactly what the uninterrupted run would have."""
+    captions drawn with replacement (the trainer checks the counts are positive). Each
+    epoch's draws come in one go from a generator whose state at the epoch's start is
+    part of the position, so a run resumed mid-epoch draws exactly what the
+    uninterrupted run would have."""
 
     def __init__(self, backend: Backend, num_train: int, batch_size: int, num_epochs: int,
                  seed: int | None = None, print_every: int = 10, verbose: bool = True,
                  progress: bool = False) -> None:
-        if batch_size < 1 or num_epochs < 0 or print_every < 1:
-            raise ValueError(f"batch_size ({batch_size}) and print_every ({print_every}) must "
-                             f"be at least 1, num_epochs ({num_epochs}) at least 0")
         self.backend = backend
         self.num_train, self.batch_size, self.num_epochs = num_train, batch_size, num_epochs
         self.print_every, self.verbose, self.progress = print_every, verbose, progress

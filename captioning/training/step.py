@@ -80,8 +80,6 @@ class TrainingStep:
                  updater_config: dict[str, Any] | None = None, grad_clip: float | None = None,
                  cuda_graph: bool = True, reduce_gradients: GradientReducer | None = None
                  ) -> None:
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive, got {grad_clip!r}")
         self.model, self.data = model, data
         self.update_rule_name = update_rule
         self.update_rule = get_update_rule(update_rule)

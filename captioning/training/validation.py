@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from captioning import checks
 from captioning.model import CaptioningRNN
 
 BATCH = 512  # captions per forward pass
@@ -41,9 +42,7 @@ class EarlyStopping:
     brought no better one (never, when patience is None)."""
 
     def __init__(self, patience: int | None) -> None:
-        if patience is not None and (int(patience) != patience or patience < 1):
-            raise ValueError(f"patience must be a positive number of epochs, got {patience!r}")
-        self.patience = patience
+        self.patience = None if patience is None else checks.integer("patience", patience)
         self.best = math.inf
         self.epochs_without_improvement = 0
 
