@@ -71,22 +71,40 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
         state = json.loads(str(arrays["state"])) if "state" in arrays else None
     except KeyError as exc:
         raise ValueError(f"{path}: checkpoint lacks {exc}") from exc
-    if config.pop("format", None) != FORMAT:
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: its configuration or state is not valid JSON ({exc})") \
+            from exc
+    if state is not None and not isinstance(state, dict):
+        raise ValueError(f"{path}: its training state is not a JSON object")
+    if not isinstance(config, dict) or config.pop("format", None) != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format (expected {FORMAT})")
-    model = CaptioningRNN(
-        {str(w): int(i) for w, i in zip(words, indices)}, input_dim=config["input_dim"],
-        wordvec_dim=config["wordvec_dim"], hidden_dim=config["hidden_dim"],
-        cell_type=config["cell_type"], dtype=np.dtype(config["dtype"]), backend=backend,
-        seed=0,
-    )
+    if (words.ndim != 1 or indices.shape != words.shape
+            or sorted(indices.tolist()) != list(range(len(words)))
+            or len(set(words.tolist())) != len(words)):
+        raise ValueError(f"{path}: the vocabulary is not {len(words)} distinct words with "
+                         "the indices 0..V-1 each once")
+    try:
+        model = CaptioningRNN(
+            {str(w): int(i) for w, i in zip(words, indices)}, input_dim=config["input_dim"],
+            wordvec_dim=config["wordvec_dim"], hidden_dim=config["hidden_dim"],
+            cell_type=config["cell_type"], dtype=np.dtype(config["dtype"]), backend=backend,
+            seed=0,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its model configuration {config} is not one training "
+                         f"writes ({type(exc).__name__}: {exc})") from exc
     for name, value in model.params.items():
         stored = arrays.get(f"param/{name}")
         if stored is None or stored.shape != value.shape:
             raise ValueError(
                 f"{path}: parameter {name} is "
                 f"{'missing' if stored is None else f'of shape {stored.shape}'}; expected "
-                f"{tuple(value.shape)}"
+                f"{tuple(value.shape)} (from its configuration and vocabulary)"
             )
+        if stored.dtype.kind != "f" or not np.isfinite(stored).all():
+            what = "NaN or infinite values" if stored.dtype.kind == "f" else stored.dtype
+            raise ValueError(f"{path}: parameter {name} holds {what}; expected finite "
+                             "floats (training never saves other values)")
         model.params[name] = model.backend.asarray(stored, dtype=model.dtype)
     extra = {k: v for k, v in arrays.items()
              if not k.startswith("param/") and k not in _MODEL_KEYS}

@@ -40,6 +40,14 @@ _OPTIONS = {
 }
 
 
+# What a training checkpoint's state must hold, and of what type.
+_STATE_TYPES = {
+    "epoch": int, "iteration": int, "epoch_step": int, "epoch_rng_state": dict,
+    "update_rule": str, "optim": dict, "batch_size": int, "num_train": int,
+    "epochs_without_improvement": int, "val_history": list,
+}
+
+
 def _loop_attribute(name: str, doc: str, settable: bool = False) -> property:
     """A trainer attribute that is its loop's."""
     def get(self: CaptioningTrainer) -> Any:
@@ -278,6 +286,11 @@ class CaptioningTrainer:
                              f"{self.model.config()}")
         if saved.word_to_idx != self.model.word_to_idx:
             raise ValueError(f"{path}: was trained with another vocabulary than this data's")
+        garbled = [key for key, kind in _STATE_TYPES.items()
+                   if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+        if garbled or sorted(state["optim"]) != sorted(self.model.params):
+            raise ValueError(f"{path}: its training state lacks or garbles "
+                             f"{garbled or ['optim']}; expected what training saves")
         loop, step = self.loop, self.training_step
         mine = {"batch_size": loop.batch_size, "num_train": loop.num_train,
                 "update_rule": step.update_rule_name}

@@ -6,10 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import h5py
-
 from captioning.data.default import default_data_dir
-from captioning.data.layout import features_file
+from captioning.data.layout import features_file, open_hdf5
 from captioning.data.reader import read_coco_folder
 from captioning.training.run_folder import BEST_NAME, CHECKPOINT_NAME, RunFolder
 
@@ -54,7 +52,7 @@ def load_data_for(input_dim: int, data_dir: str | None, settings: dict[str, Any]
         features = "full"
         path = folder / features_file("train", pca=False)
         if path.is_file():
-            with h5py.File(path, "r") as f:
+            with open_hdf5(path) as f:
                 if "features" in f and f["features"].shape[1] != input_dim:
                     features = "pca"
     return read_coco_folder(folder, pca_features=features == "pca"), folder

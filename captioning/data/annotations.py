@@ -75,22 +75,21 @@ def read_coco_captions(path: str | os.PathLike, skipped: Counter) -> list[Image]
                          "with images and annotations)")
     images: dict[int, Image] = {}
     for entry in data["images"]:
-        try:
-            image_id = int(entry["id"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: an image entry has no integer 'id': {entry!r:.200}") \
-                from None
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise ValueError(f"{path}: an image entry has no 'id': {entry!r:.200}")
+        image_id = _integer_id(path, entry["id"], "an image's 'id'")
         url = entry.get("coco_url") or entry.get("flickr_url") or entry.get("file_name", "")
         images[image_id] = Image(image_id, str(url))
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise ValueError(f"{path}: an annotation lacks 'image_id' or 'caption': "
                              f"{ann!r:.200}")
-        image = images.get(int(ann["image_id"]))
+        image = images.get(_integer_id(path, ann["image_id"], "an annotation's image_id"))
         if image is None:
             skipped["captions of unknown image ids"] += 1
             continue
-        _add_caption(image, tokenize(str(ann["caption"])), skipped)
+        caption = _text(path, ann["caption"], f"the caption of image {image.image_id}")
+        _add_caption(image, tokenize(caption), skipped)
     return list(images.values())
 
 
@@ -99,6 +98,9 @@ def read_karpathy(path: str | os.PathLike, skipped: Counter) -> dict[str, list[I
     path = Path(path)
     splits: dict[str, list[Image]] = {"train": [], "val": []}
     for entry in _load_json(path)["images"]:
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: an entry of 'images' is {entry!r:.100}; expected an "
+                             "object with split, cocoid and sentences")
         split = KARPATHY_SPLITS.get(entry.get("split"))
         if split is None:
             skipped[f"{entry.get('split')!s} images"] += 1
@@ -108,15 +110,38 @@ def read_karpathy(path: str | os.PathLike, skipped: Counter) -> dict[str, list[I
             raise ValueError(f"{path}: an image has no 'cocoid'/'imgid' or no 'sentences': "
                              f"{entry!r:.200}")
         url = f"{COCO_IMAGE_ROOT}/{entry.get('filepath', '')}/{entry.get('filename', '')}"
-        image = Image(int(image_id), url)
+        image = Image(_integer_id(path, image_id, "an image's cocoid"), url)
         for sentence in entry["sentences"]:
-            words = sentence.get("tokens") if isinstance(sentence, dict) else None
-            if words is None:
-                words = tokenize(str(sentence.get("raw", ""))) if isinstance(sentence, dict) \
-                    else []
-            _add_caption(image, tokenize(" ".join(map(str, words))), skipped)
+            what = f"a sentence of image {image.image_id}"
+            if not isinstance(sentence, dict):
+                raise ValueError(f"{path}: {what} is {sentence!r:.100}; expected an object "
+                                 "with 'tokens' or 'raw'")
+            if sentence.get("tokens") is not None:
+                tokens = sentence["tokens"]
+                if not isinstance(tokens, list):
+                    raise ValueError(f"{path}: {what} has tokens {tokens!r:.100}; expected a "
+                                     "list of strings")
+                text = " ".join(_text(path, t, f"a token of {what}") for t in tokens)
+            else:
+                text = _text(path, sentence.get("raw", ""), f"the raw text of {what}")
+            _add_caption(image, tokenize(text), skipped)
         splits[split].append(image)
     return splits
+
+
+def _text(path: Path, value: object, what: str) -> str:
+    """``value`` if it is a string; else ValueError naming the file and what it is."""
+    if not isinstance(value, str):
+        raise ValueError(f"{path}: {what} is {value!r:.100} ({type(value).__name__}); "
+                         "expected a string")
+    return value
+
+
+def _integer_id(path: Path, value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) \
+            or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError(f"{path}: {what} is {value!r:.100}; expected an integer image id")
+    return int(value)
 
 
 def _add_caption(image: Image, words: list[str], skipped: Counter) -> None:

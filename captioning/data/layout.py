@@ -1,5 +1,6 @@
-"""The COCO captioning layout: its file names, splits and special tokens, and the one
-rule every caption array obeys (word indices inside the vocabulary).
+"""The COCO captioning layout: its file names, splits and special tokens, the one rule
+every caption array obeys (word indices inside the vocabulary), and opening its HDF5
+files with an error that names the file.
 
 A folder holds coco2014_captions.h5 (train/val captions and image indices),
 {train,val}2014_vgg16_fc7.h5 and their _pca.h5 versions (dataset ``features``),
@@ -10,6 +11,9 @@ The bottom of the data package: it imports nothing of the project.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 
 SPLITS = ("train", "val")
@@ -36,3 +40,13 @@ def check_word_indices(captions: np.ndarray, vocab_size: int, what: str) -> None
             f"{what} hold word index {int(bad)}, outside the vocabulary of {vocab_size} words "
             f"(expected 0..{vocab_size - 1})"
         )
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """``path`` opened for reading; ValueError naming it if it is not a readable HDF5
+    file (truncated, or something else)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc}); it may be truncated or "
+                         "not HDF5 at all") from exc

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from captioning.atomic import atomic_path
-from captioning.data.layout import SPLITS, features_file
+from captioning.data.layout import SPLITS, features_file, open_hdf5
 
 CHUNK_ROWS = 4096
 
@@ -107,7 +107,7 @@ def pca_folder(folder: str | os.PathLike, dim: int = 512,
                                     "both splits)")
     pca = None
     for split, path in sources.items():
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             ds = f.get("features")
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
                 raise ValueError(f"{path}: expected a 2-D dataset 'features'")

@@ -17,6 +17,7 @@ from captioning.data.layout import (
     VOCAB_FILE,
     check_word_indices,
     features_file,
+    open_hdf5,
     urls_file,
 )
 
@@ -40,7 +41,7 @@ def read_coco_folder(base_dir: str | os.PathLike, max_train: int | None = None,
                                 "COCO captioning layout; see the README)")
     data: dict[str, Any] = {}
     captions_path = _require(base / CAPTIONS_FILE)
-    with h5py.File(captions_path, "r") as f:
+    with open_hdf5(captions_path) as f:
         for split in SPLITS:
             captions = _read(f, captions_path, f"{split}_captions", ndim=2, kind="iu")
             idxs = _read(f, captions_path, f"{split}_image_idxs", ndim=1, kind="iu")
@@ -92,8 +93,11 @@ def read_vocab(path: Path) -> tuple[list[str], dict[str, int]]:
     """idx_to_word and word_to_idx from a vocabulary JSON, checked for consistency."""
     try:
         vocab = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{path}: expected a JSON object with idx_to_word and word_to_idx, "
+                         f"got a {type(vocab).__name__}")
     for key, kind in (("idx_to_word", list), ("word_to_idx", dict)):
         if not isinstance(vocab.get(key), kind):
             raise ValueError(f"{path}: key {key!r} missing or not a {kind.__name__} "
@@ -113,7 +117,7 @@ def read_vocab(path: Path) -> tuple[list[str], dict[str, int]]:
 def read_features(path: Path) -> np.ndarray:
     """The ``features`` dataset of an HDF5 file as one float32 array (no second copy),
     checked to be 2-D and finite."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         ds = f.get("features")
         if not isinstance(ds, h5py.Dataset):
             raise ValueError(f"{path}: no dataset 'features' (found keys {sorted(f.keys())})")
