@@ -68,14 +68,21 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates, next_c)
 
 
-def lstm_step_backward(dnext_h, dnext_c, cache):
-    """-> dx, dprev_h, dprev_c, dWx, dWh, db."""
-    x, prev_h, prev_c, Wx, Wh, (i, f, o, g), next_c = cache
+def lstm_cell_backward(dnext_h, dnext_c, gates, prev_c, next_c):
+    """Through one cell update, given its gates (i, f, o, g): -> (da (N, 4H), dprev_c)."""
+    i, f, o, g = gates
     tc = np.tanh(next_c)
     dc = dnext_c + dnext_h * o * (1 - tc**2)
     da = np.hstack([dc * g * i * (1 - i), dc * prev_c * f * (1 - f),
                     dnext_h * tc * o * (1 - o), dc * i * (1 - g**2)])
-    return da @ Wx.T, da @ Wh.T, dc * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+    return da, dc * f
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    """-> dx, dprev_h, dprev_c, dWx, dWh, db."""
+    x, prev_h, prev_c, Wx, Wh, gates, next_c = cache
+    da, dprev_c = lstm_cell_backward(dnext_h, dnext_c, gates, prev_c, next_c)
+    return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
 def lstm_forward(x, h0, Wx, Wh, b):

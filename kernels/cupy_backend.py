@@ -11,7 +11,9 @@ the softmax cross-entropy and its gradient (one block per row, in place), and Ad
 (one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py).
 The vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
-the host; kernels compile once per dtype and are cached by CuPy. ``record`` replays a
+the host; kernels compile once per dtype and are cached by CuPy. The raw kernels index
+C-contiguous rows: given arrays of another layout, an operation takes the base class's
+passes instead, so every layout gives the right answer. ``record`` replays a
 whole training step from a CUDA graph (kernels/cuda_graph.py).
 """
 
@@ -123,6 +125,11 @@ _GATES = cp.RawModule(code=_GATES_SOURCE, options=("-std=c++14",),
                       name_expressions=[f"{k}<{t}>" for k in _GATE_KERNELS
                                         for t in _CTYPES.values()])
 _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
+
+
+def _contiguous(*arrays) -> bool:
+    """Whether the raw kernels may index all of these as flat C-ordered rows."""
+    return all(a.flags.c_contiguous for a in arrays)
 
 
 def _launch(kernel: str, units, *args) -> None:
@@ -257,17 +264,20 @@ class CupyBackend(Backend):
         return _TANH_BACKWARD(dnext_h, next_h, da)
 
     def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
+        if not _contiguous(gates, next_c, next_h, tanh_c):  # the kernel writes flat rows
+            return super().lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
         _launch("lstm_forward", prev_c, a, a, np.int32(0), prev_c, gates, next_c, next_h,
                 tanh_c)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
+        if not _contiguous(next_c, next_h):
+            return super().lstm_gates_forward_halved(a, prev_c, next_c, next_h)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
         _launch("lstm_forward_halved", prev_c, a, prev_c, next_c, next_h)
 
     def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):
-        if not (hw.flags.c_contiguous and table.flags.c_contiguous and prev_c.flags.c_contiguous
-                and next_c.flags.c_contiguous and next_h.flags.c_contiguous):
+        if not _contiguous(hw, table, prev_c, next_c, next_h):
             return super().lstm_decode_gates(hw, table, words, prev_c, next_c, next_h, rows)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         if isinstance(rows, slice) and rows.indices(len(hw))[2] == 1:
@@ -280,6 +290,9 @@ class CupyBackend(Backend):
                 next_c, next_h)
 
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
+        if not _contiguous(da, dprev_c):
+            return super().lstm_gates_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da,
+                                               dprev_c)
         dnext_h, dnext_c, gates, prev_c, tanh_c = (
             cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
@@ -287,11 +300,16 @@ class CupyBackend(Backend):
 
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
+        if not _contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c):
+            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c)
         _launch("lstm_forward", prev_c, a, a_extra, np.int32(1), prev_c, a, next_c, next_h,
                 tanh_c)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
+        if not _contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+            return super().lstm_gates_backward_sum(dh, dh_extra, dnext_c, gates, prev_c,
+                                                   tanh_c, da)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),

@@ -297,3 +297,103 @@ def test_sigmoid_is_stable():
         out = sigmoid(np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0]))
     np.testing.assert_allclose(out, [0, 1 / (1 + np.exp(30)), 0.5, 1 / (1 + np.exp(-30)), 1],
                                atol=1e-15)
+
+
+# ---------------------------------------------------------------- any operand layout
+def _strided(be, host):
+    """A device view holding ``host`` whose rows are not contiguous (every other column
+    of an array twice as wide)."""
+    wide = be.xp.zeros((host.shape[0], 2 * host.shape[1]), dtype=host.dtype)
+    wide[:, ::2] = be.asarray(host)
+    return wide[:, ::2]
+
+
+def _strided_empty(be, shape, dtype):
+    return be.xp.full((shape[0], 2 * shape[1]), np.nan, dtype=dtype)[:, ::2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend, dtype):
+    """Each operation a backend overrides, with non-contiguous inputs and outputs: the
+    same answers as the textbook (a kernel that assumed contiguity would scramble them,
+    or update a copy and lose it)."""
+    rng = np.random.default_rng(7)
+    N, H, V = 5, 6, 9
+    assert not _strided(backend, np.zeros((2, 3), dtype)).flags.c_contiguous
+
+    def r(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    def out(*shape):
+        return _strided_empty(backend, shape, dtype)
+
+    a, prev_c = r(N, 4 * H, scale=2), r(N, H)
+    want_h, want_c, gates = textbook.lstm_cell(*_f64(a, prev_c))
+
+    got = [out(N, 4 * H), out(N, H), out(N, H), out(N, H)]
+    backend.lstm_gates_forward(_strided(backend, a), _strided(backend, prev_c), *got)
+    _close(backend, got[1:3], [want_c, want_h], dtype)
+    _close(backend, [got[0]], [np.hstack(gates)], dtype)
+
+    half = a.copy()
+    half[:, : 3 * H] *= 0.5
+    got = [out(N, H), out(N, H)]
+    backend.lstm_gates_forward_halved(_strided(backend, half), _strided(backend, prev_c), *got)
+    _close(backend, got, [want_c, want_h], dtype)
+
+    got = [out(N, H), out(N, H)]  # every row from one earlier row, word 0 adds nothing
+    backend.lstm_decode_gates(_strided(backend, half), backend.xp.zeros((1, 4 * H), dtype),
+                              backend.asarray(np.zeros(N, np.int64)),
+                              _strided(backend, prev_c), *got,
+                              backend.asarray(np.arange(N)))
+    _close(backend, got, [want_c, want_h], dtype)
+
+    got = [_strided(backend, a), out(N, H), out(N, H), out(N, H)]  # the sum, in place in a
+    backend.lstm_gates_forward_sum(got[0], backend.xp.zeros((N, 4 * H), dtype),
+                                   _strided(backend, prev_c), *got[1:])
+    _close(backend, got[1:3], [want_c, want_h], dtype)
+
+    dnext_h, dnext_c = r(N, H), r(N, H)
+    want_da, want_dprev_c = textbook.lstm_cell_backward(
+        *_f64(dnext_h, dnext_c), _f64(*gates), *_f64(prev_c), want_c)
+    activated = np.hstack(gates).astype(dtype)
+    tanh_c = np.tanh(want_c).astype(dtype)
+    inputs = [_strided(backend, x) for x in (dnext_h, dnext_c, activated, prev_c, tanh_c)]
+    got = [out(N, 4 * H), out(N, H)]
+    backend.lstm_gates_backward(*inputs, *got)
+    _close(backend, got, [want_da, want_dprev_c], dtype)
+
+    carried = _strided(backend, dnext_c)  # becomes dprev_c, in place
+    got = out(N, 4 * H)
+    backend.lstm_gates_backward_sum(_strided(backend, dnext_h), backend.xp.zeros((N, H), dtype),
+                                    carried, *inputs[2:], got)
+    _close(backend, [got, carried], [want_da, want_dprev_c], dtype)
+
+    next_h = np.tanh(r(N, H))
+    got = out(N, H)
+    backend.rnn_gates_backward(_strided(backend, dnext_h), _strided(backend, next_h), got)
+    _close(backend, [got], [dnext_h.astype(np.float64) * (1 - next_h.astype(np.float64) ** 2)],
+           dtype)
+
+    idx, dout = rng.integers(0, V, 2 * N), r(2 * N, H)
+    got = backend.embedding_backward(backend.asarray(idx), _strided(backend, dout), V)
+    _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
+
+    scores, y = r(N, V, scale=3), rng.integers(0, V, N)
+    loss, dscores = backend.cross_entropy(_strided(backend, scores), backend.asarray(y),
+                                          backend.xp.ones(N, dtype=dtype), N)
+    want = textbook.temporal_softmax_loss(*_f64(scores[:, None]), y[:, None],
+                                          np.ones((N, 1), bool))
+    _close(backend, [loss, dscores], [want[0], want[1][:, 0]], dtype)
+
+    w, dw, m, v = r(N, H), r(N, H), r(N, H), np.abs(r(N, H))
+    want = textbook.adam(*_f64(w, dw, m, v), 3, 2e-3, 0.8, 0.99, 1e-6)
+    for update in ("adam_update", "adam_update_device"):
+        dev = [_strided(backend, x) for x in (w, dw, m, v)]
+        if update == "adam_update":
+            backend.adam_update(*dev, 3, 2e-3, 0.8, 0.99, 1e-6)
+        else:
+            config = {"t": 2, "learning_rate": 2e-3, "beta1": 0.8, "beta2": 0.99,
+                      "epsilon": 1e-6}
+            backend.adam_update_device(*dev, backend.asarray(adam_table([config], dtype))[0])
+        _close(backend, [dev[0], dev[2], dev[3]], want, dtype)
