@@ -1,9 +1,12 @@
 """A run's report folder: loss.png, samples.png, metrics.json and index.html.
 
 Images of the built-in dataset are local files (their URLs are paths relative to the
-data folder) and are copied into the report, so it stays whole when moved; images of
-the COCO folder are web URLs: the HTML shows them from there and the PNG grid, which
-would need them on disk, is skipped with a note.
+data folder) and are copied into the report, so it stays whole when moved; only files
+inside the data folder are copied (a URL that is absolute or leads out with ``..`` is
+named, not copied). Images of the COCO folder are web URLs: the page shows them from
+there and the PNG grid, which would need them on disk, is skipped with a note. The page
+shows each sample once, as a figure with its captions as text; samples.png, the same
+grid as one picture, is linked.
 """
 
 from __future__ import annotations
@@ -105,13 +108,18 @@ def write_report(out: str | os.PathLike, samples: Sequence[Sample], data_dir: Pa
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
-    sources: list[str] = []
+    sources: list[str | None] = []  # what each figure shows: a web URL, a copy, or nothing
     local: list[Path] = []
+    outside: list[str] = []
     for i, sample in enumerate(samples):
         if is_web_url(sample.url):
             sources.append(sample.url)
             continue
-        source = Path(sample.url) if Path(sample.url).is_absolute() else data_dir / sample.url
+        source = image_inside(data_dir, sample.url)
+        if source is None:  # a crafted URLs file must not copy other files into a report
+            outside.append(sample.url)
+            sources.append(None)
+            continue
         if not source.is_file():
             raise FileNotFoundError(f"image {source} of the report is missing (URL "
                                     f"{sample.url!r} relative to {data_dir})")
@@ -121,13 +129,25 @@ def write_report(out: str | os.PathLike, samples: Sequence[Sample], data_dir: Pa
         sources.append(f"images/{copy.name}")
     if samples and len(local) == len(samples):
         plot_samples(out / "samples.png", local, samples)
-        grid = '<img src="samples.png" alt="sample captions">'
+        grid = ('<p>The same samples as one picture: <a href="samples.png">samples.png</a>'
+                "</p>")
     else:
-        grid = ("<p>No samples.png: the images are on the web, not on this disk; they are "
-                "shown below from their URLs.</p>")
+        grid = ("<p>No samples.png: not every image is a file of the dataset folder; the "
+                "figures show them from their URLs where they are on the web.</p>")
+    if outside:
+        grid += (f"<p>Not shown: {len(outside)} image(s) whose path lies outside the dataset "
+                 f"folder {html.escape(str(data_dir))} (only files inside it are copied): "
+                 + ", ".join(f"<code>{html.escape(u)}</code>" for u in outside) + "</p>")
 
     def cell(value: float | str | None) -> str:
         return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value or "-"))
+
+    def figure(i: int, src: str | None, s: Sample) -> str:
+        picture = (f'<img src="{html.escape(src)}" alt="image {i}">' if src is not None else
+                   f'<p class="missing">{html.escape(s.url)} (outside the dataset folder)</p>')
+        return (f"<figure>{picture}<figcaption><b>model:</b> "
+                f"{html.escape(strip_special(s.generated))}<br><b>reference:</b> "
+                f"{html.escape(strip_special(s.reference))}</figcaption></figure>")
 
     head = "".join(f"<th>{m}</th>" for m in METRIC_NAMES)
     body = "".join(
@@ -135,26 +155,36 @@ def write_report(out: str | os.PathLike, samples: Sequence[Sample], data_dir: Pa
         + "".join(f"<td>{cell(scores.get(m))}</td>" for m in METRIC_NAMES) + "</tr>"
         for name, scores in metrics.items()
     )
-    cards = "".join(
-        f'<figure><img src="{html.escape(src)}" width="160" alt="image {i}">'
-        f"<figcaption><b>model:</b> {html.escape(strip_special(s.generated))}<br>"
-        f"<b>reference:</b> {html.escape(strip_special(s.reference))}</figcaption></figure>"
-        for i, (src, s) in enumerate(zip(sources, samples))
-    )
+    cards = "".join(figure(i, src, s) for i, (src, s) in enumerate(zip(sources, samples)))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-figure{{display:inline-block;width:180px;vertical-align:top;font-size:12px}}
-img{{image-rendering:pixelated}}</style></head>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 8px}}
+img{{max-width:100%;height:auto}}
+.table{{overflow-x:auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}
+figure{{display:inline-block;width:180px;margin:8px;vertical-align:top;font-size:12px;
+overflow-wrap:anywhere}}
+figure img{{width:160px;image-rendering:pixelated}}
+.missing{{width:160px;color:#a00}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<h2>Metrics</h2><table><tr><th></th>{head}</tr>{body}</table>
+<h2>Metrics</h2><div class="table"><table><tr><th></th>{head}</tr>{body}</table></div>
 <p>Raw numbers: <a href="metrics.json">metrics.json</a></p>
 <h2>Loss</h2><img src="loss.png" alt="training and validation loss">
-<h2>Samples</h2>{grid}
-<div>{cards}</div>
+<h2>Samples</h2>
+<div class="samples">{cards}</div>
+{grid}
 </body></html>
 """
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out / "index.html"
+
+
+def image_inside(data_dir: Path, url: str) -> Path | None:
+    """The file ``url`` names relative to ``data_dir``, if it lies inside that folder
+    (no absolute path, no ``..`` or link leading out); else None."""
+    folder = Path(data_dir).resolve()
+    source = (folder / url).resolve()
+    return source if source.is_relative_to(folder) and source != folder else None

@@ -79,7 +79,8 @@ def test_report_of_local_images(tmp_path, small_shapes):
     page = index.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert {"loss.png", "samples.png"} <= set(sources)
+    assert "loss.png" in sources and "samples.png" not in sources  # one grid: the figures
+    assert '<a href="samples.png">' in page
     for src in sources:  # every image the page shows is there
         assert (folder / src).is_file(), src
     assert sum(s.startswith("images/") for s in sources) == 5
@@ -94,3 +95,17 @@ def test_report_of_web_images_skips_the_grid(tmp_path):
     assert not (index.parent / "samples.png").exists()
     with pytest.raises(FileNotFoundError, match="missing"):
         _report(tmp_path, ["images/nothing.png"], tmp_path)
+
+
+def test_report_copies_only_files_inside_the_dataset_folder(tmp_path, small_shapes):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PNG + b"not for the report")
+    urls = ["images/val/00000.png", str(secret), "../" * 12 + str(secret)[1:],
+            "images/../../" + secret.name]
+    index = _report(tmp_path, urls, small_shapes)
+    copied = sorted(p.name for p in (index.parent / "images").iterdir())
+    assert copied == ["000.png"]
+    assert all(PNG + b"not" not in p.read_bytes() for p in index.parent.rglob("*.png"))
+    page = index.read_text()
+    assert "Not shown: 3 image(s) whose path lies outside the dataset folder" in page
+    assert f"<code>{secret}</code>" in page and "No samples.png" in page
