@@ -107,6 +107,7 @@ class CaptioningTrainer:
         if "learning_rate" in o["updater_config"]:
             checks.positive("learning_rate", o["updater_config"]["learning_rate"])
         self.model, self.data = model, data
+        self.updater_config = self.optim_config = o["updater_config"]  # as given
         self.lr_decay = checks.fraction("lr_decay", o["lr_decay"])
         self.checkpoint_every = Every.parse(o["checkpoint_every"])
         self.epoch_callback = o["epoch_callback"]
@@ -341,6 +342,7 @@ class CaptioningTrainer:
     batch_size = _loop_attribute("batch_size", "Captions per step.")
     num_train = _loop_attribute("num_train", "Training captions.")
     iterations_per_epoch = _loop_attribute("iterations_per_epoch", "Steps per epoch.")
+    print_every = _loop_attribute("print_every", "Iterations between loss lines.")
     verbose = _loop_attribute("verbose", "Whether loss lines are printed.")
     stop_reason = _loop_attribute("stop_reason", "Why training ended early, else None.")
 
