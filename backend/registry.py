@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from backend.base import Backend, BackendUnavailable
 
 ENV_VAR = "CAPTION_BACKEND"
-DEFAULT = "numpy"
+DEFAULT = "numpy"  # of the Python API: the exact reference, unless asked otherwise
+AUTO = "auto"  # the fastest backend that runs here (the command line's default)
+_FASTEST_FIRST = ("cupy", "numba", "numpy")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def _load(name: str) -> Backend:
 
 def get_backend(name: str | Backend | None = None) -> Backend:
     """The backend called ``name``; else the one ``$CAPTION_BACKEND`` names; else numpy.
+    ``auto`` is the fastest that runs here (``fastest_available``).
 
     Raises ValueError for an unknown name and BackendUnavailable (with what is missing and
     how to install it) for a known one that cannot run here. Never falls back silently.
@@ -80,12 +83,25 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         return name
     chosen = name if name is not None else (os.environ.get(ENV_VAR) or DEFAULT)
     key = chosen.strip().lower()
+    if key == AUTO:
+        return _load(fastest_available())
     if key not in _REGISTRY:
         source = "" if name is not None else f" (from ${ENV_VAR})"
-        raise ValueError(
-            f"unknown backend {chosen!r}{source}; expected one of: {', '.join(_REGISTRY)}"
-        )
+        raise ValueError(f"unknown backend {chosen!r}{source}; expected one of: "
+                         f"{', '.join([*_REGISTRY, AUTO])}")
     return _load(key)
+
+
+def fastest_available() -> str:
+    """The name ``auto`` stands for: cupy with a working device, else numba when it is
+    installed, else numpy."""
+    for name in _FASTEST_FIRST:
+        try:
+            _load(name)
+        except BackendUnavailable:
+            continue
+        return name
+    return DEFAULT
 
 
 def available_backends() -> dict[str, BackendStatus]:

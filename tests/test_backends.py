@@ -1,5 +1,7 @@
 """Backend selection, and every backend against the textbook formulas on random inputs."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ def test_default_and_environment(monkeypatch):
 
 
 def test_unknown_backend_lists_the_known_ones(monkeypatch):
-    expected = "unknown backend 'torch'; expected one of: numpy, numba, cupy"
+    expected = "unknown backend 'torch'; expected one of: numpy, numba, cupy, auto"
     with pytest.raises(ValueError, match=expected):
         get_backend("torch")
     monkeypatch.setenv("CAPTION_BACKEND", "jax")
@@ -53,6 +55,40 @@ def test_missing_package_names_it_and_how_to_install(monkeypatch):
     with pytest.raises(BackendUnavailable, match=r"needs the Python package 'numba'.*\[numba\]"):
         get_backend("numba")
     assert not available_backends()["numba"].available
+
+
+def _pretend(monkeypatch, present: set[str]):
+    """Kernel modules import only for the backends in ``present`` (a stand-in answers for
+    cupy, so the order can be checked without a GPU)."""
+    registry = backend_pkg.registry
+    real_import = registry.importlib.import_module
+
+    def fake_import(module):
+        name = module.rsplit(".", 1)[-1].removesuffix("_backend")
+        if name not in present:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == "cupy":
+            class CupyBackend(real_import("kernels.numpy_backend").NumpyBackend):
+                name = "cupy"
+            return types.SimpleNamespace(CupyBackend=CupyBackend)
+        return real_import(module)
+
+    monkeypatch.setattr(registry.importlib, "import_module", fake_import)
+    for name in ("numba", "cupy"):
+        monkeypatch.delitem(registry._instances, name, raising=False)
+
+
+@pytest.mark.parametrize(("present", "fastest"), [
+    ({"numpy"}, "numpy"), ({"numpy", "numba"}, "numba"), ({"numpy", "numba", "cupy"}, "cupy")])
+def test_auto_picks_the_fastest_backend_that_runs_here(monkeypatch, present, fastest):
+    if "numba" in present and not available_backends()["numba"].available:
+        pytest.skip("numba is not installed here")
+    _pretend(monkeypatch, present)
+    assert get_backend("auto").name == fastest
+    monkeypatch.setenv("CAPTION_BACKEND", "auto")
+    assert get_backend().name == fastest
+    monkeypatch.delenv("CAPTION_BACKEND")
+    assert get_backend().name == "numpy"  # the Python API's default stays the reference
 
 
 def test_a_kernel_module_that_fails_to_import_is_a_bug_not_a_missing_backend(monkeypatch):

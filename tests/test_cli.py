@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from backend import fastest_available
 from captioning.cli import main
 
 
@@ -107,3 +109,25 @@ def test_module_entry_point_help():
                              capture_output=True, text=True, check=True, timeout=60).stdout
         assert out.startswith(f"usage: captioning {' '.join(command)}")
         assert [o for o in options if o not in out] == []
+
+
+def test_version_and_the_backend_line(tiny_coco, tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and re.fullmatch(r"captioning \d+\.\d+\.\d+\n",
+                                                 capsys.readouterr().out)
+    monkeypatch.delenv("CAPTION_BACKEND", raising=False)
+    assert main(["train", "--data", str(tiny_coco), "--out", str(tmp_path / "auto"),
+                 "--cell", "rnn", "--hidden", "8", "--wordvec", "4", "--epochs", "1",
+                 "--features", "pca", "--no-report", "--samples", "0"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    fastest = fastest_available()
+    assert first == (f"backend {fastest} (fastest available here"
+                     + ("" if fastest == "numpy" else "; --backend numpy for the reference")
+                     + ")")
+    assert _train(tiny_coco, tmp_path / "chosen", "--no-report", "--epochs", "1",
+                  "--backend", "numpy") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "backend numpy (--backend)"
+    monkeypatch.setenv("CAPTION_BACKEND", "numpy")
+    assert main(["sample", "--checkpoint", str(tmp_path / "auto"), "--n", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "backend numpy ($CAPTION_BACKEND)"

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 
 from captioning.cli import data, judge, train
@@ -22,11 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Every command works on the built-in shapes dataset unless given --data DIR (a "
         "folder in the COCO captioning layout) or $CAPTION_DATA.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(sub)
     judge.add_parsers(sub)
     data.add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("captioning-kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed; run from a source tree)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
+from backend import AUTO, ENV_VAR, Backend, get_backend
 from captioning.data.default import default_data_dir
 from captioning.data.layout import features_file, open_hdf5
 from captioning.data.reader import read_coco_folder
@@ -14,9 +16,35 @@ from captioning.training.run_folder import BEST_NAME, CHECKPOINT_NAME, RunFolder
 CHECKPOINT_CHOICES = (BEST_NAME, CHECKPOINT_NAME, "model.npz")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help, except where there is no default to show
+    (None, False, or one the help text states in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default:" in help:
+            return help
+        return super()._get_help_string(action)
+
+
 def add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="numpy, numba or cupy (default: $CAPTION_BACKEND, "
-                   "else numpy)")
+    p.add_argument("--backend", help="numpy, numba, cupy or auto (default: $CAPTION_BACKEND, "
+                   "else auto: the fastest that runs here)")
+
+
+def choose_backend(value: str | None, source: str = "--backend") -> Backend:
+    """The backend a command runs on: ``value`` (given as ``source``), else
+    $CAPTION_BACKEND, else auto (the fastest that runs here). Prints which one and why,
+    as the command's first line."""
+    name = value or os.environ.get(ENV_VAR) or AUTO
+    backend = get_backend(name)
+    if name.strip().lower() == AUTO:
+        why = "fastest available here" + ("" if backend.name == "numpy" else
+                                          "; --backend numpy for the reference")
+    else:
+        why = source if value else f"${ENV_VAR}"
+    print(f"backend {backend.name} ({why})")
+    return backend
 
 
 def add_data(p: argparse.ArgumentParser) -> None:

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 from captioning.checks import cli_type, integer
+from captioning.cli.common import HelpFormatter
 from captioning.data.annotations import build_dataset
 from captioning.data.pca import pca_folder
 from captioning.data.shapes import builtin_dataset_dir, write_shapes_dataset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     count = cli_type(integer)
     data = sub.add_parser("data", help="make datasets in the COCO captioning layout",
                           description="Make datasets in the COCO captioning layout.")
@@ -77,14 +78,15 @@ def run_build(args: argparse.Namespace) -> int:
     report = build_dataset(args.out, args.features, coco_train=args.coco_train,
                            coco_val=args.coco_val, karpathy=args.karpathy,
                            min_count=args.min_count, max_length=args.max_length,
-                           pca_dim=args.pca_dim, skip_missing=args.skip_missing)
+                           pca_dim=args.pca_dim, skip_missing=args.skip_missing,
+                           progress=sys.stderr.isatty())
     print("\n".join(report.lines()))
     print(f"wrote {args.out}")
     return 0
 
 
 def run_pca(args: argparse.Namespace) -> int:
-    pca = pca_folder(args.folder, args.dim)
+    pca = pca_folder(args.folder, args.dim, progress=sys.stderr.isatty())
     print(f"{args.dim} components keep {100 * pca.explained.sum():.1f}% of the training "
           f"variance; wrote the _pca.h5 files in {args.folder}")
     return 0

@@ -10,7 +10,14 @@ from typing import Any
 from captioning.atomic import atomic_path
 from captioning.checkpoint import load_checkpoint, load_model
 from captioning.checks import cli_type, integer, positive
-from captioning.cli.common import add_backend, add_data, load_data_for, resolve_checkpoint
+from captioning.cli.common import (
+    HelpFormatter,
+    add_backend,
+    add_data,
+    choose_backend,
+    load_data_for,
+    resolve_checkpoint,
+)
 from captioning.evaluation import evaluate, pick_samples, references_by_image
 from captioning.metrics import format_metrics
 from captioning.report import write_report
@@ -28,7 +35,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     count = cli_type(integer)
     p = sub.add_parser("evaluate", formatter_class=fmt,
                        help="BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR with Java) of a model",
@@ -80,7 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
     """(model on --backend, its data, the checkpoint file, the data folder)."""
     path, settings = resolve_checkpoint(args.checkpoint)
-    model = load_model(path, args.backend)
+    model = load_model(path, choose_backend(args.backend))
     data, data_dir = load_data_for(model.input_dim, args.data, settings)
     if data["word_to_idx"] != model.word_to_idx:
         raise ValueError(f"{path} was trained with another vocabulary than the data in "

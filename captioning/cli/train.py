@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from backend import get_backend
 from captioning.checkpoint import load_model
 from captioning.checks import cli_type, fraction, integer, positive
-from captioning.cli.common import add_backend, add_data, resolve_checkpoint
+from captioning.cli.common import add_backend, add_data, choose_backend, resolve_checkpoint
 from captioning.cli.judge import make_report
 from captioning.data.default import default_data_dir
 from captioning.data.reader import read_coco_folder
@@ -161,7 +160,8 @@ def _run_settings(s: dict[str, Any]) -> dict[str, Any]:
 
 def _train(folder: RunFolder, s: dict[str, Any], resuming: bool) -> int:
     out = folder.path
-    backend = get_backend(s["backend"])
+    backend = choose_backend(s["backend"], "--backend" if not resuming else
+                             "--backend or the run's run.json")
     np.random.seed(s["seed"])
     data = read_coco_folder(s["data"], max_train=s["max_train"],
                             pca_features=s["features"] == "pca")

@@ -1,5 +1,6 @@
 """Datasets in the COCO captioning layout. Imports point one way, down this list:
 
+    images        image_from_url: a dataset image as an array (for notebooks)
     default       the folder used when none is given ($CAPTION_DATA or the built-in set)
     shapes        the built-in dataset          annotations   raw captions -> the layout
     writer        writes a folder in the layout

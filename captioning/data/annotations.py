@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from captioning.data.vocab import EncodeStats, build_vocab, encode_captions, tokenize
 from captioning.data.writer import SplitData, write_coco_folder
@@ -202,10 +204,12 @@ class FeatureIndex:
                              f"{ids.shape} image ids; expected (n, D) and (n,)")
         return features, ids
 
-    def gather(self, image_ids: list[int]) -> np.ndarray:
+    def gather(self, image_ids: list[int], progress: bool = False) -> np.ndarray:
         """(len(image_ids), D) float32, rows in the order given; every id must be known."""
         out = np.empty((len(image_ids), self.dim or 0), np.float32)
-        for i, image_id in enumerate(image_ids):
+        for i, image_id in enumerate(tqdm(image_ids, desc="features", unit="image",
+                                          leave=False, disable=not progress,
+                                          file=sys.stderr)):
             source, row = self.where[image_id]
             out[i] = self.sources[source][1][row]
         if not np.isfinite(out).all():
@@ -217,11 +221,13 @@ class FeatureIndex:
 def build_dataset(out: str | os.PathLike, features: list[str | os.PathLike], *,
                   coco_train: str | None = None, coco_val: str | None = None,
                   karpathy: str | None = None, min_count: int = 1, max_length: int = 15,
-                  pca_dim: int = 512, skip_missing: bool = False) -> BuildReport:
+                  pca_dim: int = 512, skip_missing: bool = False,
+                  progress: bool = False) -> BuildReport:
     """Write the COCO layout to ``out`` from annotations and features.
 
     Give either ``coco_train`` and ``coco_val`` or ``karpathy``. Images without captions
     are left out; images without features are an error unless ``skip_missing``.
+    ``progress`` shows a bar while the features are gathered.
     """
     report = BuildReport()
     if karpathy is not None:
@@ -258,7 +264,7 @@ def build_dataset(out: str | os.PathLike, features: list[str | os.PathLike], *,
         image_idxs = np.repeat(np.arange(len(images), dtype=np.int32),
                                [len(im.captions) for im in images])
         data[split] = SplitData(captions, image_idxs,
-                                index.gather([im.image_id for im in images]),
+                                index.gather([im.image_id for im in images], progress),
                                 [im.url for im in images])
         report.images[split] = len(images)
     pca = write_coco_folder(out, idx_to_word, data, pca_dim)

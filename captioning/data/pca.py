@@ -6,11 +6,13 @@ and one D x D matrix, not for the file."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
 from captioning.atomic import atomic_path
 from captioning.data.layout import SPLITS, features_file, open_hdf5
@@ -32,10 +34,10 @@ class PCA:
         return ((np.asarray(x, np.float64) - self.mean) @ self.components).astype(np.float32)
 
 
-def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> PCA:
+def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS, progress: bool = False) -> PCA:
     """Fit ``dim`` components to ``features`` ((n, D) array or HDF5 dataset), reading
-    ``chunk_rows`` rows at a time. Signs are fixed (each component's largest entry is
-    positive), so a fit is reproducible."""
+    ``chunk_rows`` rows at a time (a progress bar over them with ``progress``). Signs are
+    fixed (each component's largest entry is positive), so a fit is reproducible."""
     n, d = features.shape
     if not 1 <= dim <= min(n, d):
         raise ValueError(f"PCA dimension {dim} must be between 1 and min(rows, columns) = "
@@ -45,7 +47,8 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> PCA:
     shift = np.asarray(features[: min(n, chunk_rows)], np.float64).mean(axis=0)
     total = np.zeros(d)
     scatter = np.zeros((d, d))
-    for start in range(0, n, chunk_rows):
+    for start in tqdm(range(0, n, chunk_rows), desc="PCA fit", unit="chunk", leave=False,
+                      disable=not progress, file=sys.stderr):
         # float32 products per chunk (fast), summed in float64 around a shift near the
         # mean, which keeps the one-pass formula from cancelling.
         chunk = (np.asarray(features[start : start + chunk_rows], np.float64) - shift)
@@ -84,19 +87,20 @@ def _pca(mean: np.ndarray, components: np.ndarray, kept: np.ndarray,
     return PCA(mean, components, np.clip(kept, 0, None) / trace)
 
 
-def write_projected(pca: PCA, src, dst: str | os.PathLike,
-                    chunk_rows: int = CHUNK_ROWS) -> None:
+def write_projected(pca: PCA, src, dst: str | os.PathLike, chunk_rows: int = CHUNK_ROWS,
+                    progress: bool = False) -> None:
     """Project ``src`` ((n, D) array or dataset) and write it atomically to the HDF5
     file ``dst`` as dataset ``features`` (float32)."""
     n = src.shape[0]
     with atomic_path(dst) as tmp, h5py.File(tmp, "w") as out:
         ds = out.create_dataset("features", (n, pca.components.shape[1]), dtype=np.float32)
-        for start in range(0, n, chunk_rows):
+        for start in tqdm(range(0, n, chunk_rows), desc=f"PCA -> {Path(dst).name}",
+                          unit="chunk", leave=False, disable=not progress, file=sys.stderr):
             ds[start : start + chunk_rows] = pca.transform(src[start : start + chunk_rows])
 
 
-def pca_folder(folder: str | os.PathLike, dim: int = 512,
-               chunk_rows: int = CHUNK_ROWS) -> PCA:
+def pca_folder(folder: str | os.PathLike, dim: int = 512, chunk_rows: int = CHUNK_ROWS,
+               progress: bool = False) -> PCA:
     """Fit on ``train2014_vgg16_fc7.h5`` of a COCO-layout folder and write the
     ``_pca.h5`` file of both splits."""
     folder = Path(folder)
@@ -112,9 +116,10 @@ def pca_folder(folder: str | os.PathLike, dim: int = 512,
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
                 raise ValueError(f"{path}: expected a 2-D dataset 'features'")
             if pca is None:
-                pca = fit_pca(ds, dim, chunk_rows)
+                pca = fit_pca(ds, dim, chunk_rows, progress)
             elif ds.shape[1] != pca.mean.shape[0]:
                 raise ValueError(f"{path}: features are {ds.shape[1]}-d but the training "
                                  f"features are {pca.mean.shape[0]}-d")
-            write_projected(pca, ds, folder / features_file(split, pca=True), chunk_rows)
+            write_projected(pca, ds, folder / features_file(split, pca=True), chunk_rows,
+                            progress)
     return pca

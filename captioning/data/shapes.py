@@ -224,9 +224,11 @@ class FeatureExtractor:
         self.projection = (rng.standard_normal((d, FEATURE_DIM)) / np.sqrt(d)).astype(np.float32)
         self.bias = (0.5 * rng.standard_normal(FEATURE_DIM)).astype(np.float32)
 
-    def __call__(self, images: np.ndarray, chunk: int = 500) -> np.ndarray:
+    def __call__(self, images: np.ndarray, chunk: int = 500, progress: bool = False,
+                 desc: str = "features") -> np.ndarray:
         out = np.empty((len(images), FEATURE_DIM), np.float32)
-        for start in range(0, len(images), chunk):
+        for start in tqdm(range(0, len(images), chunk), desc=desc, disable=not progress,
+                          leave=False, file=sys.stderr):
             d = (_descriptors(images[start : start + chunk]) - self.mean) * self.scale
             out[start : start + chunk] = np.maximum(d @ self.projection + self.bias, 0)
         return out
@@ -254,7 +256,9 @@ def write_shapes_dataset(out: str | os.PathLike, train: int = DEFAULT_TRAIN,
     tokens, images, scenes = {}, {}, {}
     for split, count in (("train", train), ("val", val)):
         scenes[split] = [random_scene(rng) for _ in range(count)]
-        images[split] = np.stack([render(s, rng) for s in scenes[split]])
+        images[split] = np.stack([render(s, rng) for s in tqdm(
+            scenes[split], desc=f"{split} scenes", disable=not progress, leave=False,
+            file=sys.stderr)])
         tokens[split] = [describe(s, rng) for s in scenes[split]]
     idx_to_word = build_vocab(c for caps in tokens["train"] for c in caps)
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
@@ -273,7 +277,7 @@ def write_shapes_dataset(out: str | os.PathLike, train: int = DEFAULT_TRAIN,
         splits[split] = SplitData(
             captions, np.repeat(np.arange(len(images[split]), dtype=np.int32),
                                 CAPTIONS_PER_IMAGE),
-            extractor(images[split]), urls)
+            extractor(images[split], progress=progress, desc=f"{split} features"), urls)
     write_coco_folder(out, idx_to_word, splits, pca_dim=512)
     (out / STAMP_FILE).write_text(json.dumps(
         {"generator": generator_stamp(), "train": train, "val": val, "seed": seed}))
