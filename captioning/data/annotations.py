@@ -19,7 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captioning.data.vocab import EncodeStats, build_vocab, encode_captions, tokenize
 from captioning.data.writer import SplitData, write_coco_folder

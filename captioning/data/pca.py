@@ -12,7 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captioning.atomic import atomic_path
 from captioning.data.layout import SPLITS, features_file, open_hdf5

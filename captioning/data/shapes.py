@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captioning.data import layout, pca, vocab, writer
 from captioning.data.layout import SPLITS
