@@ -109,6 +109,12 @@ def test_module_entry_point_help():
                              capture_output=True, text=True, check=True, timeout=60).stdout
         assert out.startswith(f"usage: captioning {' '.join(command)}")
         assert [o for o in options if o not in out] == []
+    for command, computes in ((["sample"], True), (["report"], True),
+                              (["data", "shapes"], False), (["data", "pca"], False)):
+        out = subprocess.run([sys.executable, "-m", "captioning", *command, "--help"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        assert ("--backend" in out) == computes
+        assert "(default: None)" not in out and "(default: False)" not in out
 
 
 def test_version_and_the_backend_line(tiny_coco, tmp_path, capsys, monkeypatch):

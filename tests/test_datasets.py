@@ -214,3 +214,11 @@ def test_pca_folder_rewrites_both_splits(tiny_coco):
     assert data["train_features"].shape == (6, 3) and 0 < pca.explained.sum() <= 1
     np.testing.assert_allclose(data["val_features"], pca.transform(full["val_features"]),
                                atol=1e-6)
+
+
+def test_long_data_work_shows_progress_when_asked(capsys):
+    rng = np.random.default_rng(0)
+    fit_pca(rng.standard_normal((50, 6)), 2, chunk_rows=10, progress=True)
+    assert "PCA fit" in capsys.readouterr().err
+    fit_pca(rng.standard_normal((50, 6)), 2, chunk_rows=10)
+    assert capsys.readouterr().err == ""
