@@ -157,3 +157,22 @@ def test_url_count_mismatch(tiny_coco):
     (tiny_coco / "val2014_urls.txt").write_text("http://one\n")
     with pytest.raises(ValueError, match="one URL per image"):
         load_coco_data(tiny_coco)
+
+
+def test_image_from_url_reads_dataset_paths_and_names_what_fails(small_shapes, tmp_path,
+                                                                  monkeypatch):
+    from captioning import image_from_url
+
+    image = image_from_url("images/val/00000.png", base_dir=small_shapes)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    monkeypatch.setenv("CAPTION_DATA", str(small_shapes))  # the default folder
+    np.testing.assert_array_equal(image_from_url("images/val/00000.png"), image)
+    np.testing.assert_array_equal(
+        image_from_url(str(small_shapes / "images/val/00000.png")), image)
+    with pytest.raises(FileNotFoundError, match="nothing.png does not exist"):
+        image_from_url("images/nothing.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image file"):
+        image_from_url(str(tmp_path / "text.png"))
+    with pytest.raises(ConnectionError, match="cannot fetch the image http://127.0.0.1:9/"):
+        image_from_url("http://127.0.0.1:9/x.png")  # nothing listens there
