@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = ("backend", "kernels", "captioning")
 # captioning/data, bottom to top: a module may import only modules of lower rows.
-DATA_LAYERS = [("layout",), ("reader", "vocab", "pca"), ("writer",), ("shapes", "annotations"),
-               ("default",), ("images",)]
+DATA_LAYERS = [("layout",), ("reader", "vocab", "pca", "features"), ("writer",),
+               ("shapes", "annotations"), ("default",), ("images",)]
 DATA_MODULES = [name for row in DATA_LAYERS for name in row]
 
 

@@ -4,6 +4,7 @@
     captioning evaluate   COCO caption metrics of a checkpoint, greedy and beam search
     captioning sample     print generated captions next to their references
     captioning report     loss curve, sample grid, metrics and an HTML page
+    captioning caption    caption every row of a features file
     captioning data ...   the built-in dataset, COCO layout from annotations, PCA
 """
 
@@ -13,7 +14,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from captioning.cli import data, judge, train
+from captioning.cli import caption, data, judge, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(sub)
     judge.add_parsers(sub)
+    caption.add_parser(sub)
     data.add_parser(sub)
     return parser
 

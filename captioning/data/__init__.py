@@ -5,7 +5,7 @@
     shapes        the built-in dataset          annotations   raw captions -> the layout
     writer        writes a folder in the layout
     reader        reads and checks a folder     vocab         text <-> word indices
-    pca           chunked PCA of feature files
+    pca           chunked PCA of feature files      features      other feature files
     layout        file names, splits, special tokens, the word-index rule
 
 This file imports none of them, so each module can be imported on its own.

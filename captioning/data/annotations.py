@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
+from captioning.data.features import FeatureFile
 from captioning.data.vocab import EncodeStats, build_vocab, encode_captions, tokenize
 from captioning.data.writer import SplitData, write_coco_folder
 
@@ -154,55 +154,27 @@ def _add_caption(image: Image, words: list[str], skipped: Counter) -> None:
 
 
 class FeatureIndex:
-    """Image id -> feature row across several files: HDF5 (datasets ``features`` and
-    ``image_ids``) or ``.npy`` (ids beside it in ``<stem>_ids.npy`` or ``<stem>_ids.txt``)."""
+    """Image id -> feature row across several files (``FeatureFile``: HDF5 with datasets
+    ``features`` and ``image_ids``, or ``.npy`` with the ids beside it)."""
 
     def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
         self.sources: list[tuple[Path, np.ndarray]] = []
         self.where: dict[int, tuple[int, int]] = {}
         self.dim: int | None = None
         for path in map(Path, paths):
-            features, ids = self._open(path)
+            with FeatureFile(path) as source:
+                # HDF5 features are read whole (one read); a .npy stays memory-mapped.
+                features = source.features if path.suffix == ".npy" else source.features[()]
+                ids = source.ids
             if self.dim is not None and features.shape[1] != self.dim:
                 raise ValueError(f"{path}: {features.shape[1]}-d features, but earlier files "
                                  f"hold {self.dim}-d ones")
             self.dim = features.shape[1]
-            source = len(self.sources)
             self.sources.append((path, features))
             for row, image_id in enumerate(ids.tolist()):
-                self.where[int(image_id)] = (source, row)
+                self.where[int(image_id)] = (len(self.sources) - 1, row)
         if not self.sources:
             raise ValueError("no feature files given (expected --features FILE ...)")
-
-    @staticmethod
-    def _open(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        if not path.is_file():
-            raise FileNotFoundError(f"feature file {path} does not exist")
-        if path.suffix == ".npy":
-            features = np.load(path, mmap_mode="r")
-            for ids_path in (path.with_name(f"{path.stem}_ids.npy"),
-                             path.with_name(f"{path.stem}_ids.txt")):
-                if ids_path.is_file():
-                    ids = (np.load(ids_path) if ids_path.suffix == ".npy"
-                           else np.loadtxt(ids_path, dtype=np.int64, ndmin=1))
-                    break
-            else:
-                raise FileNotFoundError(f"{path}: no image ids beside it (expected "
-                                        f"{path.stem}_ids.npy or {path.stem}_ids.txt)")
-        else:
-            try:
-                with h5py.File(path, "r") as f:
-                    if "features" not in f or "image_ids" not in f:
-                        raise ValueError(f"{path}: expected HDF5 datasets 'features' and "
-                                         f"'image_ids', found {sorted(f.keys())}")
-                    features, ids = f["features"][()], f["image_ids"][()]
-            except OSError as exc:
-                raise ValueError(f"{path}: not a readable HDF5 file ({exc}); feature files "
-                                 "are .h5 (features, image_ids) or .npy with ids") from exc
-        if features.ndim != 2 or ids.ndim != 1 or len(ids) != len(features):
-            raise ValueError(f"{path}: features of shape {features.shape} with "
-                             f"{ids.shape} image ids; expected (n, D) and (n,)")
-        return features, ids
 
     def gather(self, image_ids: list[int], progress: bool = False) -> np.ndarray:
         """(len(image_ids), D) float32, rows in the order given; every id must be known."""
