@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from captioning import checks
 from captioning.atomic import atomic_path
 from captioning.data.features import FeatureFile
 from captioning.data.vocab import decode_captions
@@ -37,6 +38,7 @@ def caption_feature_file(model: Any, features: str | os.PathLike, out: str | os.
     """
     if output_format not in FORMATS:
         raise ValueError(f"unknown format {output_format!r}; expected one of {FORMATS}")
+    chunk_rows = checks.integer("chunk_rows", chunk_rows)
     words = [model.idx_to_word[i] for i in range(model.vocab_size)]
     with FeatureFile(features, require_ids=False) as source, atomic_path(out) as tmp, \
             open(tmp, "w", encoding="utf-8") as f:
