@@ -36,7 +36,7 @@ _OPTIONS = {
     "checkpoint_dir": None, "checkpoint_every": None, "validate": False,
     "val_max_captions": 10_000, "patience": None, "grad_clip": None,
     "handle_interrupt": False, "epoch_callback": None, "cuda_graph": True,
-    "reduce_gradients": None,
+    "reduce_gradients": None, "data_parallel": None,
 }
 
 
@@ -84,6 +84,9 @@ class CaptioningTrainer:
     when).
     reduce_gradients(loss, grads) -> loss: called in every step between the backward pass
     and clipping, to sum the gradients of a batch split across processes.
+    data_parallel: an ``MpiDataParallel``: parameters broadcast from rank 0 now, each step
+    on this rank's share of the batch, its reduce as reduce_gradients, and the ranks'
+    parameters checked to be identical at the end of ``train``.
 
     The training features, captions and image indices are moved to the model's backend
     once; each epoch's minibatch indices are drawn on the host in one go and moved once,
@@ -115,11 +118,20 @@ class CaptioningTrainer:
         train = DeviceData.from_split(model, data)
         for name, value in model.params.items():
             model.params[name] = model.backend.asarray(value)
+        self.data_parallel = parallel = o["data_parallel"]
+        if parallel is not None:
+            if o["reduce_gradients"] is not None:
+                raise ValueError("give data_parallel or reduce_gradients, not both")
+            parallel.broadcast(model.params, model.backend)
         self.training_step = TrainingStep(
             model, train, o["update_rule"], o["updater_config"],
             grad_clip=None if o["grad_clip"] is None else checks.positive("grad_clip",
                                                                           o["grad_clip"]),
-            cuda_graph=bool(o["cuda_graph"]), reduce_gradients=o["reduce_gradients"])
+            # A host Allreduce cannot be recorded into a CUDA graph.
+            cuda_graph=bool(o["cuda_graph"]) and parallel is None,
+            reduce_gradients=(parallel.reducer(model.backend) if parallel is not None
+                              else o["reduce_gradients"]),
+            share_batch=parallel.share if parallel is not None else None)
         self.loop = TrainingLoop(model.backend, len(train), o["batch_size"], o["num_epochs"],
                                  o["seed"], o["print_every"], bool(o["verbose"]),
                                  bool(o["progress"]))
@@ -147,6 +159,8 @@ class CaptioningTrainer:
                     self.loop.run(self)
             else:
                 self.loop.run(self)
+        if self.data_parallel is not None:
+            self.data_parallel.check_identical(self.model.params, self.model.backend)
         return self.losses()
 
     def step(self, batch_idx: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ from captioning.data.reader import read_coco_folder
 from captioning.evaluation import evaluate, pick_samples
 from captioning.model import CaptioningRNN
 from captioning.trainer import CaptioningTrainer
-from captioning.training.run_folder import RunFolder
+from captioning.training.data_parallel import MpiDataParallel, launched_ranks
+from captioning.training.run_folder import CHECKPOINT_NAME, RunFolder
 from captioning.training.schedule import Every
 
 # Every setting's default. An option not given is absent from the parsed arguments
@@ -104,16 +107,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     option("--samples", "validation captions to print at the end",
            type=cli_type(integer, minimum=0))
     option("--no-report", "skip the report at the end", action="store_true")
+    p.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
+                   help="auto: data-parallel over MPI ranks when started by mpiexec with "
+                   "more than one (default); none: one process whatever the launcher")
     option("--no-cuda-graph", "on the cupy backend, run every step op by op instead of "
            "replaying it from a CUDA graph (same maths; the graph issues a step with one "
            "launch)", action="store_true")
     p.set_defaults(run=run)
 
 
-def _settings(args: argparse.Namespace) -> tuple[RunFolder, dict[str, Any], bool]:
-    """(run folder, settings, resuming?) from the arguments and, on --resume, run.json."""
+def _settings(args: argparse.Namespace, make_folder: bool = True
+              ) -> tuple[RunFolder | None, dict[str, Any], bool]:
+    """(run folder, settings, resuming?) from the arguments and, on --resume, run.json.
+    Without ``make_folder`` a new run gets no folder (a data-parallel worker's case)."""
     given = {k: v for k, v in vars(args).items()
-             if k not in ("run", "resume", "out", "command")}
+             if k not in ("run", "resume", "out", "command", "distributed")}
     if "data" in given:
         given["data"] = str(Path(given["data"]).resolve())
     if getattr(args, "resume", None):
@@ -130,6 +138,8 @@ def _settings(args: argparse.Namespace) -> tuple[RunFolder, dict[str, Any], bool
         return folder, {**DEFAULTS, **saved, **given}, True
     settings = {**DEFAULTS, **given}
     settings["data"] = str(Path(settings["data"] or default_data_dir()).resolve())
+    if not make_folder:
+        return None, settings, False
     if getattr(args, "out", None):
         return RunFolder(args.out), settings, False
     return RunFolder.new(Path("runs") / f"{settings['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -137,6 +147,34 @@ def _settings(args: argparse.Namespace) -> tuple[RunFolder, dict[str, Any], bool
 
 
 def run(args: argparse.Namespace) -> int:
+    parallel = _data_parallel(getattr(args, "distributed", "auto"))
+    if parallel is None:
+        return _run_owner(args, None)
+    try:
+        if parallel.is_root:
+            return _run_owner(args, parallel)
+        with contextlib.redirect_stdout(io.StringIO()):  # rank 0 alone prints
+            _, s, resuming = _settings(args, make_folder=False)
+            return _train(None, s, resuming, parallel,
+                          resume_from=Path(args.resume) if resuming else None)
+    except BaseException as exc:  # end every rank: one that waits in an Allreduce hangs
+        print(f"error: rank {parallel.rank}: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        parallel.abort(1)
+        raise
+
+
+def _data_parallel(mode: str) -> MpiDataParallel | None:
+    """An MPI data-parallel context when a launcher started several ranks (mode 'auto')
+    or 'mpi' asks for one; None for one process."""
+    if mode == "none" or (mode == "auto" and launched_ranks() < 2):
+        return None
+    parallel = MpiDataParallel()
+    return parallel if parallel.size > 1 or mode == "mpi" else None
+
+
+def _run_owner(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:
+    """The process that owns the run folder: the only one, or rank 0."""
     folder, s, resuming = _settings(args)
     made_here = folder.made_here or not folder.path.exists()
     try:
@@ -147,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                                         "checkpoint")
             if not resuming:
                 folder.refuse_existing_run()
-            return _train(folder, s, resuming)
+            return _train(folder, s, resuming, parallel)
     except BaseException:
         if made_here:  # a start that failed before training leaves no empty run folder
             folder.remove_if_unused()
@@ -158,8 +196,13 @@ def _run_settings(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in _THIS_INVOCATION}
 
 
-def _train(folder: RunFolder, s: dict[str, Any], resuming: bool) -> int:
-    out = folder.path
+def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
+           parallel: MpiDataParallel | None = None, resume_from: Path | None = None) -> int:
+    """Train with settings ``s``; ``folder`` is None on a data-parallel worker (rank > 0),
+    which reads a resumed run's checkpoint (in ``resume_from``) but writes nothing."""
+    if parallel is not None:
+        print(f"data-parallel over {parallel.size} ranks (MPI)")
+    out = folder.path if folder is not None else resume_from
     backend = choose_backend(s["backend"], "--backend" if not resuming else
                              "--backend or the run's run.json")
     np.random.seed(s["seed"])
@@ -173,15 +216,21 @@ def _train(folder: RunFolder, s: dict[str, Any], resuming: bool) -> int:
     trainer = CaptioningTrainer(
         model, data, update_rule=s["update_rule"], updater_config={"learning_rate": s["lr"]},
         lr_decay=s["lr_decay"], batch_size=s["batch_size"], num_epochs=s["epochs"],
-        print_every=s["print_every"], seed=s["seed"], progress=sys.stderr.isatty(),
-        checkpoint_dir=folder, checkpoint_every=s["checkpoint_every"], validate=True,
+        print_every=s["print_every"], seed=s["seed"],
+        progress=folder is not None and sys.stderr.isatty(),
+        verbose=folder is not None, checkpoint_dir=folder,
+        checkpoint_every=s["checkpoint_every"], validate=True,
         val_max_captions=s["val_max_captions"], patience=s["patience"] or None,
         grad_clip=s["grad_clip"], handle_interrupt=True, cuda_graph=not s["no_cuda_graph"],
-        epoch_callback=_metrics_callback(data, s["metrics_every"]),
+        epoch_callback=_metrics_callback(data, s["metrics_every"]) if folder else None,
+        data_parallel=parallel,
     )
     if resuming:
-        trainer.restore(folder.checkpoint)
+        trainer.restore(out / CHECKPOINT_NAME if folder is None else folder.checkpoint)
         print(f"resuming {out} at epoch {trainer.epoch + 1}, iteration {trainer.iteration}")
+    if folder is None:  # a worker: train in step with rank 0, write nothing
+        trainer.train()
+        return 0
     folder.write_settings(_run_settings(s))  # from here on the folder holds a run
     print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
           f"{trainer.num_train} captions of {s['data']}, "

@@ -78,8 +78,8 @@ class TrainingStep:
 
     def __init__(self, model: CaptioningRNN, data: DeviceData, update_rule: str = "adam",
                  updater_config: dict[str, Any] | None = None, grad_clip: float | None = None,
-                 cuda_graph: bool = True, reduce_gradients: GradientReducer | None = None
-                 ) -> None:
+                 cuda_graph: bool = True, reduce_gradients: GradientReducer | None = None,
+                 share_batch: Callable[[Any], Any] | None = None) -> None:
         self.model, self.data = model, data
         self.update_rule_name = update_rule
         self.update_rule = get_update_rule(update_rule)
@@ -87,6 +87,7 @@ class TrainingStep:
         self.grad_clip = grad_clip
         self.cuda_graph = cuda_graph
         self.reduce_gradients = reduce_gradients
+        self.share_batch = share_batch  # this process's part of each batch (data-parallel)
         self.graph: StepGraph | None = None
         self.recording_off: str | None = None  # why recording failed, once it has
 
@@ -99,6 +100,8 @@ class TrainingStep:
         """The step's device work, op by op, with ``update(slot, name, w, dw)`` for each
         parameter; returns the loss (device)."""
         model = self.model
+        if self.share_batch is not None:
+            batch_idx = self.share_batch(batch_idx)
         captions = self.data.captions[batch_idx]
         features = self.data.features[self.data.image_idxs[batch_idx]]
         loss, grads = model.loss(features, captions)

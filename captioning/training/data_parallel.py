@@ -1,0 +1,108 @@
+"""Data-parallel training over MPI ranks (ChainerMN's scheme): parameters broadcast from
+rank 0 at the start; every rank draws the same global minibatch and computes the loss and
+gradients of its contiguous share; the gradients (and the loss) are summed with one
+Allreduce of one flat buffer per step, each share weighted by its size, so every rank
+holds the gradients of the whole batch and applies the same update.
+
+``mpi4py`` is imported only when a launcher started more than one rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+
+from backend import Backend
+
+# What MPI launchers set: MPICH/Hydra and Intel MPI (PMI_SIZE), Open MPI, PMIx, Slurm.
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+
+
+def launched_ranks() -> int:
+    """How many ranks an MPI launcher started this process among (1 when none did)."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+class MpiDataParallel:
+    """One process's part of an MPI data-parallel run: ``share`` picks this rank's
+    captions of a global batch, ``reduce`` (the step's ``reduce_gradients``) sums the
+    shares' gradients and losses."""
+
+    def __init__(self) -> None:
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise RuntimeError('data-parallel training needs mpi4py and an MPI: pip install '
+                               '-e ".[mpi]" (or run without mpiexec, or --distributed '
+                               'none)') from exc
+        self.mpi = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self._weight = 1.0
+        self._buffer: np.ndarray | None = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, params: dict[str, Any], backend: Backend) -> None:
+        """Every rank takes rank 0's parameters (in place, in the dict's order)."""
+        for name, value in params.items():
+            host = np.ascontiguousarray(backend.to_numpy(value))
+            self.comm.Bcast(host, root=0)
+            params[name] = backend.asarray(host)
+
+    def share(self, batch_idx: Any) -> Any:
+        """This rank's contiguous share of the global batch's caption indices."""
+        n = len(batch_idx)
+        start, stop = self.rank * n // self.size, (self.rank + 1) * n // self.size
+        self._weight = (stop - start) / n  # the model's loss divides by the share's size
+        return batch_idx[start:stop]
+
+    def reducer(self, backend: Backend):
+        """The step's ``reduce_gradients`` for arrays of ``backend``."""
+        return lambda loss, grads: self.reduce(loss, grads, backend)
+
+    def reduce(self, loss: Any, grads: dict[str, Any], backend: Backend) -> Any:
+        """Sum over ranks of weight * (loss, gradients), in place in ``grads``; returns
+        the loss of the whole batch (a 0-d array of the backend)."""
+        sizes = [int(g.size) for g in grads.values()]
+        dtype = next(iter(grads.values())).dtype
+        total = sum(sizes) + 1
+        if self._buffer is None or self._buffer.size != total or self._buffer.dtype != dtype:
+            self._buffer = np.empty(total, dtype=dtype)
+        flat, offset = self._buffer, 0
+        for grad, size in zip(grads.values(), sizes):
+            flat[offset : offset + size] = backend.to_numpy(grad).ravel()
+            offset += size
+        flat[-1] = backend.to_numpy(loss)
+        flat *= dtype.type(self._weight)
+        self.comm.Allreduce(self.mpi.IN_PLACE, flat, op=self.mpi.SUM)
+        offset = 0
+        for name, size in zip(grads, sizes):
+            grads[name][...] = backend.asarray(flat[offset : offset + size]).reshape(
+                grads[name].shape)
+            offset += size
+        return backend.asarray(flat[-1:]).reshape(())
+
+    def check_identical(self, params: dict[str, Any], backend: Backend) -> None:
+        """RuntimeError unless every rank holds bit for bit rank 0's parameters."""
+        digest = hashlib.sha256()
+        for value in params.values():
+            digest.update(np.ascontiguousarray(backend.to_numpy(value)).tobytes())
+        digests = self.comm.allgather(digest.hexdigest())
+        differing = [rank for rank, d in enumerate(digests) if d != digests[0]]
+        if differing:
+            raise RuntimeError(f"ranks {differing} ended with parameters that differ from "
+                               "rank 0's (a data-parallel run must keep them identical)")
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (an error on one rank must not leave others hanging)."""
+        self.comm.Abort(code)

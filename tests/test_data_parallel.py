@@ -1,0 +1,70 @@
+"""Data-parallel training over MPI: ``mpiexec -n 2 captioning train`` ends with the
+parameters of one process on the same global batches, and an error on one rank ends the
+job instead of hanging it. Each launch has a timeout, so a hang fails the test."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI = Path(MPIEXEC).exists()
+except ImportError:
+    HAVE_MPI = False
+pytestmark = pytest.mark.skipif(not HAVE_MPI, reason='no mpi4py/mpiexec here (pip install '
+                                '-e ".[mpi]"; .ci/run does)')
+CAPTIONING = [sys.executable, "-m", "captioning"]
+
+
+def _train_args(data, dtype, epochs):
+    return ["train", "--data", str(data), "--cell", "lstm", "--hidden", "8", "--wordvec", "4",
+            "--batch-size", "4", "--features", "pca", "--dtype", dtype, "--epochs",
+            str(epochs), "--metrics-every", "0", "--no-report", "--samples", "0",
+            "--backend", "numpy", "--patience", "0"]
+
+
+def _params(run):
+    with np.load(run / "checkpoint.npz") as f:
+        return {k: f[k] for k in f.files if k.startswith("param/")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float64", 1e-12), ("float32", 1e-5)])
+def test_two_ranks_train_to_the_parameters_of_one_process(tiny_coco, tmp_path, dtype,
+                                                          tolerance):
+    args = _train_args(tiny_coco, dtype, epochs=7)  # 3 steps an epoch: 21 steps
+    subprocess.run([*CAPTIONING, *args, "--out", str(tmp_path / "one")], check=True,
+                   capture_output=True, timeout=120)
+    two = subprocess.run([MPIEXEC, "-n", "2", *CAPTIONING, *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.startswith("data-parallel over 2 ranks (MPI)\n")
+    assert two.stdout.count("training a lstm") == 1  # rank 0 alone prints
+    one, both = _params(tmp_path / "one"), _params(tmp_path / "two")
+    for name, value in one.items():
+        scale = np.abs(value).max()
+        assert np.abs(both[name] - value).max() <= tolerance * scale, name
+    # (the trainer checks at the end that every rank holds bit for bit rank 0's parameters)
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tiny_coco, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run([*CAPTIONING, *_train_args(tiny_coco, "float64", 1), "--out", str(run)],
+                   check=True, capture_output=True, timeout=120)
+    before = (run / "checkpoint.npz").read_bytes()
+    resume = ["train", "--resume", str(run), "--epochs", "50", "--no-report"]
+    broken = ["train", "--resume", str(tmp_path / "no-such-run"), "--epochs", "50"]
+    start = time.perf_counter()
+    job = subprocess.run([MPIEXEC, "-n", "1", *CAPTIONING, *resume, ":", "-n", "1",
+                          *CAPTIONING, *broken], capture_output=True, text=True, timeout=120)
+    assert job.returncode != 0 and time.perf_counter() - start < 30
+    assert "error: rank 1: FileNotFoundError" in job.stderr
+    assert (run / "checkpoint.npz").read_bytes() == before
