@@ -68,3 +68,24 @@ def test_an_error_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tiny_coco, t
     assert job.returncode != 0 and time.perf_counter() - start < 30
     assert "error: rank 1: FileNotFoundError" in job.stderr
     assert (run / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resume_across_rank_counts_gives_the_same_run(tiny_coco, tmp_path):
+    """The global batch is what a run fixes: two ranks resumed by one process, and one
+    process resumed by two ranks, end where one process alone does."""
+    args = _train_args(tiny_coco, "float64", epochs=1)
+    subprocess.run([*CAPTIONING, *_train_args(tiny_coco, "float64", epochs=3), "--out",
+                    str(tmp_path / "whole")], check=True, capture_output=True, timeout=120)
+    for name, first, then in (("two-then-one", [MPIEXEC, "-n", "2"], []),
+                              ("one-then-two", [], [MPIEXEC, "-n", "2"])):
+        run = tmp_path / name
+        subprocess.run([*first, *CAPTIONING, *args, "--out", str(run)], check=True,
+                       capture_output=True, timeout=120)
+        resumed = subprocess.run([*then, *CAPTIONING, "train", "--resume", str(run),
+                                  "--epochs", "3", "--no-report"], capture_output=True,
+                                 text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        for key, value in _params(tmp_path / "whole").items():
+            np.testing.assert_allclose(_params(run)[key], value, rtol=1e-12, atol=1e-14,
+                                       err_msg=f"{name} {key}")
