@@ -191,7 +191,11 @@ class CaptioningTrainer:
         """Mean loss per caption over the (fixed subset of) validation captions."""
         if self.validation is None:
             raise ValueError("this trainer was built without validate=True")
-        return self.validation.loss(self.model)
+        parallel = self.data_parallel
+        if parallel is None:
+            return self.validation.loss(self.model)
+        return self.validation.loss(self.model, parallel.my_part(len(self.validation)),
+                                    parallel.sum_over_ranks)
 
     # ------------------------------------------------------------------ the loop's hooks
     def log(self, record: dict[str, Any]) -> None:
@@ -211,7 +215,7 @@ class CaptioningTrainer:
                                   "train_loss": float(np.mean(self.losses()[-per_epoch:]))}
         improved, stop = False, None
         if self.validation is not None:
-            val_loss = record["val_loss"] = self.validation.loss(self.model)
+            val_loss = record["val_loss"] = self.validation_loss()
             self.val_history.append(val_loss)
             improved = self.early_stopping.update(val_loss)
             if self.verbose:

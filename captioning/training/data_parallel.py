@@ -61,10 +61,19 @@ class MpiDataParallel:
 
     def share(self, batch_idx: Any) -> Any:
         """This rank's contiguous share of the global batch's caption indices."""
-        n = len(batch_idx)
-        start, stop = self.rank * n // self.size, (self.rank + 1) * n // self.size
-        self._weight = (stop - start) / n  # the model's loss divides by the share's size
-        return batch_idx[start:stop]
+        part = self.my_part(len(batch_idx))
+        self._weight = (part.stop - part.start) / len(batch_idx)  # the loss divides by it
+        return batch_idx[part]
+
+    def my_part(self, count: int) -> slice:
+        """This rank's contiguous part of ``count`` items (validation captions, rows)."""
+        return slice(self.rank * count // self.size, (self.rank + 1) * count // self.size)
+
+    def sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        """The element-wise sum of ``values`` (a host array) over every rank."""
+        total = np.array(values, copy=True)
+        self.comm.Allreduce(self.mpi.IN_PLACE, total, op=self.mpi.SUM)
+        return total
 
     def reducer(self, backend: Backend):
         """The step's ``reduce_gradients`` for arrays of ``backend``."""

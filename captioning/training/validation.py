@@ -4,6 +4,7 @@ validation captions, and early stopping on it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,25 @@ class ValidationSet:
         self.features = data["val_features"][data["val_image_idxs"][keep]]
         self.captions = np.asarray(data["val_captions"])[keep]
 
-    def loss(self, model: CaptioningRNN) -> float:
-        """Mean loss per caption (the model's loss is a sum over captions / batch size)."""
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def loss(self, model: CaptioningRNN, share: slice | None = None,
+             sum_over_ranks: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+        """Mean loss per caption (the model's loss is a sum over captions / batch size).
+        Data-parallel: this rank scores the captions of ``share`` and ``sum_over_ranks``
+        adds up every rank's (total, count)."""
+        first, last, _ = (share or slice(None)).indices(len(self.captions))
         total = 0.0
-        for start in range(0, len(self.captions), BATCH):
-            captions = self.captions[start : start + BATCH]
-            loss = model.loss(self.features[start : start + BATCH], captions, grads=False)
-            total += float(loss) * len(captions)
-        return total / max(len(self.captions), 1)
+        for start in range(first, last, BATCH):
+            stop = min(start + BATCH, last)
+            loss = model.loss(self.features[start:stop], self.captions[start:stop],
+                              grads=False)
+            total += float(loss) * (stop - start)
+        sums = np.array([total, last - first], dtype=np.float64)
+        if sum_over_ranks is not None:
+            sums = sum_over_ranks(sums)
+        return float(sums[0] / max(sums[1], 1))
 
 
 class EarlyStopping:
