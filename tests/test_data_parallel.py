@@ -89,3 +89,29 @@ def test_resume_across_rank_counts_gives_the_same_run(tiny_coco, tmp_path):
         for key, value in _params(tmp_path / "whole").items():
             np.testing.assert_allclose(_params(run)[key], value, rtol=1e-12, atol=1e-14,
                                        err_msg=f"{name} {key}")
+
+
+@pytest.mark.slow
+def test_caption_on_two_ranks_writes_the_file_of_one(tmp_path):
+    from captioning import CaptioningRNN
+    from captioning.checkpoint import save_model
+    from conftest import VOCAB
+
+    model = CaptioningRNN({w: i for i, w in enumerate(VOCAB)}, input_dim=12, wordvec_dim=6,
+                          hidden_dim=10, cell_type="lstm", seed=3)
+    checkpoint = save_model(tmp_path / "model.npz", model)
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).random((23, 12)).astype(np.float32))
+    outputs = {}
+    for name, launcher in (("one", []), ("two", [MPIEXEC, "-n", "2"])):
+        for fmt in ("jsonl", "coco"):
+            out = tmp_path / f"{name}.{fmt}"
+            done = subprocess.run([*launcher, *CAPTIONING, "caption", "--checkpoint",
+                                   str(checkpoint), "--features", str(tmp_path / "f.npy"),
+                                   "--out", str(out), "--chunk", "5", "--beam", "2",
+                                   "--format", fmt, "--backend", "numpy"],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            outputs[name, fmt] = out.read_text()
+    assert outputs["one", "jsonl"] == outputs["two", "jsonl"]
+    assert outputs["one", "coco"] == outputs["two", "coco"]
+    assert len(outputs["one", "jsonl"].splitlines()) == 23

@@ -10,7 +10,14 @@ from pathlib import Path
 from captioning.caption_files import FORMATS, caption_feature_file, default_output
 from captioning.checkpoint import load_model
 from captioning.checks import cli_type, integer
-from captioning.cli.common import HelpFormatter, add_backend, choose_backend, resolve_checkpoint
+from captioning.cli.common import (
+    HelpFormatter,
+    add_backend,
+    choose_backend,
+    on_every_rank,
+    resolve_checkpoint,
+)
+from captioning.training.data_parallel import MpiDataParallel, from_launcher
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,12 +47,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    parallel = from_launcher()
+    return on_every_rank(parallel, lambda: _caption(args, parallel))
+
+
+def _caption(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:
+    if parallel is not None:
+        print(f"captioning over {parallel.size} ranks (MPI)")
     path, _ = resolve_checkpoint(args.checkpoint)
     model = load_model(path, choose_backend(args.backend))
     out = Path(args.out) if args.out else default_output(args.output_format)
     start = time.perf_counter()
     rows = caption_feature_file(model, args.features, out, args.beam, args.max_length,
-                                args.output_format, args.chunk, progress=sys.stderr.isatty())
+                                args.output_format, args.chunk,
+                                progress=sys.stderr.isatty() and parallel is None,
+                                parallel=parallel)
     elapsed = time.perf_counter() - start
     print(f"captioned {rows} rows of {args.features} in {elapsed:.1f} s "
           f"({rows / max(elapsed, 1e-9):.0f} captions/s, beam {args.beam}); wrote {out}")

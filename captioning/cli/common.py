@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ from backend import AUTO, ENV_VAR, Backend, get_backend
 from captioning.data.default import default_data_dir
 from captioning.data.layout import features_file, open_hdf5
 from captioning.data.reader import read_coco_folder
+from captioning.training.data_parallel import MpiDataParallel
 from captioning.training.run_folder import BEST_NAME, CHECKPOINT_NAME, RunFolder
 
 CHECKPOINT_CHOICES = (BEST_NAME, CHECKPOINT_NAME, "model.npz")
@@ -30,6 +35,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="numpy, numba, cupy or auto (default: $CAPTION_BACKEND, "
                    "else auto: the fastest that runs here)")
+
+
+def on_every_rank(parallel: MpiDataParallel | None, work: Callable[[], int]) -> int:
+    """Run ``work`` on this rank: rank 0 (or a lone process) prints, the others are
+    silent; an error on any rank ends the whole MPI job, since the others would wait for
+    it in their next collective call forever."""
+    if parallel is None:
+        return work()
+    try:
+        if parallel.is_root:
+            return work()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return work()
+    except BaseException as exc:
+        print(f"error: rank {parallel.rank}: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        parallel.abort(1)
+        raise
 
 
 def choose_backend(value: str | None, source: str = "--backend") -> Backend:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import time
 from pathlib import Path
@@ -14,14 +12,20 @@ import numpy as np
 
 from captioning.checkpoint import load_model
 from captioning.checks import cli_type, fraction, integer, positive
-from captioning.cli.common import add_backend, add_data, choose_backend, resolve_checkpoint
+from captioning.cli.common import (
+    add_backend,
+    add_data,
+    choose_backend,
+    on_every_rank,
+    resolve_checkpoint,
+)
 from captioning.cli.judge import make_report
 from captioning.data.default import default_data_dir
 from captioning.data.reader import read_coco_folder
 from captioning.evaluation import evaluate, pick_samples
 from captioning.model import CaptioningRNN
 from captioning.trainer import CaptioningTrainer
-from captioning.training.data_parallel import MpiDataParallel, launched_ranks
+from captioning.training.data_parallel import MpiDataParallel, from_launcher
 from captioning.training.run_folder import CHECKPOINT_NAME, RunFolder
 from captioning.training.schedule import Every
 
@@ -147,30 +151,16 @@ def _settings(args: argparse.Namespace, make_folder: bool = True
 
 
 def run(args: argparse.Namespace) -> int:
-    parallel = _data_parallel(getattr(args, "distributed", "auto"))
-    if parallel is None:
-        return _run_owner(args, None)
-    try:
-        if parallel.is_root:
-            return _run_owner(args, parallel)
-        with contextlib.redirect_stdout(io.StringIO()):  # rank 0 alone prints
-            _, s, resuming = _settings(args, make_folder=False)
-            return _train(None, s, resuming, parallel,
-                          resume_from=Path(args.resume) if resuming else None)
-    except BaseException as exc:  # end every rank: one that waits in an Allreduce hangs
-        print(f"error: rank {parallel.rank}: {type(exc).__name__}: {exc}", file=sys.stderr,
-              flush=True)
-        parallel.abort(1)
-        raise
+    parallel = from_launcher(getattr(args, "distributed", "auto"))
+    if parallel is None or parallel.is_root:
+        return on_every_rank(parallel, lambda: _run_owner(args, parallel))
 
+    def worker() -> int:  # trains in step with rank 0 and writes nothing
+        _, s, resuming = _settings(args, make_folder=False)
+        return _train(None, s, resuming, parallel,
+                      resume_from=Path(args.resume) if resuming else None)
 
-def _data_parallel(mode: str) -> MpiDataParallel | None:
-    """An MPI data-parallel context when a launcher started several ranks (mode 'auto')
-    or 'mpi' asks for one; None for one process."""
-    if mode == "none" or (mode == "auto" and launched_ranks() < 2):
-        return None
-    parallel = MpiDataParallel()
-    return parallel if parallel.size > 1 or mode == "mpi" else None
+    return on_every_rank(parallel, worker)
 
 
 def _run_owner(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:

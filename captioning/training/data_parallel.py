@@ -30,6 +30,15 @@ def launched_ranks() -> int:
     return 1
 
 
+def from_launcher(mode: str = "auto") -> MpiDataParallel | None:
+    """An MPI context when a launcher started several ranks (mode 'auto') or 'mpi' asks
+    for one; None for one process ('none', or a single rank)."""
+    if mode == "none" or (mode == "auto" and launched_ranks() < 2):
+        return None
+    parallel = MpiDataParallel()
+    return parallel if parallel.size > 1 or mode == "mpi" else None
+
+
 class MpiDataParallel:
     """One process's part of an MPI data-parallel run: ``share`` picks this rank's
     captions of a global batch, ``reduce`` (the step's ``reduce_gradients``) sums the
@@ -68,6 +77,10 @@ class MpiDataParallel:
     def my_part(self, count: int) -> slice:
         """This rank's contiguous part of ``count`` items (validation captions, rows)."""
         return slice(self.rank * count // self.size, (self.rank + 1) * count // self.size)
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value``, in rank order, on rank 0 (None elsewhere)."""
+        return self.comm.gather(value, root=0)
 
     def sum_over_ranks(self, values: np.ndarray) -> np.ndarray:
         """The element-wise sum of ``values`` (a host array) over every rank."""
