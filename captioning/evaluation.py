@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from captioning.data.reader import check_split
 from captioning.data.vocab import decode_captions
 from captioning.decoding import beam_decode, greedy_decode, sample_decode
 from captioning.metrics import caption_metrics, strip_special
@@ -15,7 +16,9 @@ from captioning.report import Sample
 
 
 def references_by_image(data: dict[str, Any], split: str) -> list[list[str]]:
-    """For each image of ``split``, the text of all its captions (special tokens gone)."""
+    """For each image of ``split``, the text of all its captions (special tokens gone);
+    ValueError if the data has no such split."""
+    check_split(data, split)
     refs: list[list[str]] = [[] for _ in range(len(data[f"{split}_features"]))]
     texts = decode_captions(data[f"{split}_captions"], data["idx_to_word"])
     for text, image in zip(texts, data[f"{split}_image_idxs"]):

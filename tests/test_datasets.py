@@ -157,17 +157,28 @@ def test_build_from_a_karpathy_file_with_npy_features(tmp_path):
 
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [
         image(1, "train", "a cat", "the cat"), image(2, "restval", "a dog"),
-        image(3, "val", "a cat sat"), image(4, "test", "ignored"),
+        image(3, "val", "a cat sat"), image(4, "test", "a dog sat"),
     ]}))
     np.save(tmp_path / "feats.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
     (tmp_path / "feats_ids.txt").write_text("4\n3\n2\n1\n")
     report = build_dataset(tmp_path / "out", [tmp_path / "feats.npy"],
                            karpathy=tmp_path / "dataset_coco.json", pca_dim=2)
-    assert report.images == {"train": 2, "val": 1} and report.skipped["test images"] == 1
+    assert report.images == {"train": 2, "val": 1, "test": 1}  # the field's test split
     data = load_coco_data(tmp_path / "out", pca_features=False)
     np.testing.assert_array_equal(data["train_features"], [[9, 10, 11], [6, 7, 8]])
     np.testing.assert_array_equal(data["train_image_idxs"], [0, 0, 1])
     assert data["val_urls"][0] == "http://images.cocodataset.org/val2014/3.jpg"
+    np.testing.assert_array_equal(data["test_features"], [[0, 1, 2]])
+    assert decode_captions(data["test_captions"], data["idx_to_word"]) == [
+        "<START> a dog <UNK> <END>"]  # 'sat' is a validation word, not a training one
+    assert load_coco_data(tmp_path / "out")["test_features"].shape == (1, 2)  # its PCA
+    model = CaptioningRNN(data["word_to_idx"], input_dim=3, wordvec_dim=4, hidden_dim=5,
+                          cell_type="lstm", seed=0)
+    scores = evaluate(model, data, "test", beams=(1,), meteor=False)["greedy"]
+    assert scores["images"] == 1.0 and 0 <= scores["BLEU-1"] <= 1
+    data.pop("test_captions")
+    with pytest.raises(ValueError, match="no 'test' split in this data"):
+        evaluate(model, data, "test", beams=(1,), meteor=False)
 
 
 def test_build_refuses_what_it_cannot_use(tmp_path):

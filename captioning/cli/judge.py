@@ -43,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "search, score the captions against all references of each image "
                        "with pycocoevalcap, print a table and write it as JSON.")
     _add_model_source(p)
-    p.add_argument("--split", choices=["train", "val"], default="val")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val",
+                   help="test: where data build --karpathy wrote one")
     p.add_argument("--beam", type=count, default=3, help="beam size of the second row (1: "
                    "greedy only)")
     p.add_argument("--max-images", type=count, help="score only the first N images")
@@ -60,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Caption random images of a split and print each "
                        "caption with the image's references.")
     _add_model_source(p)
-    p.add_argument("--split", choices=["train", "val"], default="val")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val")
     p.add_argument("--n", type=count, default=8, help="images to caption")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--beam", type=count, default=1, help="beam size (1: greedy)")

@@ -24,7 +24,7 @@ from captioning.data.features import FeatureFile
 from captioning.data.vocab import EncodeStats, build_vocab, encode_captions, tokenize
 from captioning.data.writer import SplitData, write_coco_folder
 
-KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val"}  # 'test' is left out
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 COCO_IMAGE_ROOT = "http://images.cocodataset.org"
 
 
@@ -96,9 +96,10 @@ def read_coco_captions(path: str | os.PathLike, skipped: Counter) -> list[Image]
 
 
 def read_karpathy(path: str | os.PathLike, skipped: Counter) -> dict[str, list[Image]]:
-    """train (train + restval) and val from a Karpathy ``dataset_coco.json``."""
+    """train (train + restval), val and test from a Karpathy ``dataset_coco.json`` (test
+    left out when the file has none)."""
     path = Path(path)
-    splits: dict[str, list[Image]] = {"train": [], "val": []}
+    splits: dict[str, list[Image]] = {"train": [], "val": [], "test": []}
     for entry in _load_json(path)["images"]:
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: an entry of 'images' is {entry!r:.100}; expected an "
@@ -128,6 +129,8 @@ def read_karpathy(path: str | os.PathLike, skipped: Counter) -> dict[str, list[I
                 text = _text(path, sentence.get("raw", ""), f"the raw text of {what}")
             _add_caption(image, tokenize(text), skipped)
         splits[split].append(image)
+    if not splits["test"]:
+        del splits["test"]
     return splits
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # every folder has these
+OPTIONAL_SPLITS = ("test",)  # the Karpathy test split, where data build wrote one
 CAPTIONS_FILE = "coco2014_captions.h5"
 VOCAB_FILE = "coco2014_vocab.json"
 SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")  # indices 0..3 in files we write

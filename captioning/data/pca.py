@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from captioning.atomic import atomic_path
-from captioning.data.layout import SPLITS, features_file, open_hdf5
+from captioning.data.layout import OPTIONAL_SPLITS, SPLITS, features_file, open_hdf5
 
 CHUNK_ROWS = 4096
 
@@ -105,6 +105,8 @@ def pca_folder(folder: str | os.PathLike, dim: int = 512, chunk_rows: int = CHUN
     ``_pca.h5`` file of both splits."""
     folder = Path(folder)
     sources = {s: folder / features_file(s, pca=False) for s in SPLITS}
+    sources.update({s: folder / features_file(s, pca=False) for s in OPTIONAL_SPLITS
+                    if (folder / features_file(s, pca=False)).is_file()})
     for path in sources.values():
         if not path.is_file():
             raise FileNotFoundError(f"missing {path} (PCA reads the full features of "

@@ -13,6 +13,7 @@ import numpy as np
 
 from captioning.data.layout import (
     CAPTIONS_FILE,
+    OPTIONAL_SPLITS,
     SPLITS,
     VOCAB_FILE,
     check_word_indices,
@@ -30,7 +31,8 @@ def read_coco_folder(base_dir: str | os.PathLike, max_train: int | None = None,
 
     Returns train_captions / val_captions (M, 17) int32, train_image_idxs / val_image_idxs
     (M,) int32, train_features / val_features (images, 512 or 4096) float32,
-    idx_to_word (list), word_to_idx (dict), train_urls / val_urls (str arrays).
+    idx_to_word (list), word_to_idx (dict), train_urls / val_urls (str arrays), and the
+    same test_* keys where the folder holds a test split.
     ``max_train`` keeps a random subset (NumPy's global generator) of the training
     captions with their image indices; features stay whole.
     Raises FileNotFoundError or ValueError naming the file, key and what was expected.
@@ -42,7 +44,8 @@ def read_coco_folder(base_dir: str | os.PathLike, max_train: int | None = None,
     data: dict[str, Any] = {}
     captions_path = _require(base / CAPTIONS_FILE)
     with open_hdf5(captions_path) as f:
-        for split in SPLITS:
+        present = [*SPLITS, *(s for s in OPTIONAL_SPLITS if f"{s}_captions" in f)]
+        for split in present:
             captions = _read(f, captions_path, f"{split}_captions", ndim=2, kind="iu")
             idxs = _read(f, captions_path, f"{split}_image_idxs", ndim=1, kind="iu")
             if len(idxs) != len(captions):
@@ -58,7 +61,7 @@ def read_coco_folder(base_dir: str | os.PathLike, max_train: int | None = None,
     data["idx_to_word"], data["word_to_idx"] = read_vocab(vocab_path)
     vocab_size = len(data["idx_to_word"])
 
-    for split in SPLITS:
+    for split in present:
         path = _require(base / features_file(split, pca_features))
         data[f"{split}_features"] = read_features(path)
         num_images = len(data[f"{split}_features"])
@@ -145,6 +148,14 @@ def _require(path: Path) -> Path:
     return path
 
 
+def check_split(data: dict[str, Any], split: str) -> None:
+    """ValueError unless ``data`` (from ``read_coco_folder``) holds ``split``."""
+    held = [s for s in (*SPLITS, *OPTIONAL_SPLITS) if f"{s}_captions" in data]
+    if split not in held:
+        raise ValueError(f"no {split!r} split in this data (it holds {held}; `captioning "
+                         "data build --karpathy` writes the test split)")
+
+
 def _read(f: h5py.File, path: Path, key: str, ndim: int, kind: str) -> np.ndarray:
     if key not in f:
         raise ValueError(f"{path}: missing HDF5 key {key!r} (found {sorted(f.keys())})")
@@ -158,8 +169,7 @@ def _read(f: h5py.File, path: Path, key: str, ndim: int, kind: str) -> np.ndarra
 def sample_coco_minibatch(data: dict[str, Any], batch_size: int = 100,
                           split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random batch (drawn with replacement) -> (captions, image features, urls)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    check_split(data, split)
     mask = np.random.choice(len(data[f"{split}_captions"]), batch_size)
     captions = data[f"{split}_captions"][mask]
     image_idxs = data[f"{split}_image_idxs"][mask]

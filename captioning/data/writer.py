@@ -15,7 +15,14 @@ import h5py
 import numpy as np
 
 from captioning.atomic import atomic_path
-from captioning.data.layout import CAPTIONS_FILE, SPLITS, VOCAB_FILE, features_file, urls_file
+from captioning.data.layout import (
+    CAPTIONS_FILE,
+    OPTIONAL_SPLITS,
+    SPLITS,
+    VOCAB_FILE,
+    features_file,
+    urls_file,
+)
 from captioning.data.pca import PCA, fit_pca, write_projected
 
 
@@ -37,8 +44,9 @@ def write_coco_folder(out: str | os.PathLike, idx_to_word: list[str],
     the training split. Returns that PCA."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if sorted(splits) != sorted(SPLITS):
-        raise ValueError(f"expected the splits {SPLITS}, got {sorted(splits)}")
+    if not set(SPLITS) <= set(splits) <= {*SPLITS, *OPTIONAL_SPLITS}:
+        raise ValueError(f"expected the splits {SPLITS} (and optionally {OPTIONAL_SPLITS}), "
+                         f"got {sorted(splits)}")
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
     with atomic_path(out / VOCAB_FILE) as tmp:
         tmp.write_text(json.dumps({"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}),
