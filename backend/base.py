@@ -406,11 +406,14 @@ class Backend:
 
     compact_masked_positions = True  # vocab_loss skips rows whose target is masked out
 
-    def vocab_loss(self, h, W_vocab, b_vocab, y, mask):
+    def vocab_loss(self, h, W_vocab, b_vocab, y, mask, caption_weights=None):
         """Scores over the vocabulary, the temporal softmax loss, and their gradients.
 
         h (N, T, H), W_vocab (H, V), b_vocab (V,), y int (N, T), mask bool (N, T) ->
-        (loss, dh (N, T, H), dW_vocab, db_vocab). Positions whose target is masked out add
+        (loss, dh (N, T, H), dW_vocab, db_vocab). ``caption_weights`` (N,), when given,
+        multiplies each caption's terms of the loss and of every gradient (any sign: a
+        policy gradient's advantages), through the same fused kernel as the plain loss.
+        Positions whose target is masked out add
         nothing to the loss or any gradient, so, where ``compact_masked_positions`` holds,
         their scores are never computed: the three (N*T x H x V) products shrink by the
         share of padding. (A device backend may prefer dense work over the host sync that
@@ -421,10 +424,14 @@ class Backend:
         if self.compact_masked_positions:
             kept = xp.nonzero(mask)  # (n, t) of every scored position
             h_kept, y_kept = h[kept], y[kept]
-            weight = xp.ones(len(y_kept), dtype=h.dtype)
+            weight = (xp.ones(len(y_kept), dtype=h.dtype) if caption_weights is None
+                      else caption_weights.astype(h.dtype)[kept[0]])
         else:
             h_kept, y_kept = h.reshape(N * T, H), y.reshape(N * T)
-            weight = mask.reshape(N * T).astype(h.dtype)
+            weight = mask.astype(h.dtype)
+            if caption_weights is not None:
+                weight = weight * caption_weights.astype(h.dtype)[:, None]
+            weight = weight.reshape(N * T)
         scores = self.matmul(h_kept, W_vocab)
         scores += b_vocab
         loss, dscores = self.cross_entropy(scores, y_kept, weight, N, overwrite=True)

@@ -75,11 +75,12 @@ class CaptioningRNN:
         }
 
     # ------------------------------------------------------------------ training loss
-    def loss(self, features, captions, *, grads: bool = True):
+    def loss(self, features, captions, *, grads: bool = True, caption_weights=None):
         """features (N, D), captions int (N, T+1) -> (loss, grads keyed like params).
 
         With ``grads=False`` only the loss is returned and no backward pass is run
-        (validation).
+        (validation). ``caption_weights`` (N,) multiplies each caption's part of the loss
+        and the gradients (any sign; self-critical training's advantages).
 
         The input words are captions[:, :-1], the targets captions[:, 1:]; targets equal
         to <NULL> are masked out. Results come back where the features came from: host
@@ -90,6 +91,11 @@ class CaptioningRNN:
         host = isinstance(features, np.ndarray) and be.xp is not np
         p = {k: be.asarray(v) for k, v in self.params.items()}
         features, captions = self._check_inputs(be.asarray(features), be.asarray(captions))
+        if caption_weights is not None:
+            caption_weights = be.asarray(caption_weights, dtype=self.dtype)
+            if caption_weights.shape != (captions.shape[0],):
+                raise ValueError(f"caption_weights have shape {caption_weights.shape}; "
+                                 f"expected ({captions.shape[0]},), one per caption")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         mask = captions_out != self._null
 
@@ -98,11 +104,12 @@ class CaptioningRNN:
         forward, backward = self._recurrence()
         h, rec_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
         if not grads:
-            loss = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], captions_out, mask)[0]
+            loss = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], captions_out, mask,
+                                 caption_weights)[0]
             return be.to_numpy(loss)[()] if host else loss
         grads = {}
         loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
-            h, p["W_vocab"], p["b_vocab"], captions_out, mask)
+            h, p["W_vocab"], p["b_vocab"], captions_out, mask, caption_weights)
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rec_cache)
         grads["W_embed"] = be.word_embedding_backward(dx, embed_cache)
         grads["W_proj"] = be.matmul(features.T, dh0)  # the features need no gradient

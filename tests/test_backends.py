@@ -433,3 +433,23 @@ def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend,
                       "epsilon": 1e-6}
             backend.adam_update_device(*dev, backend.asarray(adam_table([config], dtype))[0])
         _close(backend, [dev[0], dev[2], dev[3]], want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_caption_weights_agree_on_the_dense_and_the_compact_path(backend, dtype):
+    """vocab_loss skips masked positions on the CPU and scores them densely on a GPU; the
+    per-caption weights must weigh the same terms either way."""
+    from kernels.numpy_backend import NumpyBackend
+
+    class Dense(NumpyBackend):
+        compact_masked_positions = False
+
+    rng = np.random.default_rng(11)
+    N, T, H, V = 5, 4, 6, 9
+    h, W, b = (rng.standard_normal(s).astype(dtype) for s in ((N, T, H), (H, V), (V,)))
+    y, mask = rng.integers(0, V, (N, T)), rng.random((N, T)) > 0.3
+    weights = rng.standard_normal(N).astype(dtype)
+    want = Dense().vocab_loss(h, W, b, y, mask, weights)
+    got = backend.vocab_loss(*(backend.asarray(a) for a in (h, W, b, y, mask)),
+                             backend.asarray(weights))
+    _close(backend, got, [np.float64(want[0]), *want[1:]], dtype)

@@ -173,3 +173,27 @@ def test_captioning_lstm_gradients(backend):
         assert np.abs(numeric - grads[name]).max() < 2e-9, name
         if np.abs(grads[name]).min() > 1e-4:
             assert rel_error(numeric, grads[name]) < 1e-5, name
+
+
+def test_caption_weights_scale_each_captions_part(backend):
+    """Per-caption weights (any sign) through the fused loss: the numerical gradient of
+    the weighted loss, K times the plain loss for weights K, and a weight of 0 dropping a
+    caption (the loss still divides by the whole batch's N)."""
+    model, features, captions = _book_model("lstm")
+    weights = np.array([0.7, -1.3])
+    loss, grads = model.loss(features, captions, caption_weights=weights)
+    for name in sorted(model.params):
+        numeric = eval_numerical_gradient(
+            lambda _: model.loss(features, captions, caption_weights=weights)[0],
+            model.params[name], verbose=False, h=1e-6)
+        assert np.abs(numeric - grads[name]).max() < 2e-9, name
+    plain, plain_grads = model.loss(features, captions)
+    tripled, tripled_grads = model.loss(features, captions, caption_weights=np.full(2, 3.0))
+    assert float(tripled) == pytest.approx(3 * float(plain), rel=1e-12)
+    for name, g in plain_grads.items():
+        np.testing.assert_allclose(tripled_grads[name], 3 * g, rtol=1e-10, atol=1e-15)
+    first_only = model.loss(features, captions, caption_weights=np.array([1.0, 0.0]))[0]
+    alone = model.loss(features[:1], captions[:1])[0]
+    assert float(first_only) == pytest.approx(float(alone) / 2, rel=1e-12)
+    with pytest.raises(ValueError, match=r"caption_weights have shape \(3,\); expected \(2,\)"):
+        model.loss(features, captions, caption_weights=np.ones(3))
