@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.workload import Sizes, synthetic_data
+from captioning import CaptioningRNN, CaptioningTrainer
+from captioning.training.data_parallel import MpiDataParallel, launched_ranks
 
 
 def worker(backend: str, steps: int, warmup: int) -> None:
-    from captioning import CaptioningRNN, CaptioningTrainer
-    from captioning.training.data_parallel import MpiDataParallel, launched_ranks
-
     sizes = Sizes()
     data = synthetic_data(sizes)
     parallel = MpiDataParallel() if launched_ranks() > 1 else None

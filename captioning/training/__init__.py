@@ -4,6 +4,7 @@ them together. Imports point down this list:
     loop          epochs, each epoch's minibatches, progress bar and loss lines, Ctrl-C
     step          one update: loss and gradients -> reduce_gradients -> clip -> update,
                   recorded as a CUDA graph where the backend can
+    data_parallel MPI ranks: each step's share, one flat Allreduce, broadcast at start
     validation    the validation loss on a fixed subset, early stopping
     run_folder    checkpoints, best model, log, settings, and the checks before writing
     schedule      when to checkpoint ('500' iterations, '2e' epochs)

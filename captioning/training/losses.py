@@ -41,7 +41,3 @@ class LossLog:
             if not math.isfinite(value):
                 return k, value
         return None
-
-    def discard_pending(self) -> None:
-        """Drop the losses not yet copied (a benchmark that times the steps alone)."""
-        self._pending.clear()
