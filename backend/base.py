@@ -45,11 +45,23 @@ class RecordingFailed(RuntimeError):
     nothing of the call that raised it has run."""
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")  # how float32 matrix products are multiplied
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISIONS)}")
+    return precision
+
+
 class Backend:
     """Reference implementation of the backend contract over ``xp`` (numpy or cupy)."""
 
     name: str = "base"
     xp: Any = np
+    precision: str = "fp32"  # of float32 matrix products; see with_precision
 
     # ------------------------------------------------------------------ transfer
     def asarray(self, a: Any, dtype: Any = None) -> Any:
@@ -81,6 +93,17 @@ class Backend:
     can_record = False
 
     # ------------------------------------------------------------------ products
+    def with_precision(self, precision: str) -> Backend:
+        """This backend with its float32 matrix products multiplied in ``precision``:
+        "fp32" (full float32), "tf32" or "bf16" (tensor cores, float32 accumulation and
+        results; everything else stays float32). Only a GPU backend has the last two;
+        this one raises ValueError for them."""
+        if check_precision(precision) == "fp32":
+            return self
+        raise ValueError(f"precision {precision!r} needs the cupy backend (tensor-core "
+                         f"products on an NVIDIA GPU); backend {self.name!r} multiplies in "
+                         f"full float32 or float64: use precision fp32")
+
     def matmul(self, a, b, out=None):
         """a (M, K) @ b (K, N) -> (M, N), written into ``out`` when given.
 

@@ -10,9 +10,10 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from backend.base import Backend, BackendUnavailable
+from backend.base import PRECISIONS, Backend, BackendUnavailable
 
 ENV_VAR = "CAPTION_BACKEND"
+PRECISION_ENV_VAR = "CAPTION_PRECISION"
 DEFAULT = "numpy"  # of the Python API: the exact reference, unless asked otherwise
 AUTO = "auto"  # the fastest backend that runs here (the command line's default)
 _FASTEST_FIRST = ("cupy", "numba", "numpy")
@@ -90,6 +91,19 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         raise ValueError(f"unknown backend {chosen!r}{source}; expected one of: "
                          f"{', '.join([*_REGISTRY, AUTO])}")
     return _load(key)
+
+
+def choose_precision(precision: str | None = None) -> str:
+    """``precision`` (fp32, tf32 or bf16), else ``$CAPTION_PRECISION``, else fp32.
+    Raises ValueError naming the choices for anything else."""
+    chosen = precision if precision is not None else (os.environ.get(PRECISION_ENV_VAR)
+                                                      or "fp32")
+    key = chosen.strip().lower()
+    if key not in PRECISIONS:
+        source = "" if precision is not None else f" (from ${PRECISION_ENV_VAR})"
+        raise ValueError(f"unknown precision {chosen!r}{source}; expected one of: "
+                         f"{', '.join(PRECISIONS)}")
+    return key
 
 
 def fastest_available() -> str:

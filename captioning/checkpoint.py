@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from backend import Backend
+from backend import Backend, get_backend
 from captioning.atomic import atomic_path
-from captioning.model import CaptioningRNN
+from captioning.model import CaptioningRNN, model_precision
 
 FORMAT = "captioning-checkpoint-1"
 _MODEL_KEYS = ("config", "vocab_words", "vocab_indices", "state")
@@ -52,10 +52,13 @@ def save_model(path: str | os.PathLike, model: CaptioningRNN) -> Path:
     return save_checkpoint(path, model)
 
 
-def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = None
+def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = None,
+                    precision: str | None = None
                     ) -> tuple[CaptioningRNN, dict[str, Any] | None, dict[str, np.ndarray]]:
-    """(model on ``backend``, trainer state or None, the other arrays). Raises
-    ValueError naming the file and what is wrong if it is not a complete checkpoint."""
+    """(model on ``backend`` multiplying in ``precision``, trainer state or None, the
+    other arrays). Raises ValueError naming the file and what is wrong if it is not a
+    complete checkpoint. Checkpoints hold float32 or float64 parameters whatever
+    precision trained them, so any loads on any backend."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -84,11 +87,16 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
         raise ValueError(f"{path}: the vocabulary is not {len(words)} distinct words with "
                          "the indices 0..V-1 each once")
     try:
+        precision = model_precision(precision, config.get("dtype"))
+        backend = get_backend(backend).with_precision(precision)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    try:
         model = CaptioningRNN(
             {str(w): int(i) for w, i in zip(words, indices)}, input_dim=config["input_dim"],
             wordvec_dim=config["wordvec_dim"], hidden_dim=config["hidden_dim"],
             cell_type=config["cell_type"], dtype=np.dtype(config["dtype"]), backend=backend,
-            seed=0,
+            seed=0, precision=precision,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: its model configuration {config} is not one training "
@@ -111,6 +119,7 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
     return model, state, extra
 
 
-def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> CaptioningRNN:
-    """Rebuild the model saved at ``path`` on ``backend``."""
-    return load_checkpoint(path, backend)[0]
+def load_model(path: str | os.PathLike, backend: str | Backend | None = None,
+               precision: str | None = None) -> CaptioningRNN:
+    """Rebuild the model saved at ``path`` on ``backend``, multiplying in ``precision``."""
+    return load_checkpoint(path, backend, precision)[0]

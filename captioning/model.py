@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from backend import Backend, get_backend
+from backend import Backend, choose_precision, get_backend
 from captioning.data.layout import check_word_indices
 from captioning.decoding import greedy_decode
 
@@ -26,6 +26,12 @@ class CaptioningRNN:
     Parameters are initialised on the host (``seed`` picks a private generator; without
     it NumPy's global one is used, as in the exercise) and then moved to the backend, so
     one seed gives one model on every backend.
+
+    ``precision`` (fp32, tf32 or bf16; default ``$CAPTION_PRECISION``, else fp32) is how
+    the matrix products of a float32 model multiply: tf32 and bf16 use the GPU's tensor
+    cores (cupy backend only) with float32 accumulation, while the parameters, the cell
+    state, the softmax, the loss and the update stay float32. It is not part of the
+    model's ``config``: a checkpoint loads anywhere.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class CaptioningRNN:
         *,
         backend: str | Backend | None = None,
         seed: int | None = None,
+        precision: str | None = None,
     ) -> None:
         if cell_type not in CELL_WIDTH:
             raise ValueError(f"invalid cell_type {cell_type!r}; expected 'rnn' or 'lstm'")
@@ -57,7 +64,8 @@ class CaptioningRNN:
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
         self.vocab_size = len(word_to_idx)  # as in the exercise, whatever the indices
         self._null = word_to_idx["<NULL>"]
-        self.backend = get_backend(backend)
+        self.precision = model_precision(precision, self.dtype)
+        self.backend = get_backend(backend).with_precision(self.precision)
         self.params = {
             name: self.backend.asarray(value)
             for name, value in init_params(
@@ -156,6 +164,17 @@ class CaptioningRNN:
         if isinstance(captions, np.ndarray):  # device captions were checked once, on loading
             check_word_indices(captions, self.vocab_size, "captions")
         return features, captions
+
+
+def model_precision(precision: str | None, dtype: Any) -> str:
+    """The precision a model of ``dtype`` multiplies in: ``precision``, else
+    ``$CAPTION_PRECISION``, else fp32. ValueError for an unknown one, and for tf32 or
+    bf16 with a dtype other than float32."""
+    chosen = choose_precision(precision)
+    if chosen != "fp32" and np.dtype(dtype) != np.float32:
+        raise ValueError(f"precision {chosen!r} is for float32 models; this one is "
+                         f"{np.dtype(dtype)} (use precision fp32)")
+    return chosen
 
 
 def init_params(input_dim: int, wordvec_dim: int, hidden_dim: int, vocab_size: int,

@@ -9,6 +9,12 @@ less than ``cupy.matmul``'s checks and dispatch, which paces small batches.
 
 One handle per device, created on first use. With ``CUPY_TF32=1`` the handle allows
 TF32 tensor-core maths, as ``cupy.matmul`` does under that variable.
+
+Reduced precision (``precision`` "tf32" or "bf16", float32 operands only) calls
+``cublasGemmEx`` with the compute type ``CUBLAS_COMPUTE_32F_FAST_TF32`` or
+``CUBLAS_COMPUTE_32F_FAST_16BF``: the operands stay float32 in memory, cuBLAS rounds
+them to TF32 or bfloat16 for the tensor cores and accumulates in float32, and the
+result is float32 (cuBLAS docs, "cublasGemmEx", "cublasComputeType_t").
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ import cupy as cp
 _OP_N, _OP_T = 0, 1
 _GEMM = {"f": "cublasSgemm_v2", "d": "cublasDgemm_v2"}
 _TF32_TENSOR_OP_MATH = 3
+_CUDA_R_32F = 0  # cudaDataType_t
+_GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS's heuristics pick the kernel
+# precision -> cublasComputeType_t for float32 operands (None: plain cublasSgemm)
+COMPUTE_TYPES = {"fp32": None, "tf32": 77, "bf16": 75}
 _WORKSPACE_BYTES = 32 << 20  # cuBLAS's recommendation for Hopper
 
 
@@ -59,6 +69,8 @@ _SIGNATURES = {  # name -> argument types; every function returns a status (int)
                        _PTR, _PTR, _INT],
 }
 _SIGNATURES["cublasDgemm_v2"] = _SIGNATURES["cublasSgemm_v2"]
+_SIGNATURES["cublasGemmEx"] = [_PTR, _INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _INT, _INT,
+                               _PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]
 _FUNCTIONS: dict[str, object] = {}  # filled on first use by _functions()
 
 
@@ -116,14 +128,23 @@ def _layout(x) -> tuple[int, int] | None:
     return None
 
 
-def gemm(a, b, out) -> bool:
+def gemm(a, b, out, precision: str = "fp32") -> bool:
     """out (M, N) = a (M, K) @ b (K, N) by one cuBLAS call on the current stream; False
     (nothing done) when the operands do not suit one: a dtype other than float32 or
-    float64, mixed dtypes, or no unit-stride axis.
+    float64, mixed dtypes, or no unit-stride axis. ``precision`` "tf32" or "bf16"
+    (float32 operands only) multiplies on the tensor cores in that format with float32
+    accumulation; "fp32" is full float32 (or whatever ``CUPY_TF32`` set).
 
     Row-major C = A B is column-major C^T = B^T A^T, so cuBLAS gets b first.
     """
+    if precision not in COMPUTE_TYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(COMPUTE_TYPES)}")
     char = a.dtype.char
+    compute_type = COMPUTE_TYPES[precision]
+    if compute_type is not None and char != "f":
+        raise ValueError(f"precision {precision!r} multiplies float32 operands; "
+                         f"got {a.dtype}")
     if (char not in _GEMM or b.dtype.char != char or out.dtype.char != char
             or a.ndim != 2 or b.ndim != 2 or out.ndim != 2):
         return False
@@ -142,6 +163,11 @@ def gemm(a, b, out) -> bool:
     handle, f = _handle(), _FUNCTIONS
     _check(f["cublasSetStream_v2"](handle, cp.cuda.get_current_stream().ptr), "SetStream")
     one, zero = _ONE_ZERO_REF[char]
+    if compute_type is not None:
+        _check(f["cublasGemmEx"](handle, lb[0], la[0], n, m, k, one, b.data.ptr, _CUDA_R_32F,
+                                 lb[1], a.data.ptr, _CUDA_R_32F, la[1], zero, out.data.ptr,
+                                 _CUDA_R_32F, lc[1], compute_type, _GEMM_DEFAULT), "GemmEx")
+        return True
     _check(f[_GEMM[char]](handle, lb[0], la[0], n, m, k, one, b.data.ptr, lb[1], a.data.ptr,
                        la[1], zero, out.data.ptr, lc[1]), "gemm")
     return True

@@ -8,7 +8,8 @@ gradient) so that a time step costs one matrix product and one kernel each way, 
 for decoding's whole cell update (gather, word lookup, gates); one
 for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
 the softmax cross-entropy and its gradient (one block per row, in place), and Adam
-(one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py).
+(one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py),
+in full float32 or, on a ``with_precision`` twin, on TF32 or bfloat16 tensor cores.
 The vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
 the host; kernels compile once per dtype and are cached by CuPy. The raw kernels index
@@ -19,10 +20,12 @@ whole training step from a CUDA graph (kernels/cuda_graph.py).
 
 from __future__ import annotations
 
+import copy
+
 import cupy as cp
 import numpy as np
 
-from backend.base import Backend, BackendUnavailable
+from backend.base import Backend, BackendUnavailable, check_precision
 from kernels.cublas import gemm
 from kernels.cuda_graph import GraphRecording
 
@@ -244,13 +247,25 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         cp.cuda.get_current_stream().synchronize()
 
+    def with_precision(self, precision: str) -> CupyBackend:
+        """A twin of this backend whose float32 products use TF32 or bfloat16 tensor
+        cores (kernels/cublas.py); one twin per precision, made once."""
+        if check_precision(precision) == self.precision:
+            return self
+        twins = self.__dict__.setdefault("_twins", {self.precision: self})
+        if precision not in twins:
+            twin = copy.copy(self)
+            twin.precision = precision
+            twins[precision] = twin
+        return twins[precision]
+
     def matmul(self, a, b, out=None):
         """By one direct cuBLAS call where the operands suit one (every product of
-        training does: 2-D, one unit-stride axis; see kernels/cublas.py), else
-        cupy.matmul."""
+        training does: 2-D, one unit-stride axis; see kernels/cublas.py) in this
+        backend's precision, else cupy.matmul (full precision)."""
         if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype:
             target = cp.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
-            if gemm(a, b, target):
+            if gemm(a, b, target, self.precision if a.dtype == np.float32 else "fp32"):
                 return target
         return super().matmul(a, b, out)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from backend import PRECISION_ENV_VAR, PRECISIONS, choose_precision
 from captioning.checkpoint import load_model
 from captioning.checks import cli_type, fraction, integer, positive
 from captioning.cli.common import (
@@ -23,7 +24,7 @@ from captioning.cli.judge import make_report
 from captioning.data.default import default_data_dir
 from captioning.data.reader import read_coco_folder
 from captioning.evaluation import evaluate, pick_samples
-from captioning.model import CaptioningRNN
+from captioning.model import CaptioningRNN, model_precision
 from captioning.trainer import CaptioningTrainer
 from captioning.training.data_parallel import MpiDataParallel, from_launcher
 from captioning.training.run_folder import CHECKPOINT_NAME, RunFolder
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None, "cell": "lstm", "hidden": 512, "wordvec": 256, "features": "full",
     "update_rule": "adam", "lr": 1e-3, "lr_decay": 0.95, "batch_size": 128, "epochs": 4,
     "max_train": None, "print_every": 50, "seed": 0, "backend": None, "dtype": "float32",
+    "precision": None,
     "checkpoint_every": "1e", "patience": 3, "grad_clip": None, "val_max_captions": 10_000,
     "metrics_every": 2, "samples": 5, "no_report": False, "no_cuda_graph": False,
 }
@@ -98,6 +100,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                              minimum=0))
     add_backend(p)
     option("--dtype", "parameters' precision", choices=["float32", "float64"])
+    option("--precision", "how float32 matrix products multiply: fp32 in full; tf32 or "
+           "bf16 on the GPU's tensor cores with float32 accumulation (cupy backend only; "
+           "parameters, cell state, softmax, loss and Adam stay float32, checkpoints load "
+           f"anywhere) (default: ${PRECISION_ENV_VAR}, else fp32)", choices=list(PRECISIONS))
     option("--checkpoint-every", "'N' iterations or 'Ne' epochs between checkpoints",
            type=_every)
     option("--patience", "stop after this many epochs without a better validation loss "
@@ -195,6 +201,8 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
     out = folder.path if folder is not None else resume_from
     backend = choose_backend(s["backend"], "--backend" if not resuming else
                              "--backend or the run's run.json")
+    model_precision(s["precision"], s["dtype"])  # refused before the data is read
+    backend.with_precision(choose_precision(s["precision"]))
     np.random.seed(s["seed"])
     data = read_coco_folder(s["data"], max_train=s["max_train"],
                             pca_features=s["features"] == "pca")
@@ -202,6 +210,7 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
         data["word_to_idx"], input_dim=data["train_features"].shape[1],
         wordvec_dim=s["wordvec"], hidden_dim=s["hidden"], cell_type=s["cell"],
         dtype=np.dtype(s["dtype"]), backend=backend, seed=s["seed"],
+        precision=s["precision"],
     )
     trainer = CaptioningTrainer(
         model, data, update_rule=s["update_rule"], updater_config={"learning_rate": s["lr"]},
@@ -224,7 +233,8 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
     folder.write_settings(_run_settings(s))  # from here on the folder holds a run
     print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
           f"{trainer.num_train} captions of {s['data']}, "
-          f"{data['train_features'].shape[1]}-d features, backend {backend.name}, "
+          f"{data['train_features'].shape[1]}-d features, backend {backend.name} "
+          f"({model.precision}), "
           f"{trainer.iterations_per_epoch * s['epochs']} iterations; run folder {out}")
     start, first = time.perf_counter(), trainer.iteration
     history = trainer.train()
@@ -239,7 +249,8 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
     trainer.save()
     _print_samples(model, data, s["samples"], s["seed"])
     if not s["no_report"]:
-        best = load_model(resolve_checkpoint(str(out))[0], backend)  # best.npz if any
+        best = load_model(resolve_checkpoint(str(out))[0], backend,  # best.npz if any
+                          model.precision)
         index = make_report(best, out, data, Path(s["data"]), max_images=1000)
         print(f"report: {index}")
     return 0
