@@ -1,10 +1,13 @@
 """GPU figures for the CuPy backend beside PyTorch (cuDNN) on the same GPU.
 
-python -m benchmarks.gpu_bench [--epoch-batch 1024] [--skip-epoch]
+python -m benchmarks.gpu_bench [--epoch-batch 1024] [--skip-epoch] [--skip-torch]
 
-Prints, last, a table: training-step captions per second at N=128 and N=1024 for the
-CuPy backend and PyTorch's nn.LSTM model, the time of one full epoch over 400,135
-synthetic captions with 82,783 x 4096 float32 features, and peak GPU memory.
+Prints, last, the device check's table: per batch size (128, 1024) and precision (fp32,
+tf32, bf16), one training step's time for the CuPy backend (replayed from its CUDA
+graph) and for PyTorch's nn.LSTM model (FP32; TF32 allowed; autocast bfloat16), their
+ratio, the step's matrix FLOPs, the achieved TFLOP/s and the share of the detected
+card's dense peak for that precision; then decoding, and one full epoch over 400,135
+synthetic captions with 82,783 x 4096 float32 features in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -25,8 +28,28 @@ from benchmarks.workload import (
     synthetic_data,
 )
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+# Dense (no sparsity) peak TFLOP/s per precision, from NVIDIA's datasheets: "NVIDIA H100
+# Tensor Core GPU" (SXM5: FP32 67, TF32 989 and BF16 1,979 with sparsity, so 495 and 990
+# dense; PCIe: 51, 756 -> 378, 1,513 -> 756) and "NVIDIA H200 Tensor Core GPU" (SXM: the
+# H100 SXM's rates). Matched on the device name in this order; other cards get no share.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"fp32": 51.0, "tf32": 378.0, "bf16": 756.0}),
+    ("H200", {"fp32": 67.0, "tf32": 495.0, "bf16": 990.0}),
+    ("H100", {"fp32": 67.0, "tf32": 495.0, "bf16": 990.0}),
+)
 
-def full_epoch(batch_size: int) -> tuple[float, int, float]:
+
+def card_peaks(device_name: str) -> dict[str, float] | None:
+    """The dense peak TFLOP/s per precision of the card called ``device_name``, or None
+    for a card not in PEAK_TFLOPS."""
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name:
+            return peaks
+    return None
+
+
+def full_epoch(batch_size: int, precision: str) -> tuple[float, int, float]:
     """Seconds for one epoch over 400,135 captions, iterations, peak GPU memory (GB)."""
     import cupy as cp
 
@@ -42,7 +65,7 @@ def full_epoch(batch_size: int) -> tuple[float, int, float]:
     pool = cp.get_default_memory_pool()
     model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
                           hidden_dim=sizes.H, cell_type="lstm", dtype=np.float32,
-                          backend="cupy", seed=0)
+                          backend="cupy", seed=0, precision=precision)
     trainer = CaptioningTrainer(model, data, batch_size=batch_size, num_epochs=1,
                                 verbose=False, seed=0)
     cp.cuda.get_current_stream().synchronize()
@@ -63,28 +86,24 @@ def main() -> None:
     parser.add_argument("--steps-only", action="store_true",
                         help="only the training-step rows (no breakdown, no decoding)")
     args = parser.parse_args()
-    import os
-
     import cupy as cp
 
-    cupy_mode = "TF32" if os.environ.get("CUPY_TF32") == "1" else "FP32"
-    rows = []
+    rows = []  # (N, precision, CuPy seconds, PyTorch seconds or nan, FLOPs)
     for n in (128, 1024):
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
-        t_cupy = {graph: median_time(library_step("cupy", sizes, data, cuda_graph=graph),
-                                     repeats=20, warmup=5) for graph in (True, False)}
-        t_torch = {}
-        if not args.skip_torch:
-            from benchmarks.torch_reference import torch_step
+        for precision in PRECISIONS:
+            t_cupy = median_time(library_step("cupy", sizes, data, precision=precision),
+                                 repeats=20, warmup=5)
+            t_torch = float("nan")
+            if not args.skip_torch:
+                from benchmarks.torch_reference import torch_step
 
-            for label, tf32 in (("default", None), ("FP32", False)):
-                t_torch[label] = median_time(
-                    torch_step(sizes, data, "cuda", tf32=tf32), repeats=20, warmup=5)
-        rows.append((n, t_cupy, t_torch, sizes.flops()))
-        print(f"N={n}: cupy {t_cupy[True] * 1e3:.2f} ms (graph), {t_cupy[False] * 1e3:.2f} ms "
-              "(op by op), torch "
-              + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t_torch.items()), flush=True)
+                t_torch = median_time(torch_step(sizes, data, "cuda", precision),
+                                      repeats=20, warmup=5)
+            rows.append((n, precision, t_cupy, t_torch, sizes.flops()))
+            print(f"N={n} {precision}: cupy {t_cupy * 1e3:.3f} ms, torch {t_torch * 1e3:.3f} ms",
+                  flush=True)
     decode = {}
     if not args.steps_only:
         for graph in (False, True):
@@ -100,11 +119,11 @@ def main() -> None:
                 issue()
                 host.append(time.perf_counter() - t0)
             cp.cuda.get_current_stream().synchronize()
-            print(f"\nN=128 step {'replayed from its CUDA graph' if graph else 'op by op'}: "
-                  f"the host takes {np.mean(host) * 1e3:.2f} ms to issue it; "
+            print(f"\nN=128 fp32 step {'replayed from its CUDA graph' if graph else 'op by op'}:"
+                  f" the host takes {np.mean(host) * 1e3:.2f} ms to issue it; "
                   f"{(time.perf_counter() - start) / 20 * 1e3:.2f} ms per step in all (20 "
                   "steps back to back): equal figures mean the host sets the pace")
-        print("\nwhere the CuPy step's time goes at N=1024 (each part timed alone, synced):")
+        print("\nwhere the CuPy fp32 step's time goes at N=1024 (each part timed alone, synced):")
         for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
             print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
         decode = {f"CuPy beam {b}" if b > 1 else "CuPy greedy":
@@ -115,25 +134,30 @@ def main() -> None:
 
         decode["PyTorch nn.LSTM greedy"] = median_time(
             torch_greedy(Sizes(), decode_model("numpy", Sizes())[1], "cuda"), 5, 2)
-    epoch = None if args.skip_epoch else full_epoch(args.epoch_batch)
+    epochs = {} if args.skip_epoch else {p: full_epoch(args.epoch_batch, p)
+                                         for p in ("fp32", "bf16")}
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"\nGPU: {name}; CuPy matmuls in {cupy_mode}")
-    print("| N | CuPy graph cap/s | CuPy op-by-op cap/s | PyTorch default cap/s | "
-          "PyTorch FP32 cap/s | graph / default | graph / FP32 | graph TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, tc, tt, flops in rows:
-        d, f = tt.get("default", float("nan")), tt.get("FP32", float("nan"))
-        print(f"| {n} | {n / tc[True]:,.0f} | {n / tc[False]:,.0f} | {n / d:,.0f} | "
-              f"{n / f:,.0f} | {d / tc[True]:.2f}x | {f / tc[True]:.2f}x | "
-              f"{flops / tc[True] / 1e12:.1f} |")
+    peaks = card_peaks(name)
+    print(f"\nGPU: {name}; peak TFLOP/s (dense, datasheet): "
+          f"{peaks if peaks else 'not in the table: no share of peak'}")
+    print("PyTorch: nn.LSTM + nn.Linear + Adam; fp32 = TF32 off everywhere, tf32 = TF32 "
+          "allowed everywhere, bf16 = torch.autocast(bfloat16)")
+    print("| N | precision | CuPy ms | PyTorch ms | CuPy / PyTorch speed | CuPy cap/s | "
+          "GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, precision, tc, tt, flops in rows:
+        share = f"{flops / tc / 1e12 / peaks[precision] * 100:.1f}" if peaks else "n/a"
+        print(f"| {n} | {precision} | {tc * 1e3:.3f} | {tt * 1e3:.3f} | {tt / tc:.2f}x | "
+              f"{n / tc:,.0f} | {flops / 1e9:.1f} | {flops / tc / 1e12:.1f} | {share} | "
+              f"{flops / tt / 1e12:.1f} |")
     if decode:
         print(f"\ndecoding {DECODE_IMAGES} images x 16 steps (float32, H=512, V=1004): "
               + ", ".join(f"{k} {DECODE_IMAGES / v:,.0f} captions/s" for k, v in decode.items()))
-    if epoch:
-        seconds, iters, peak = epoch
-        print(f"\nfull epoch, 400,135 captions, 4096-d features, batch {args.epoch_batch}: "
-              f"{seconds:.1f} s ({iters} iterations, {400_135 / seconds:,.0f} captions/s); "
-              f"peak GPU memory held by CuPy's pool {peak:.2f} GB")
+    for precision, (seconds, iters, peak) in epochs.items():
+        print(f"\nfull epoch in {precision}, 400,135 captions, 4096-d features, batch "
+              f"{args.epoch_batch}: {seconds:.2f} s ({iters} iterations, "
+              f"{400_135 / seconds:,.0f} captions/s); peak GPU memory held by CuPy's pool "
+              f"{peak:.2f} GB")
 
 
 if __name__ == "__main__":

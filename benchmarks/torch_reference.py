@@ -8,18 +8,24 @@ from collections.abc import Callable
 import numpy as np
 
 
-def torch_step(sizes, data: dict, device: str = "cpu", tf32: bool | None = None
+def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = None
                ) -> Callable[[], None]:
     """One training step (forward, backward, Adam) of the PyTorch model, with the
     exercise's loss normalisation: summed over scored positions, divided by N.
-    ``tf32``: None keeps PyTorch's defaults (cuDNN may use TF32, plain matmuls do not);
-    False forces full float32 everywhere; True allows TF32 everywhere."""
+    ``precision``: None keeps PyTorch's defaults (cuDNN may use TF32, plain matmuls do
+    not); "fp32" forces full float32 everywhere; "tf32" allows TF32 everywhere; "bf16"
+    runs the forward pass under ``torch.autocast`` in bfloat16 (float32 weights and
+    Adam, as autocast does), TF32 as by default."""
     import torch
     from torch import nn
 
-    if tf32 is not None:
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    if precision in ("fp32", "tf32"):
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    elif precision not in (None, "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; expected fp32, tf32 or bf16")
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -57,7 +63,8 @@ def torch_step(sizes, data: dict, device: str = "cpu", tf32: bool | None = None
     def step() -> None:
         idx = batches[next(counter) % len(batches)]
         optim.zero_grad(set_to_none=True)
-        loss = model(features[image_idxs[idx]], captions[idx])
+        with autocast:
+            loss = model(features[image_idxs[idx]], captions[idx])
         loss.backward()
         optim.step()
         if dev.type == "cuda":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend import Backend, get_backend
+from backend import Backend, available_backends, get_backend
 from captioning.model import CELL_WIDTH, CaptioningRNN
 from captioning.trainer import CaptioningTrainer
 
@@ -53,6 +53,9 @@ class Sizes:
         return float(sum(2 * m * n * kk * c for m, n, kk, c in self.gemms()))
 
 
+# Every backend that runs here, in the pytest-benchmark suite (CuPy where a GPU is).
+BENCHMARKED_BACKENDS = [n for n, s in available_backends().items() if s.available]
+
 VOCAB_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
 
 
@@ -74,16 +77,29 @@ def synthetic_data(sizes: Sizes, num_captions: int = 1024, num_images: int = 256
     }
 
 
+def synced(backend: Backend, fn: Callable[..., object]) -> Callable[..., None]:
+    """``fn`` followed by waiting for the device's queued work, so that timing it times
+    the work on a GPU backend (as on the CPU, where work is done when a call returns)."""
+    def run(*args: object) -> None:
+        fn(*args)
+        backend.synchronize()
+
+    return run
+
+
 def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None,
-                 synchronize: bool = True, cuda_graph: bool = True) -> Callable[[], None]:
+                 synchronize: bool = True, cuda_graph: bool = True,
+                 precision: str = "fp32") -> Callable[[], None]:
     """One training step of the library (gather, forward, backward, in-place Adam);
     ``synchronize=False`` returns as soon as the host has issued the work;
-    ``cuda_graph=False`` runs a GPU step op by op instead of replaying its recording."""
+    ``cuda_graph=False`` runs a GPU step op by op instead of replaying its recording;
+    ``precision`` is the model's (tf32 and bf16 on cupy)."""
     be = get_backend(backend)
     data = data or synthetic_data(sizes)
     model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
                           hidden_dim=sizes.H, cell_type=sizes.cell, dtype=np.float32,
-                          backend=be, seed=0)
+                          backend=be, seed=0, precision=precision)
+    be = model.backend
     trainer = CaptioningTrainer(model, data, batch_size=sizes.N, verbose=False, seed=0,
                                 cuda_graph=cuda_graph)
     rng = np.random.default_rng(1)
