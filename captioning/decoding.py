@@ -142,6 +142,26 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
     return _decode_one_choice(model, features, max_length, choose)
 
 
+def policy_sample(model: Any, features: Any, max_length: int, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """Captions drawn from the model's own distribution (temperature 1), as self-critical
+    training samples them: each word by inverting the cumulative softmax at one uniform
+    draw per caption from ``rng`` (the caller keeps its state), so a step costs a cumulative
+    sum on the device and a few bytes from the host, not a Gumbel draw per word of the
+    vocabulary as ``sample_decode`` makes for its backend-independent captions. Layout as
+    every decoder here: host ints (N, max_length), <END> kept, <NULL> after it."""
+    xp = model.backend.xp
+
+    def choose(scores):
+        probs = xp.exp(scores - scores.max(axis=1, keepdims=True))
+        cdf = xp.cumsum(probs, axis=1, out=probs)
+        u = model.backend.asarray(rng.random(len(cdf)), dtype=cdf.dtype) * cdf[:, -1]
+        # The first word whose cumulative mass passes u; never past the last word.
+        return xp.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+
+    return _decode_one_choice(model, features, max_length, choose)
+
+
 def _log_probs_inplace(xp, scores, offsets):
     """scores (rows, V) -> log-softmax(scores) + offsets[:, None] (rows,), in place, a
     cache-sized block at a time."""

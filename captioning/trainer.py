@@ -25,6 +25,7 @@ from captioning.training.loop import TrainingLoop
 from captioning.training.losses import LossLog
 from captioning.training.run_folder import RunFolder, RunFolderBusy
 from captioning.training.schedule import Every
+from captioning.training.self_critical import CaptionRewards, SelfCritical, SelfCriticalStep
 from captioning.training.step import DeviceData, TrainingStep
 from captioning.training.validation import EarlyStopping, ValidationSet
 
@@ -36,8 +37,10 @@ _OPTIONS = {
     "checkpoint_dir": None, "checkpoint_every": None, "validate": False,
     "val_max_captions": 10_000, "patience": None, "grad_clip": None,
     "handle_interrupt": False, "epoch_callback": None, "cuda_graph": True,
-    "reduce_gradients": None, "data_parallel": None,
+    "reduce_gradients": None, "data_parallel": None, "self_critical": None,
+    "val_max_images": 1000,
 }
+OBJECTIVES = ("cross-entropy", "self-critical")
 
 
 # What a training checkpoint's state must hold, and of what type.
@@ -87,6 +90,11 @@ class CaptioningTrainer:
     data_parallel: an ``MpiDataParallel``: parameters broadcast from rank 0 now, each step
     on this rank's share of the batch, its reduce as reduce_gradients, and the ranks'
     parameters checked to be identical at the end of ``train``.
+    self_critical: a ``SelfCritical`` (training/self_critical.py): optimise CIDEr-D on
+    the model's own samples instead of cross-entropy; then batch_size counts training
+    images (each sampled samples_per_image times), an epoch is one pass over the images,
+    and with validate=True each epoch also scores greedy CIDEr-D on the first
+    val_max_images validation images, which picks best.npz and drives early stopping.
 
     The training features, captions and image indices are moved to the model's backend
     once; each epoch's minibatch indices are drawn on the host in one go and moved once,
@@ -123,21 +131,40 @@ class CaptioningTrainer:
             if o["reduce_gradients"] is not None:
                 raise ValueError("give data_parallel or reduce_gradients, not both")
             parallel.broadcast(model.params, model.backend)
+        settings = o["self_critical"]
+        if settings is not None and not isinstance(settings, SelfCritical):
+            raise ValueError(f"self_critical must be a SelfCritical, got {settings!r}")
+        if settings is not None and parallel is not None:
+            raise ValueError("self-critical training runs in one process: it is not built "
+                             "for data-parallel ranks (give data_parallel or self_critical)")
+        self.objective = OBJECTIVES[settings is not None]
         self.training_step = TrainingStep(
             model, train, o["update_rule"], o["updater_config"],
             grad_clip=None if o["grad_clip"] is None else checks.positive("grad_clip",
                                                                           o["grad_clip"]),
-            # A host Allreduce cannot be recorded into a CUDA graph.
-            cuda_graph=bool(o["cuda_graph"]) and parallel is None,
+            # A host Allreduce or host rewards cannot be recorded into a CUDA graph.
+            cuda_graph=bool(o["cuda_graph"]) and parallel is None and settings is None,
             reduce_gradients=(parallel.reducer(model.backend) if parallel is not None
                               else o["reduce_gradients"]),
             share_batch=parallel.share if parallel is not None else None)
-        self.loop = TrainingLoop(model.backend, len(train), o["batch_size"], o["num_epochs"],
+        self.self_critical = None
+        if settings is not None:
+            self.self_critical = SelfCriticalStep(
+                self.training_step, CaptionRewards(data, "train"), settings,
+                seed=np.random.SeedSequence(o["seed"]).spawn(1)[0] if o["seed"] is not None
+                else np.random.randint(2**31))
+        self.loop = TrainingLoop(model.backend,
+                                 len(train) if settings is None else len(
+                                     self.self_critical.rewards),
+                                 o["batch_size"], o["num_epochs"],
                                  o["seed"], o["print_every"], bool(o["verbose"]),
                                  bool(o["progress"]))
         self.validation = (ValidationSet(data, o["val_max_captions"])
                            if o["validate"] else None)
-        self.early_stopping = EarlyStopping(o["patience"])
+        self.val_rewards = (CaptionRewards(data, "val", checks.integer(
+            "val_max_images", o["val_max_images"])) if o["validate"] and settings else None)
+        self.early_stopping = EarlyStopping(o["patience"],
+                                            higher_is_better=settings is not None)
         self.val_history: list[float] = []
         self._losses = LossLog(model.backend)
         folder = o["checkpoint_dir"]
@@ -167,7 +194,8 @@ class CaptioningTrainer:
         """One update from the captions ``batch_idx`` (indices into the training
         captions, a host or device integer array); its loss joins ``loss_history``. The
         loop calls this for every iteration; it does not count iterations itself."""
-        self._losses.add(self.training_step(self.model.backend.asarray(batch_idx)))
+        step = self.self_critical or self.training_step
+        self._losses.add(step(self.model.backend.asarray(batch_idx)))
         if self._losses.on_host:  # checking each loss costs nothing there
             self.losses()
 
@@ -197,9 +225,23 @@ class CaptioningTrainer:
         return self.validation.loss(self.model, parallel.my_part(len(self.validation)),
                                     parallel.sum_over_ranks)
 
+    def validation_cider(self) -> float:
+        """Mean CIDEr-D of greedy captions of the first val_max_images validation images
+        (a self-critical run's validation score)."""
+        if self.val_rewards is None:
+            raise ValueError("this trainer was built without validate=True and self_critical")
+        return self.val_rewards.greedy_score(
+            self.model, self.data["val_features"], self.self_critical.max_length)
+
     # ------------------------------------------------------------------ the loop's hooks
     def log(self, record: dict[str, Any]) -> None:
-        record = {**record, "learning_rate": self.training_step.learning_rate()}
+        """Add the learning rate (and a self-critical run's mean sampled reward since the
+        last record) to ``record`` and write it to the run's log."""
+        record["learning_rate"] = self.training_step.learning_rate()
+        if self.self_critical is not None:
+            rewards = self.self_critical.reward_history
+            recent = rewards[-min(self.print_every, len(rewards)):]
+            record["mean_reward"] = float(np.mean(recent)) if recent else None
         if self.run_folder is not None:
             self.run_folder.append_log(record)
 
@@ -216,14 +258,22 @@ class CaptioningTrainer:
         improved, stop = False, None
         if self.validation is not None:
             val_loss = record["val_loss"] = self.validation_loss()
-            self.val_history.append(val_loss)
-            improved = self.early_stopping.update(val_loss)
+            line = (f"(Epoch {self.epoch} / {self.num_epochs}) train loss "
+                    f"{record['train_loss']:.4f}, val loss {val_loss:.4f}")
+            if self.self_critical is None:
+                self.val_history.append(val_loss)
+                selected, figure = val_loss, "validation loss"
+            else:
+                selected = record["val_cider"] = self.validation_cider()
+                self.val_history.append(selected)
+                figure = "validation greedy CIDEr-D"
+                line += f", val greedy CIDEr-D {selected:.4f}"
+            improved = self.early_stopping.update(selected)
             if self.verbose:
-                self.loop.say(f"(Epoch {self.epoch} / {self.num_epochs}) train loss "
-                              f"{record['train_loss']:.4f}, val loss {val_loss:.4f}"
-                              + ("" if improved else f" (best {self.best_val_loss:.4f})"))
+                self.loop.say(line + ("" if improved
+                                      else f" (best {self.early_stopping.best:.4f})"))
             if self.early_stopping.exhausted:
-                stop = (f"early stopping: no better validation loss for "
+                stop = (f"early stopping: no better {figure} for "
                         f"{self.early_stopping.patience} epochs")
                 self.loop.say(stop)
         if self.epoch_callback is not None:
@@ -262,9 +312,13 @@ class CaptioningTrainer:
             "batch_size": loop.batch_size, "num_train": loop.num_train,
             "best_val_loss": stopping.best if math.isfinite(stopping.best) else None,
             "epochs_without_improvement": stopping.epochs_without_improvement,
-            "val_history": self.val_history,
+            "val_history": self.val_history, "objective": self.objective,
         }
         arrays["loss_history"] = np.asarray(history, dtype=np.float64)
+        if self.self_critical is not None:
+            state["sampling_rng_state"] = self.self_critical.rng.bit_generator.state
+            arrays["reward_history"] = np.asarray(self.self_critical.reward_history,
+                                                  dtype=np.float64)
         return state, arrays
 
     def save(self, path: str | Path | None = None) -> Path | None:
@@ -311,6 +365,16 @@ class CaptioningTrainer:
             raise ValueError(f"{path}: its training state lacks or garbles "
                              f"{garbled or ['optim']}; expected what training saves")
         loop, step = self.loop, self.training_step
+        objective = state.get("objective", "cross-entropy")  # older checkpoints: XE only
+        if objective != self.objective:
+            raise ValueError(f"{path}: a {objective} run's checkpoint, and this trainer "
+                             f"does {self.objective} training; resume it as it was trained"
+                             + (" (start self-critical training from it with --init)"
+                                if self.objective == "self-critical" else ""))
+        if self.self_critical is not None and not isinstance(
+                state.get("sampling_rng_state"), dict):
+            raise ValueError(f"{path}: its training state lacks sampling_rng_state; "
+                             "expected what self-critical training saves")
         mine = {"batch_size": loop.batch_size, "num_train": loop.num_train,
                 "update_rule": step.update_rule_name}
         for key, value in mine.items():
@@ -330,10 +394,15 @@ class CaptioningTrainer:
         loop.epoch, loop.iteration = state["epoch"], state["iteration"]
         loop.epoch_step, loop.epoch_rng_state = state["epoch_step"], state["epoch_rng_state"]
         best = state["best_val_loss"]
-        self.early_stopping.best = math.inf if best is None else best
+        if best is not None:
+            self.early_stopping.best = best
         self.early_stopping.epochs_without_improvement = state["epochs_without_improvement"]
         self.val_history = list(state["val_history"])
         self._losses.history[:] = [float(v) for v in arrays.get("loss_history", [])]
+        if self.self_critical is not None:
+            self.self_critical.rng.bit_generator.state = state["sampling_rng_state"]
+            self.self_critical.reward_history[:] = [
+                float(v) for v in arrays.get("reward_history", [])]
 
     # ------------------------------------------------------------------ the exercise's names
     @property

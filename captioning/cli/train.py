@@ -1,4 +1,5 @@
-"""``captioning train``: train, checkpoint, validate, then report."""
+"""``captioning train``: train (cross-entropy, or self-critical from a trained model),
+checkpoint, validate, then report."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from captioning.trainer import CaptioningTrainer
 from captioning.training.data_parallel import MpiDataParallel, from_launcher
 from captioning.training.run_folder import CHECKPOINT_NAME, RunFolder
 from captioning.training.schedule import Every
+from captioning.training.self_critical import SelfCritical
 
 # Every setting's default. An option not given is absent from the parsed arguments
 # (argparse.SUPPRESS), so a resumed run can tell "given again" from "left alone".
@@ -39,12 +41,20 @@ DEFAULTS: dict[str, Any] = {
     "precision": None,
     "checkpoint_every": "1e", "patience": 3, "grad_clip": None, "val_max_captions": 10_000,
     "metrics_every": 2, "samples": 5, "no_report": False, "no_cuda_graph": False,
+    "scst": False, "init": None, "scst_samples": 5, "baseline": "mean",
 }
+# Self-critical training's own defaults: fine-tuning steps, so a smaller learning rate;
+# a batch counts images, each sampled scst_samples times.
+SCST_DEFAULTS: dict[str, Any] = {"lr": 5e-5, "lr_decay": 1.0, "batch_size": 50,
+                                 "epochs": 2}
+# What an --init model fixes in a self-critical run (setting -> its config key).
+_FROM_INIT = {"cell": "cell_type", "hidden": "hidden_dim", "wordvec": "wordvec_dim",
+              "dtype": "dtype"}
 # What makes a run the run it is: a resumed run keeps these, and giving one again with
 # another value is an error. The other settings come back from run.json unless given.
 FIXED_ON_RESUME = ("data", "cell", "hidden", "wordvec", "features", "update_rule", "lr",
                    "lr_decay", "batch_size", "max_train", "seed", "dtype", "grad_clip",
-                   "val_max_captions")
+                   "val_max_captions", "scst", "init", "scst_samples", "baseline")
 _THIS_INVOCATION = ("samples", "no_report")  # about this command's output, not the run
 
 
@@ -65,7 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "validation loss every epoch, write checkpoints, the log and a report (loss curve, "
         "sample captions, metrics) into the run folder. Ctrl-C saves a checkpoint; "
         "--resume continues a run exactly where it stopped. One process at a time owns a "
-        "run folder.",
+        "run folder. With --scst --init RUN, fine-tune a trained model on the CIDEr-D of "
+        "its own sampled captions (self-critical training; its defaults: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SCST_DEFAULTS.items())
+        + ", and --batch-size counts images).",
     )
 
     def option(flag: str, help: str, **kwargs: Any) -> None:
@@ -123,6 +136,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     option("--no-cuda-graph", "on the cupy backend, run every step op by op instead of "
            "replaying it from a CUDA graph (same maths; the graph issues a step with one "
            "launch)", action="store_true")
+    g = p.add_argument_group("self-critical training (SCST: optimise CIDEr-D directly)")
+    g.add_argument("--scst", action="store_true", help="self-critical training: sample "
+                   "captions, reward each by its CIDEr-D, descend on -(reward - baseline) "
+                   "log p(caption); needs --init; best.npz is picked by validation greedy "
+                   "CIDEr-D")
+    g.add_argument("--init", metavar="RUN_OR_CHECKPOINT", help="the trained model to start "
+                   "from (a run folder: its best.npz, else checkpoint.npz); fixes the cell, "
+                   "sizes and dtype, and the data and features unless given")
+    g.add_argument("--scst-samples", type=cli_type(integer, minimum=1), metavar="K",
+                   help="captions sampled per image, at least 2 with the mean baseline "
+                   f"(default: {DEFAULTS['scst_samples']})")
+    g.add_argument("--baseline", choices=["mean", "greedy"],
+                   help="each sample's baseline: the mean reward of the image's other "
+                   "samples, or the reward of its greedy caption (default: "
+                   f"{DEFAULTS['baseline']})")
     p.set_defaults(run=run)
 
 
@@ -146,7 +174,14 @@ def _settings(args: argparse.Namespace, make_folder: bool = True
                                  f"started with, {saved[key]}; a resumed run keeps it "
                                  f"(leave {flag} out, or start a new run with --out)")
         return folder, {**DEFAULTS, **saved, **given}, True
-    settings = {**DEFAULTS, **given}
+    if given.get("scst"):
+        settings = _self_critical_settings(given)
+    else:
+        scst_only = sorted({"init", "scst_samples", "baseline"} & set(given))
+        if scst_only:
+            raise ValueError(f"--{scst_only[0].replace('_', '-')} is for self-critical "
+                             "training: add --scst")
+        settings = {**DEFAULTS, **given}
     settings["data"] = str(Path(settings["data"] or default_data_dir()).resolve())
     if not make_folder:
         return None, settings, False
@@ -154,6 +189,28 @@ def _settings(args: argparse.Namespace, make_folder: bool = True
         return RunFolder(args.out), settings, False
     return RunFolder.new(Path("runs") / f"{settings['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
                          ), settings, False
+
+
+def _self_critical_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """A new self-critical run's settings: the --init model's shape (giving another is an
+    error), its run's data and features unless given, then SCST_DEFAULTS, DEFAULTS."""
+    if not given.get("init"):
+        raise ValueError("--scst needs --init RUN_OR_CHECKPOINT: the trained model that "
+                         "self-critical training starts from")
+    SelfCritical(given.get("scst_samples", DEFAULTS["scst_samples"]),
+                 given.get("baseline", DEFAULTS["baseline"]))  # refused before any reading
+    path, init_settings = resolve_checkpoint(given["init"])
+    config = load_model(path, "numpy", "fp32").config()
+    settings = {**DEFAULTS, **SCST_DEFAULTS, **given, "init": str(path.resolve())}
+    for key, config_key in _FROM_INIT.items():
+        if key in given and given[key] != config[config_key]:
+            raise ValueError(f"--{key} {given[key]} differs from the --init model's "
+                             f"{config[config_key]}; self-critical training keeps its shape")
+        settings[key] = config[config_key]
+    for key in ("data", "features", "max_train"):
+        if key not in given and init_settings.get(key) is not None:
+            settings[key] = init_settings[key]
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,12 +263,24 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
     np.random.seed(s["seed"])
     data = read_coco_folder(s["data"], max_train=s["max_train"],
                             pca_features=s["features"] == "pca")
-    model = CaptioningRNN(
-        data["word_to_idx"], input_dim=data["train_features"].shape[1],
-        wordvec_dim=s["wordvec"], hidden_dim=s["hidden"], cell_type=s["cell"],
-        dtype=np.dtype(s["dtype"]), backend=backend, seed=s["seed"],
-        precision=s["precision"],
-    )
+    if s["scst"]:
+        if parallel is not None:
+            raise ValueError("self-critical training runs in one process; start it without "
+                             "mpiexec (or with --distributed none)")
+        model = load_model(s["init"], backend, s["precision"])
+        width = data["train_features"].shape[1]
+        if model.input_dim != width or model.word_to_idx != data["word_to_idx"]:
+            raise ValueError(f"the --init model {s['init']} takes {model.input_dim}-d "
+                             f"features and {model.vocab_size} words; the data {s['data']} "
+                             f"has {width}-d features and {len(data['word_to_idx'])} words "
+                             "(give the --data and --features it was trained on)")
+    else:
+        model = CaptioningRNN(
+            data["word_to_idx"], input_dim=data["train_features"].shape[1],
+            wordvec_dim=s["wordvec"], hidden_dim=s["hidden"], cell_type=s["cell"],
+            dtype=np.dtype(s["dtype"]), backend=backend, seed=s["seed"],
+            precision=s["precision"],
+        )
     trainer = CaptioningTrainer(
         model, data, update_rule=s["update_rule"], updater_config={"learning_rate": s["lr"]},
         lr_decay=s["lr_decay"], batch_size=s["batch_size"], num_epochs=s["epochs"],
@@ -223,6 +292,7 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
         grad_clip=s["grad_clip"], handle_interrupt=True, cuda_graph=not s["no_cuda_graph"],
         epoch_callback=_metrics_callback(data, s["metrics_every"]) if folder else None,
         data_parallel=parallel,
+        self_critical=SelfCritical(s["scst_samples"], s["baseline"]) if s["scst"] else None,
     )
     if resuming:
         trainer.restore(out / CHECKPOINT_NAME if folder is None else folder.checkpoint)
@@ -231,8 +301,12 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
         trainer.train()
         return 0
     folder.write_settings(_run_settings(s))  # from here on the folder holds a run
-    print(f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
-          f"{trainer.num_train} captions of {s['data']}, "
+    what = (f"self-critical training ({s['scst_samples']} samples per image, "
+            f"{s['baseline']} baseline) of the {s['cell']} from {s['init']}, on "
+            f"{trainer.num_train} images" if s["scst"] else
+            f"training a {s['cell']} (H={s['hidden']}, W={s['wordvec']}) on "
+            f"{trainer.num_train} captions")
+    print(f"{what} of {s['data']}, "
           f"{data['train_features'].shape[1]}-d features, backend {backend.name} "
           f"({model.precision}), "
           f"{trainer.iterations_per_epoch * s['epochs']} iterations; run folder {out}")
@@ -240,8 +314,10 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
     history = trainer.train()
     elapsed = time.perf_counter() - start
     if trainer.iteration > first:
+        unit = (f"images/s, {s['scst_samples']} samples each" if s["scst"]
+                else "captions/s")
         print(f"trained {trainer.iteration - first} iterations in {elapsed:.1f} s "
-              f"({(trainer.iteration - first) * s['batch_size'] / elapsed:.0f} captions/s); "
+              f"({(trainer.iteration - first) * s['batch_size'] / elapsed:.0f} {unit}); "
               f"last loss {history[-1]:.4f}")
     if trainer.stop_reason and trainer.stop_reason.startswith("interrupted"):
         print(f"stopped; continue with: captioning train --resume {out}")

@@ -28,7 +28,8 @@ class Hooks(Protocol):
         """Every loss so far on the host; raises TrainingStopped at a non-finite one."""
 
     def log(self, record: dict[str, Any]) -> None:
-        """Keep one loss line's record (iteration, epoch, loss, captions_per_s)."""
+        """Keep one loss line's record (iteration, epoch, loss, captions_per_s); may add
+        fields to it (a self-critical run's ``mean_reward`` is printed too)."""
 
     def after_step(self) -> None:
         """After each step (e.g. a checkpoint every N iterations)."""
@@ -114,10 +115,14 @@ class TrainingLoop:
                     loss = hooks.losses()[-1]
                     rate = ((self.iteration - first) * self.batch_size
                             / max(time.perf_counter() - started, 1e-9))
-                    hooks.log({"iteration": self.iteration, "epoch": self.epoch + 1,
-                               "loss": loss, "captions_per_s": round(rate, 1)})
+                    record = {"iteration": self.iteration, "epoch": self.epoch + 1,
+                              "loss": loss, "captions_per_s": round(rate, 1)}
+                    hooks.log(record)
                     if self.verbose:
-                        self.say(f"(Iteration {self.iteration} / {total}) loss: {loss:f}")
+                        reward = record.get("mean_reward")
+                        self.say(f"(Iteration {self.iteration} / {total}) loss: {loss:f}"
+                                 + ("" if reward is None
+                                    else f", mean sampled reward {reward:.4f}"))
                     bar.set_postfix(loss=f"{loss:.3f}", cap_s=f"{rate:.0f}")
                 hooks.after_step()
         return True

@@ -105,12 +105,20 @@ class TrainingStep:
         captions = self.data.captions[batch_idx]
         features = self.data.features[self.data.image_idxs[batch_idx]]
         loss, grads = model.loss(features, captions)
+        return self.descend(loss, grads, update)
+
+    def descend(self, loss: Any, grads: dict[str, Any],
+                update: Callable[[int, str, Any, Any], None] | None = None) -> Any:
+        """From a batch's loss and gradients on: reduce, clip, and ``update`` each
+        parameter (default: the update rule, op by op); returns the (reduced) loss. The
+        part of a step that every objective shares (self-critical training's too)."""
+        model = self.model
         if self.reduce_gradients is not None:
             loss = self.reduce_gradients(loss, grads)
         if self.grad_clip is not None:
             clip_global_norm(grads, self.grad_clip, model.backend.xp)
         for slot, (name, w) in enumerate(model.params.items()):
-            update(slot, name, w, grads[name])
+            (update or self._rule_update)(slot, name, w, grads[name])
         return loss
 
     def learning_rate(self) -> float:

@@ -1,5 +1,6 @@
 """The evaluation done during training: the validation loss on a fixed subset of the
-validation captions, and early stopping on it."""
+validation captions, and early stopping on it (or on another figure, such as a
+self-critical run's greedy CIDEr-D)."""
 
 from __future__ import annotations
 
@@ -50,18 +51,20 @@ class ValidationSet:
 
 
 class EarlyStopping:
-    """Tracks the best validation loss; ``exhausted`` once ``patience`` epochs in a row
-    brought no better one (never, when patience is None)."""
+    """Tracks the best validation figure (the lowest loss, or with ``higher_is_better``
+    the highest score); ``exhausted`` once ``patience`` epochs in a row brought no better
+    one (never, when patience is None)."""
 
-    def __init__(self, patience: int | None) -> None:
+    def __init__(self, patience: int | None, higher_is_better: bool = False) -> None:
         self.patience = None if patience is None else checks.integer("patience", patience)
-        self.best = math.inf
+        self.higher_is_better = higher_is_better
+        self.best = -math.inf if higher_is_better else math.inf
         self.epochs_without_improvement = 0
 
-    def update(self, val_loss: float) -> bool:
-        """Record one epoch's validation loss; True if it is the best so far."""
-        if val_loss < self.best:
-            self.best, self.epochs_without_improvement = val_loss, 0
+    def update(self, value: float) -> bool:
+        """Record one epoch's validation figure; True if it is the best so far."""
+        if value > self.best if self.higher_is_better else value < self.best:
+            self.best, self.epochs_without_improvement = value, 0
             return True
         self.epochs_without_improvement += 1
         return False
