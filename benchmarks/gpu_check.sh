@@ -39,5 +39,9 @@ for precision in fp32 bf16; do
     cp "/tmp/run-$precision/best.npz" "$out/$precision-best.npz"
     cp "/tmp/run-$precision/train_log.jsonl" "$out/$precision-train_log.jsonl"
 done
+echo "== self-critical training on the GPU: the step's split, then 2 epochs from the fp32 run"
+timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32
+timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32 \
+    --metrics-every 0 --no-report --samples 0 --out /tmp/run-scst 2>&1 | tail -6
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))

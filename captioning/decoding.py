@@ -154,7 +154,7 @@ def policy_sample(model: Any, features: Any, max_length: int, rng: np.random.Gen
 
     def choose(scores):
         probs = xp.exp(scores - scores.max(axis=1, keepdims=True))
-        cdf = xp.cumsum(probs, axis=1, out=probs)
+        cdf = xp.cumsum(probs, axis=1)
         u = model.backend.asarray(rng.random(len(cdf)), dtype=cdf.dtype) * cdf[:, -1]
         # The first word whose cumulative mass passes u; never past the last word.
         return xp.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)

@@ -43,9 +43,9 @@ def shapes_data(images_per_class: int = 12, seed: int = 0) -> dict:
     return data
 
 
-def _model(data, seed=0):
+def _model(data, seed=0, backend="numpy"):
     return CaptioningRNN(data["word_to_idx"], input_dim=4, wordvec_dim=8, hidden_dim=16,
-                         cell_type="lstm", dtype=np.float64, seed=seed)
+                         cell_type="lstm", dtype=np.float64, seed=seed, backend=backend)
 
 
 def _scst_trainer(model, data, settings=None, **kwargs):
@@ -79,9 +79,9 @@ def test_the_greedy_baseline_is_the_reward_of_the_image_s_greedy_caption():
     np.testing.assert_allclose(baseline, np.repeat(expected, 3), rtol=1e-12)
 
 
-def test_the_loss_is_minus_the_advantage_times_the_log_probability_of_each_sample():
+def test_the_loss_is_minus_the_advantage_times_the_log_probability_of_each_sample(backend):
     data = shapes_data()
-    model = _model(data, seed=3)
+    model = _model(data, seed=3, backend=backend)
     trainer = _scst_trainer(model, data, SelfCritical(4, "mean"), seed=5)
     step = trainer.self_critical
     batch = np.array([2, 7, 30])
@@ -95,7 +95,7 @@ def test_the_loss_is_minus_the_advantage_times_the_log_probability_of_each_sampl
         row = np.concatenate([[1], caption])[None]
         log_p.append(-float(model.loss(feature[None], row, grads=False)))  # one caption
     expected = float(np.mean(-advantage * np.array(log_p)))
-    loss = step(batch)
+    loss = step(backend.asarray(batch))
     assert float(loss) == pytest.approx(expected, rel=1e-10, abs=1e-12)
     assert step.reward_history == [pytest.approx(reward.mean())]
 
@@ -106,9 +106,9 @@ def _copy(rng: np.random.Generator) -> np.random.Generator:
     return twin
 
 
-def test_self_critical_training_raises_the_mean_sampled_reward():
+def test_self_critical_training_raises_the_mean_sampled_reward(backend):
     data = shapes_data()
-    model = _model(data)
+    model = _model(data, backend=backend)
     CaptioningTrainer(model, data, batch_size=16, num_epochs=3, verbose=False, seed=0,
                       updater_config={"learning_rate": 1e-2}).train()  # a weak start
     trainer = _scst_trainer(model, data, num_epochs=12, validate=True)
