@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the GPU tests, the device check's table (CuPy vs PyTorch in fp32, tf32 and
-# bf16), the CuPy rows of the pytest-benchmark suite, and the bf16-vs-fp32 accuracy run
-# on the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the benchmark JSON and the two runs'
-# models and logs go to $GPU_OUT (default /tmp/gpu_check).
+# bf16), the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
+# the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the
+# benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
+# /tmp/gpu_check).
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 set -uo pipefail
 cd "$(dirname "$0")/.."
