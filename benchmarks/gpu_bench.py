@@ -85,11 +85,13 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--steps-only", action="store_true",
                         help="only the training-step rows (no breakdown, no decoding)")
+    parser.add_argument("--decoding-only", action="store_true",
+                        help="only the decoding rows")
     args = parser.parse_args()
     import cupy as cp
 
     rows = []  # (N, precision, CuPy seconds, PyTorch seconds or nan, FLOPs)
-    for n in (128, 1024):
+    for n in () if args.decoding_only else (128, 1024):
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
         for precision in PRECISIONS:
@@ -105,7 +107,7 @@ def main() -> None:
             print(f"N={n} {precision}: cupy {t_cupy * 1e3:.3f} ms, torch {t_torch * 1e3:.3f} ms",
                   flush=True)
     decode = {}
-    if not args.steps_only:
+    if not args.steps_only and not args.decoding_only:
         for graph in (False, True):
             issue = library_step("cupy", Sizes(N=128),
                                  synthetic_data(Sizes(N=128), 4096, 1024),
@@ -126,14 +128,20 @@ def main() -> None:
         print("\nwhere the CuPy fp32 step's time goes at N=1024 (each part timed alone, synced):")
         for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
             print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
-        decode = {f"CuPy beam {b}" if b > 1 else "CuPy greedy":
-                  median_time(library_decode("cupy", Sizes(), b), repeats=5, warmup=2)
-                  for b in (1, 3)}
-    if decode and not args.skip_torch:
-        from benchmarks.torch_reference import torch_greedy
+    if not args.steps_only:
+        runs = [(DECODE_IMAGES, "CuPy beam 3", library_decode("cupy", Sizes(), 3))]
+        for images in (DECODE_IMAGES, 5000):
+            for precision in ("fp32", "tf32"):
+                runs.append((images, f"CuPy greedy {precision}", library_decode(
+                    "cupy", Sizes(), 1, images, precision)))
+                if not args.skip_torch:
+                    from benchmarks.torch_reference import torch_greedy
 
-        decode["PyTorch nn.LSTM greedy"] = median_time(
-            torch_greedy(Sizes(), decode_model("numpy", Sizes())[1], "cuda"), 5, 2)
+                    runs.append((images, f"PyTorch greedy {precision}", torch_greedy(
+                        Sizes(), decode_model("numpy", Sizes(), images)[1], "cuda",
+                        precision)))
+        decode = {(images, name): median_time(fn, repeats=5, warmup=2)
+                  for images, name, fn in runs}
     epochs = {} if args.skip_epoch else {p: full_epoch(args.epoch_batch, p)
                                          for p in ("fp32", "bf16")}
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
@@ -142,17 +150,20 @@ def main() -> None:
           f"{peaks if peaks else 'not in the table: no share of peak'}")
     print("PyTorch: nn.LSTM + nn.Linear + Adam; fp32 = TF32 off everywhere, tf32 = TF32 "
           "allowed everywhere, bf16 = torch.autocast(bfloat16)")
-    print("| N | precision | CuPy ms | PyTorch ms | CuPy / PyTorch speed | CuPy cap/s | "
-          "GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, precision, tc, tt, flops in rows:
-        share = f"{flops / tc / 1e12 / peaks[precision] * 100:.1f}" if peaks else "n/a"
-        print(f"| {n} | {precision} | {tc * 1e3:.3f} | {tt * 1e3:.3f} | {tt / tc:.2f}x | "
-              f"{n / tc:,.0f} | {flops / 1e9:.1f} | {flops / tc / 1e12:.1f} | {share} | "
-              f"{flops / tt / 1e12:.1f} |")
-    if decode:
-        print(f"\ndecoding {DECODE_IMAGES} images x 16 steps (float32, H=512, V=1004): "
-              + ", ".join(f"{k} {DECODE_IMAGES / v:,.0f} captions/s" for k, v in decode.items()))
+    if rows:
+        print("| N | precision | CuPy ms | PyTorch ms | CuPy / PyTorch speed | CuPy cap/s | "
+              "GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n, precision, tc, tt, flops in rows:
+            share = f"{flops / tc / 1e12 / peaks[precision] * 100:.1f}" if peaks else "n/a"
+            print(f"| {n} | {precision} | {tc * 1e3:.3f} | {tt * 1e3:.3f} | {tt / tc:.2f}x | "
+                  f"{n / tc:,.0f} | {flops / 1e9:.1f} | {flops / tc / 1e12:.1f} | {share} | "
+                  f"{flops / tt / 1e12:.1f} |")
+    for count in sorted({images for images, _ in decode}):
+        print(f"\ndecoding {count} images x 16 steps (float32, H=512, V=1004; greedy "
+              "replayed from a CUDA graph per batch shape): "
+              + ", ".join(f"{name} {count / seconds:,.0f} captions/s"
+                          for (images, name), seconds in decode.items() if images == count))
     for precision, (seconds, iters, peak) in epochs.items():
         print(f"\nfull epoch in {precision}, 400,135 captions, 4096-d features, batch "
               f"{args.epoch_batch}: {seconds:.2f} s ({iters} iterations, "

@@ -73,10 +73,16 @@ def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = N
     return step
 
 
-def torch_greedy(sizes, features: np.ndarray, device: str = "cpu") -> Callable[[], None]:
-    """Greedy decoding of ``features`` for T steps with nn.LSTM (one step at a time)."""
+def torch_greedy(sizes, features: np.ndarray, device: str = "cpu",
+                 precision: str | None = None) -> Callable[[], None]:
+    """Greedy decoding of ``features`` for T steps with nn.LSTM (one step at a time).
+    ``precision``: None keeps PyTorch's defaults (cuDNN may use TF32); "fp32" or "tf32"
+    turns TF32 off or on everywhere."""
     import torch
     from torch import nn
+
+    if precision not in (None, "fp32", "tf32"):
+        raise ValueError(f"unknown precision {precision!r}; expected fp32 or tf32")
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -86,6 +92,9 @@ def torch_greedy(sizes, features: np.ndarray, device: str = "cpu") -> Callable[[
 
     @torch.no_grad()
     def run() -> None:
+        if precision is not None:  # each call: another runner may have set them since
+            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         h = proj(feats).unsqueeze(0)
         state = (h, torch.zeros_like(h))
         words = torch.ones(len(feats), dtype=torch.long, device=dev)

@@ -244,22 +244,26 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
 DECODE_IMAGES = 1000  # the decoding benchmark: 1,000 images, 16 steps, no early stop
 
 
-def decode_model(backend: str | Backend, sizes: Sizes) -> tuple[CaptioningRNN, np.ndarray]:
+def decode_model(backend: str | Backend, sizes: Sizes, images: int = DECODE_IMAGES,
+                 precision: str = "fp32") -> tuple[CaptioningRNN, np.ndarray]:
     """A float32 model at the benchmark sizes (no <END>, so every caption runs all 16
     steps) and 1,000 fc7-like feature rows."""
     words = ["<NULL>", "<START>"] + [f"w{i}" for i in range(2, sizes.V)]
     model = CaptioningRNN({w: i for i, w in enumerate(words)}, input_dim=sizes.D,
                           wordvec_dim=sizes.W, hidden_dim=sizes.H, cell_type=sizes.cell,
-                          dtype=np.float32, backend=backend, seed=0)
-    features = np.random.default_rng(0).random((DECODE_IMAGES, sizes.D), dtype=np.float32)
+                          dtype=np.float32, backend=backend, seed=0, precision=precision)
+    features = np.random.default_rng(0).random((images, sizes.D), dtype=np.float32)
     return model, features
 
 
-def library_decode(backend: str | Backend, sizes: Sizes, beam: int = 1) -> Callable[[], None]:
-    """Greedy (beam 1) or beam-search decoding of 1,000 images, T steps, by the library."""
+def library_decode(backend: str | Backend, sizes: Sizes, beam: int = 1,
+                   images: int = DECODE_IMAGES, precision: str = "fp32"
+                   ) -> Callable[[], None]:
+    """Greedy (beam 1) or beam-search decoding of ``images`` images (1,000), T steps, by
+    the library, its products in ``precision``."""
     from captioning.decoding import beam_decode, greedy_decode
 
-    model, features = decode_model(backend, sizes)
+    model, features = decode_model(backend, sizes, images, precision)
     features = model.backend.asarray(features)
     if beam == 1:
         return lambda: greedy_decode(model, features, sizes.T)

@@ -8,9 +8,13 @@ the exercise's ``sample``: column 0 holds the first generated word, <END> is kep
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Any
 
 import numpy as np
+
+from backend import RecordingFailed
 
 
 def _row_chunks(xp, rows: int):
@@ -29,7 +33,7 @@ class _Stepper:
         be = model.backend
         self.model, self.be, self.xp = model, be, be.xp
         self.p = {k: be.asarray(v) for k, v in model.params.items()}
-        features = model._check_features(be.asarray(features, dtype=model.dtype))
+        features = model.check_features(be.asarray(features, dtype=model.dtype))
         self.h, _ = be.affine_forward(features, self.p["W_proj"], self.p["b_proj"])
         self.c = self.xp.zeros_like(self.h)
         # Every input is a word embedding, so its projection is one row of this table.
@@ -95,9 +99,9 @@ def _check_length(max_length: int) -> None:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
 
 
-def _decode_one_choice(model: Any, features: Any, max_length: int, choose) -> np.ndarray:
-    """Feed back ``choose(scores)`` each step: the loop greedy and sampling share."""
-    _check_length(max_length)
+def _decode_on_device(model: Any, features: Any, max_length: int, choose) -> Any:
+    """Feed back ``choose(scores)`` each step: the loop greedy and sampling share.
+    Returns the captions on the device, with no host synchronisation on the way."""
     run = _Stepper(model, features)
     xp = run.xp
     n = run.h.shape[0]
@@ -109,12 +113,69 @@ def _decode_one_choice(model: Any, features: Any, max_length: int, choose) -> np
         captions[:, t] = xp.where(done, run.null, words)
         if run.end is not None:
             done |= words == run.end
-    return run.be.to_numpy(captions)
+    return captions
+
+
+def _decode_one_choice(model: Any, features: Any, max_length: int, choose) -> np.ndarray:
+    _check_length(max_length)
+    return model.backend.to_numpy(_decode_on_device(model, features, max_length, choose))
+
+
+def _argmax(scores: Any) -> Any:
+    return scores.argmax(axis=1)
+
+
+class _GreedyRecording:
+    """Greedy decoding of one batch shape recorded for replay (``Backend.record``: a
+    CUDA graph on CuPy), so that the device, not the host issuing ~10 launches a word,
+    paces it. It reads its features from a fixed input array and the parameters it was
+    recorded with, which it holds so that their memory stays theirs."""
+
+    def __init__(self, model: Any, shape: tuple[int, int], dtype: Any, max_length: int
+                 ) -> None:
+        be = model.backend
+        self.params = list(model.params.values())
+        self.features = be.xp.empty(shape, dtype=dtype)
+        owner = weakref.ref(model)  # a strong one would keep the model in the cache forever
+        self.run = be.record(lambda: _decode_on_device(owner(), self.features, max_length,
+                                                       _argmax))
+
+    def fits(self, model: Any) -> bool:
+        return all(a is b for a, b in zip(self.params, model.params.values()))
+
+
+# model -> {(rows, max_length): its recording, or None where recording failed}
+_GREEDY_RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RECORDINGS_PER_MODEL = 4  # batch shapes kept (the oldest goes first)
 
 
 def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray:
-    """The most likely word at each step (the exercise's ``sample``)."""
-    return _decode_one_choice(model, features, max_length, lambda scores: scores.argmax(axis=1))
+    """The most likely word at each step (the exercise's ``sample``). On a backend that
+    records (CuPy), each batch shape is recorded on its second call and replayed after,
+    with the same result as op by op."""
+    _check_length(max_length)
+    be = model.backend
+    if not be.can_record:
+        return _decode_one_choice(model, features, max_length, _argmax)
+    features = model.check_features(be.asarray(features, dtype=model.dtype))
+    recordings = _GREEDY_RECORDINGS.setdefault(model, {})
+    key = (features.shape[0], max_length)
+    recording = recordings.get(key, False)
+    if recording is False or (recording is not None and not recording.fits(model)):
+        if key not in recordings and len(recordings) >= _RECORDINGS_PER_MODEL:
+            recordings.pop(next(iter(recordings)))
+        recording = recordings[key] = _GreedyRecording(model, features.shape,
+                                                       features.dtype, max_length)
+    if recording is None:  # recording failed once for this shape: op by op
+        return _decode_one_choice(model, features, max_length, _argmax)
+    recording.features[...] = features
+    try:
+        return be.to_numpy(recording.run())
+    except RecordingFailed as exc:
+        recordings[key] = None
+        warnings.warn(f"{exc}; greedy decoding goes on op by op", RuntimeWarning,
+                      stacklevel=2)
+        return _decode_one_choice(model, features, max_length, _argmax)
 
 
 def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: float = 1.0,

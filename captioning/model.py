@@ -143,7 +143,9 @@ class CaptioningRNN:
             return be.rnn_forward, be.rnn_backward
         return be.lstm_forward, be.lstm_backward
 
-    def _check_features(self, features):
+    def check_features(self, features):
+        """``features`` if they are (N, input_dim), else ValueError naming the width
+        this model expects."""
         if features.ndim != 2 or features.shape[1] != self.input_dim:
             raise ValueError(
                 f"features have shape {tuple(features.shape)}; this model expects "
@@ -153,7 +155,7 @@ class CaptioningRNN:
         return features
 
     def _check_inputs(self, features, captions):
-        features = self._check_features(features)
+        features = self.check_features(features)
         if captions.ndim != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
             raise ValueError(
                 f"captions have shape {tuple(captions.shape)}; expected ({features.shape[0]}, "

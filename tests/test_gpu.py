@@ -97,3 +97,35 @@ def test_a_recording_that_synchronises_fails_and_nothing_of_it_runs():
         recording()
     np.testing.assert_array_equal(x.get(), np.ones(4))  # the refused call did nothing
     assert float((x + 1).sum()) == 8.0  # and the device still works
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_recorded_greedy_decoding_matches_op_by_op_and_follows_the_parameters(cell):
+    from captioning import CaptioningRNN, decoding
+
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 40)}}
+    on_gpu, on_cpu = (CaptioningRNN(vocab, input_dim=32, wordvec_dim=16, hidden_dim=24,
+                                    cell_type=cell, dtype=np.float64, backend=name, seed=0)
+                      for name in ("cupy", "numpy"))
+    rng = np.random.default_rng(0)
+
+    def agree(rows: int = 37) -> None:
+        features = rng.standard_normal((rows, 32))
+        np.testing.assert_array_equal(decoding.greedy_decode(on_gpu, features, 12),
+                                      decoding.greedy_decode(on_cpu, features, 12))
+
+    for _ in range(4):  # op by op, recorded, then replayed: each on new features
+        agree()
+    recording = decoding._GREEDY_RECORDINGS[on_gpu][37, 12]
+    assert recording.run.graph is not None and recording.run.runs == 4
+    for model in (on_gpu, on_cpu):  # changed in place: the replay reads the new values
+        model.params["W_vocab"] *= -1.5
+    agree()
+    assert recording.run.runs == 5
+    on_gpu.params["Wh"] = on_gpu.params["Wh"].copy()  # a new array: recorded anew
+    agree()
+    assert decoding._GREEDY_RECORDINGS[on_gpu][37, 12] is not recording
+    agree(rows=5)  # another batch shape has its own recording
+    assert len(decoding._GREEDY_RECORDINGS[on_gpu]) == 2
