@@ -92,6 +92,21 @@ class Backend:
     # captioning/training/step.py uses it).
     can_record = False
 
+    # Extension points for data-parallel runs on accelerators (CPU backends have none).
+    def device_count(self) -> int:
+        """How many devices this backend can compute on here (0: it runs on the host)."""
+        return 0
+
+    def use_device(self, index: int) -> None:
+        """Make device ``index`` the one this process computes on (arrays made after)."""
+        raise ValueError(f"backend {self.name!r} has no devices to choose from")
+
+    def device_allreduce(self, comm: Any) -> tuple[Any, str]:
+        """(function summing a flat array of this backend in place over the ranks of the
+        MPI communicator ``comm`` without leaving the device, or None; why not, if None).
+        Collective: every rank of ``comm`` calls it together."""
+        return None, f"backend {self.name!r} computes on the host"
+
     # ------------------------------------------------------------------ products
     def with_precision(self, precision: str) -> Backend:
         """This backend with its float32 matrix products multiplied in ``precision``:

@@ -130,6 +130,7 @@ class CaptioningTrainer:
         if parallel is not None:
             if o["reduce_gradients"] is not None:
                 raise ValueError("give data_parallel or reduce_gradients, not both")
+            parallel.attach(model.backend)  # the CLI has already, before building the model
             parallel.broadcast(model.params, model.backend)
         settings = o["self_critical"]
         if settings is not None and not isinstance(settings, SelfCritical):

@@ -21,6 +21,7 @@ whole training step from a CUDA graph (kernels/cuda_graph.py).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import cupy as cp
 import numpy as np
@@ -243,6 +244,34 @@ class CupyBackend(Backend):
 
     def record(self, fn) -> GraphRecording:
         return GraphRecording(fn)
+
+    def device_count(self) -> int:
+        return cp.cuda.runtime.getDeviceCount()
+
+    def use_device(self, index: int) -> None:
+        cp.cuda.Device(index).use()
+
+    def device_allreduce(self, comm: Any) -> tuple[Any, str]:
+        """NCCL's all-reduce on the current stream, its communicator made from a unique
+        id that rank 0 sends over ``comm``; (None, why) where CuPy has no NCCL (every
+        rank answers the same, so none waits for the others)."""
+        try:
+            from cupy.cuda import nccl
+            ok = bool(getattr(nccl, "available", True))
+            why = "" if ok else "CuPy reports NCCL unavailable"
+        except ImportError as exc:
+            ok, why = False, f"CuPy has no NCCL here ({exc})"
+        if comm.allreduce(int(not ok)):  # how many ranks lack it
+            return None, why or "NCCL is unavailable on another rank"
+        unique_id = comm.bcast(nccl.get_unique_id() if comm.Get_rank() == 0 else None, root=0)
+        group = nccl.NcclCommunicator(comm.Get_size(), unique_id, comm.Get_rank())
+        kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+
+        def allreduce(flat) -> None:
+            group.allReduce(flat.data.ptr, flat.data.ptr, flat.size, kinds[flat.dtype],
+                            nccl.NCCL_SUM, cp.cuda.get_current_stream().ptr)
+
+        return allreduce, ""
 
     def synchronize(self) -> None:
         cp.cuda.get_current_stream().synchronize()

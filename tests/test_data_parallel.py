@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend import available_backends
+
 MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
 try:
     import mpi4py  # noqa: F401
@@ -46,12 +48,37 @@ def test_two_ranks_train_to_the_parameters_of_one_process(tiny_coco, tmp_path, d
                           str(tmp_path / "two")], capture_output=True, text=True, timeout=120)
     assert two.returncode == 0, two.stderr
     assert two.stdout.startswith("data-parallel over 2 ranks (MPI)\n")
+    assert "gradients summed through host memory (MPI Allreduce)" in two.stdout
     assert two.stdout.count("training a lstm") == 1  # rank 0 alone prints
     one, both = _params(tmp_path / "one"), _params(tmp_path / "two")
     for name, value in one.items():
         scale = np.abs(value).max()
         assert np.abs(both[name] - value).max() <= tolerance * scale, name
     # (the trainer checks at the end that every rank holds bit for bit rank 0's parameters)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not available_backends()["cupy"].available,
+                    reason=f"cupy unavailable: {available_backends()['cupy'].reason}")
+@pytest.mark.parametrize(("ranks", "summing"), [
+    (2, "through host memory (MPI Allreduce): 2 ranks share 1 GPU(s)"),  # one GPU here
+    (1, "with NCCL, GPU 0 of 1"),
+])
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float64", 1e-12), ("float32", 1e-5)])
+def test_ranks_on_the_gpu_train_to_the_parameters_of_one_process(tiny_coco, tmp_path, ranks,
+                                                                 summing, dtype, tolerance):
+    args = [*_train_args(tiny_coco, dtype, epochs=7), "--backend", "cupy"]
+    subprocess.run([*CAPTIONING, *args, "--out", str(tmp_path / "one")], check=True,
+                   capture_output=True, timeout=180)
+    many = subprocess.run([MPIEXEC, "-n", str(ranks), *CAPTIONING, *args, "--distributed",
+                           "mpi", "--out", str(tmp_path / "many")], capture_output=True,
+                          text=True, timeout=180)
+    assert many.returncode == 0, many.stderr
+    assert f"gradients summed {summing}" in many.stdout, many.stdout
+    one, both = _params(tmp_path / "one"), _params(tmp_path / "many")
+    for name, value in one.items():
+        scale = np.abs(value).max()
+        assert np.abs(both[name] - value).max() <= tolerance * scale, name
 
 
 @pytest.mark.slow

@@ -260,6 +260,8 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
                              "--backend or the run's run.json")
     model_precision(s["precision"], s["dtype"])  # refused before the data is read
     backend.with_precision(choose_precision(s["precision"]))
+    if parallel is not None:  # picks this rank's GPU before the model is built there
+        print(parallel.attach(backend))
     np.random.seed(s["seed"])
     data = read_coco_folder(s["data"], max_train=s["max_train"],
                             pca_features=s["features"] == "pca")

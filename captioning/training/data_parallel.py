@@ -4,7 +4,10 @@ gradients of its contiguous share; the gradients (and the loss) are summed with 
 Allreduce of one flat buffer per step, each share weighted by its size, so every rank
 holds the gradients of the whole batch and applies the same update.
 
-``mpi4py`` is imported only when a launcher started more than one rank.
+On a GPU backend each rank computes on the GPU its index on its node picks, and the
+flat buffer is summed with NCCL on the GPUs when every rank has a GPU of its own;
+otherwise (ranks sharing a GPU, no NCCL, a CPU backend) it goes through host memory
+with MPI. ``mpi4py`` is imported only when a launcher started more than one rank.
 """
 
 from __future__ import annotations
@@ -55,7 +58,35 @@ class MpiDataParallel:
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._weight = 1.0
-        self._buffer: np.ndarray | None = None
+        self._buffer: Any = None
+        self._device_sum: Any = None  # sums a flat device array over the ranks (NCCL)
+        self.summing: str | None = None  # how gradients are summed, once attached
+
+    def attach(self, backend: Backend) -> str:
+        """Set this rank up for ``backend`` (once; before the model is built, so that
+        its parameters live on this rank's device): on a GPU backend, the rank's index
+        among the ranks of its node picks the GPU, and gradients are summed with the
+        backend's device all-reduce (NCCL) when every rank of every node has a GPU of its
+        own, else through host memory. Returns how, in words. Collective."""
+        if self.summing is not None:
+            return self.summing
+        devices = backend.device_count()
+        node = self.comm.Split_type(self.mpi.COMM_TYPE_SHARED)
+        local_rank, local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        if devices == 0:
+            self.summing = "gradients summed through host memory (MPI Allreduce)"
+            return self.summing
+        backend.use_device(local_rank % devices)
+        shared = self.comm.allreduce(int(local_size > devices))  # nodes short of GPUs
+        why = (f"{local_size} ranks share {devices} GPU(s) on a node" if local_size > devices
+               else "ranks on another node share GPUs") if shared else ""
+        if not shared:
+            self._device_sum, why = backend.device_allreduce(self.comm)
+        self.summing = (f"gradients summed with NCCL, GPU {local_rank % devices} of "
+                        f"{devices} on this rank's node" if self._device_sum is not None
+                        else f"gradients summed through host memory (MPI Allreduce): {why}")
+        return self.summing
 
     @property
     def is_root(self) -> bool:
@@ -94,25 +125,33 @@ class MpiDataParallel:
 
     def reduce(self, loss: Any, grads: dict[str, Any], backend: Backend) -> Any:
         """Sum over ranks of weight * (loss, gradients), in place in ``grads``; returns
-        the loss of the whole batch (a 0-d array of the backend)."""
+        the loss of the whole batch (a 0-d array of the backend). The flat buffer lives
+        on the device when NCCL sums it, else on the host."""
+        on_device = self._device_sum is not None
+        xp = backend.xp if on_device else np
+        move = (lambda a: a) if on_device else backend.to_numpy
         sizes = [int(g.size) for g in grads.values()]
         dtype = next(iter(grads.values())).dtype
         total = sum(sizes) + 1
-        if self._buffer is None or self._buffer.size != total or self._buffer.dtype != dtype:
-            self._buffer = np.empty(total, dtype=dtype)
+        if (self._buffer is None or self._buffer.size != total or self._buffer.dtype != dtype
+                or not isinstance(self._buffer, xp.ndarray)):
+            self._buffer = xp.empty(total, dtype=dtype)
         flat, offset = self._buffer, 0
         for grad, size in zip(grads.values(), sizes):
-            flat[offset : offset + size] = backend.to_numpy(grad).ravel()
+            flat[offset : offset + size] = move(grad).ravel()
             offset += size
-        flat[-1] = backend.to_numpy(loss)
+        flat[-1] = move(loss)
         flat *= dtype.type(self._weight)
-        self.comm.Allreduce(self.mpi.IN_PLACE, flat, op=self.mpi.SUM)
+        if on_device:
+            self._device_sum(flat)
+        else:
+            self.comm.Allreduce(self.mpi.IN_PLACE, flat, op=self.mpi.SUM)
         offset = 0
         for name, size in zip(grads, sizes):
             grads[name][...] = backend.asarray(flat[offset : offset + size]).reshape(
                 grads[name].shape)
             offset += size
-        return backend.asarray(flat[-1:]).reshape(())
+        return backend.asarray(flat[-1:]).reshape(()).copy()  # the buffer is reused
 
     def check_identical(self, params: dict[str, Any], backend: Backend) -> None:
         """RuntimeError unless every rank holds bit for bit rank 0's parameters."""
