@@ -11,6 +11,15 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${GPU_OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
+# mpi4py and MPICH are not on the GPU image: wheels carried in .whl/ (pip download
+# mpi4py mpich for cp312 manylinux, see the device notes) are unpacked for the MPI tests.
+if ls .whl/mpich-*.whl .whl/mpi4py-*.whl >/dev/null 2>&1; then
+    python3 -m zipfile -e .whl/mpich-*.whl /tmp/mpich && python3 -m zipfile -e \
+        .whl/mpi4py-*.whl /tmp/mpi4py-site && chmod +x /tmp/mpich/mpich-*.data/data/bin/*
+    mpich=$(echo /tmp/mpich/mpich-*.data/data)
+    export PATH="$mpich/bin:$PATH" LD_LIBRARY_PATH="$mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export PYTHONPATH="$PYTHONPATH:/tmp/mpi4py-site"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
 
