@@ -150,10 +150,11 @@ class CaptioningTrainer:
             share_batch=parallel.share if parallel is not None else None)
         self.self_critical = None
         if settings is not None:
+            # The samples' generator: from the run's seed, independent of the batches'.
+            seed = (np.random.SeedSequence(o["seed"]).spawn(1)[0] if o["seed"] is not None
+                    else np.random.randint(2**31))
             self.self_critical = SelfCriticalStep(
-                self.training_step, CaptionRewards(data, "train"), settings,
-                seed=np.random.SeedSequence(o["seed"]).spawn(1)[0] if o["seed"] is not None
-                else np.random.randint(2**31))
+                self.training_step, CaptionRewards(data, "train"), settings, seed)
         self.loop = TrainingLoop(model.backend,
                                  len(train) if settings is None else len(
                                      self.self_critical.rewards),
@@ -436,6 +437,8 @@ class CaptioningTrainer:
 
     @property
     def best_val_loss(self) -> float:
+        """The best validation figure so far: the lowest loss, or in a self-critical run
+        the highest greedy CIDEr-D (what picks best.npz)."""
         return self.early_stopping.best
 
     @property

@@ -104,7 +104,8 @@ class SelfCriticalStep:
     """
 
     def __init__(self, training_step: TrainingStep, rewards: CaptionRewards,
-                 settings: SelfCritical, seed: int | None = None) -> None:
+                 settings: SelfCritical,
+                 seed: int | np.random.SeedSequence | None = None) -> None:
         self.training_step, self.rewards, self.settings = training_step, rewards, settings
         captions = training_step.data.captions
         self.max_length = settings.max_length or int(captions.shape[1]) - 1
