@@ -1,6 +1,7 @@
 """GPU figures for the CuPy backend beside PyTorch (cuDNN) on the same GPU.
 
 python -m benchmarks.gpu_bench [--epoch-batch 1024] [--skip-epoch] [--skip-torch]
+                               [--parts steps host breakdown decoding epoch]
 
 Prints, last, the device check's table: per batch size (128, 1024) and precision (fp32,
 tf32, bf16), one training step's time for the CuPy backend (replayed from its CUDA
@@ -29,6 +30,7 @@ from benchmarks.workload import (
 )
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+PARTS = ("steps", "host", "breakdown", "decoding", "epoch")
 # Dense (no sparsity) peak TFLOP/s per precision, from NVIDIA's datasheets: "NVIDIA H100
 # Tensor Core GPU" (SXM5: FP32 67, TF32 989 and BF16 1,979 with sparsity, so 495 and 990
 # dense; PCIe: 51, 756 -> 378, 1,513 -> 756) and "NVIDIA H200 Tensor Core GPU" (SXM: the
@@ -83,15 +85,16 @@ def main() -> None:
     parser.add_argument("--epoch-batch", type=int, default=1024)
     parser.add_argument("--skip-epoch", action="store_true")
     parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--steps-only", action="store_true",
-                        help="only the training-step rows (no breakdown, no decoding)")
-    parser.add_argument("--decoding-only", action="store_true",
-                        help="only the decoding rows")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all): the training-step table, "
+                        "the host's pace, the step's breakdown per precision, decoding, "
+                        "the full epochs (also left out by --skip-epoch)")
     args = parser.parse_args()
+    parts = set(args.parts) - ({"epoch"} if args.skip_epoch else set())
     import cupy as cp
 
     rows = []  # (N, precision, CuPy seconds, PyTorch seconds or nan, FLOPs)
-    for n in () if args.decoding_only else (128, 1024):
+    for n in (128, 1024) if "steps" in parts else ():
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
         for precision in PRECISIONS:
@@ -107,7 +110,7 @@ def main() -> None:
             print(f"N={n} {precision}: cupy {t_cupy * 1e3:.3f} ms, torch {t_torch * 1e3:.3f} ms",
                   flush=True)
     decode = {}
-    if not args.steps_only and not args.decoding_only:
+    if "host" in parts:
         for graph in (False, True):
             issue = library_step("cupy", Sizes(N=128),
                                  synthetic_data(Sizes(N=128), 4096, 1024),
@@ -125,10 +128,13 @@ def main() -> None:
                   f" the host takes {np.mean(host) * 1e3:.2f} ms to issue it; "
                   f"{(time.perf_counter() - start) / 20 * 1e3:.2f} ms per step in all (20 "
                   "steps back to back): equal figures mean the host sets the pace")
-        print("\nwhere the CuPy fp32 step's time goes at N=1024 (each part timed alone, synced):")
-        for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10).items():
+    for precision in PRECISIONS if "breakdown" in parts else ():
+        print(f"\nwhere the CuPy {precision} step's time goes at N=1024 (each part timed "
+              "alone, synced):")
+        for part, seconds in step_breakdown("cupy", Sizes(N=1024), repeats=10,
+                                            precision=precision).items():
             print(f"  {part:48s} {seconds * 1e3:8.2f} ms", flush=True)
-    if not args.steps_only:
+    if "decoding" in parts:
         runs = [(DECODE_IMAGES, "CuPy beam 3", library_decode("cupy", Sizes(), 3))]
         for images in (DECODE_IMAGES, 5000):
             for precision in ("fp32", "tf32"):
@@ -142,8 +148,8 @@ def main() -> None:
                         precision)))
         decode = {(images, name): median_time(fn, repeats=5, warmup=2)
                   for images, name, fn in runs}
-    epochs = {} if args.skip_epoch else {p: full_epoch(args.epoch_batch, p)
-                                         for p in ("fp32", "bf16")}
+    epochs = {p: full_epoch(args.epoch_batch, p)
+              for p in (("fp32", "bf16") if "epoch" in parts else ())}
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     peaks = card_peaks(name)
     print(f"\nGPU: {name}; peak TFLOP/s (dense, datasheet): "

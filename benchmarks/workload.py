@@ -189,14 +189,14 @@ def median_time(fn: Callable[[], None], repeats: int = 7, warmup: int = 2) -> fl
 
 
 def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = None,
-                   repeats: int = 7) -> dict[str, float]:
+                   repeats: int = 7, precision: str = "fp32") -> dict[str, float]:
     """Median seconds of each part of one training step, timed alone on the step's real
     inputs (with a device synchronisation after each): where the step's time goes."""
-    be = get_backend(backend)
     data = data or synthetic_data(sizes)
     model = CaptioningRNN(data["word_to_idx"], input_dim=sizes.D, wordvec_dim=sizes.W,
                           hidden_dim=sizes.H, cell_type=sizes.cell, dtype=np.float32,
-                          backend=be, seed=0)
+                          backend=backend, seed=0, precision=precision)
+    be = model.backend
     p = model.params
     idx = np.random.default_rng(1).integers(0, len(data["train_captions"]), sizes.N)
     features = be.asarray(data["train_features"][data["train_image_idxs"][idx]])
@@ -235,7 +235,8 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
         "embedding scatter-add + W_proj grads": lambda: (
             be.embedding_backward(cin, dx, sizes.V), be.matmul(features.T, dh[:, 0])),
         "Adam (every parameter)": adam,
-        "whole step (loss + grads + Adam)": library_step(be, sizes, data),
+        "whole step (loss + grads + Adam)": library_step(be, sizes, data,
+                                                         precision=precision),
     }
     return {name: median_time(timed(fn), repeats=repeats, warmup=2)
             for name, fn in parts.items()}
