@@ -161,6 +161,8 @@ class CaptioningTrainer:
                                  o["batch_size"], o["num_epochs"],
                                  o["seed"], o["print_every"], bool(o["verbose"]),
                                  bool(o["progress"]))
+        if parallel is not None:
+            self.loop.agree_to_stop = parallel.agree_to_stop
         self.validation = (ValidationSet(data, o["val_max_captions"])
                            if o["validate"] else None)
         self.val_rewards = (CaptionRewards(data, "val", checks.integer(
@@ -290,7 +292,7 @@ class CaptioningTrainer:
 
     def interrupted(self) -> None:
         saved = self.save()
-        self.loop.say(f"interrupted at iteration {self.iteration}; "
+        self.loop.say(f"{self.stop_reason} at iteration {self.iteration}; "
                       + (f"saved {saved}" if saved else "no checkpoint folder, nothing saved"))
 
     # ------------------------------------------------------------------ checkpoints

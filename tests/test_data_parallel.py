@@ -2,7 +2,10 @@
 parameters of one process on the same global batches, and an error on one rank ends the
 job instead of hanging it. Each launch has a timeout, so a hang fails the test."""
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +98,62 @@ def test_an_error_on_one_rank_ends_the_job_and_keeps_the_checkpoint(tiny_coco, t
     assert job.returncode != 0 and time.perf_counter() - start < 30
     assert "error: rank 1: FileNotFoundError" in job.stderr
     assert (run / "checkpoint.npz").read_bytes() == before
+
+
+def _rank_pids(job: subprocess.Popen) -> dict[int, int]:
+    """The processes mpiexec started for ``job``, by rank (from their PMI_RANK)."""
+    ranks = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            parents = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        rank = next((e[9:] for e in environ if e.startswith(b"PMI_RANK=")), None)
+        if rank is not None and proc.name.isdigit() and _descends(int(parents[1]), job.pid):
+            ranks[int(rank)] = int(proc.name)
+    return ranks
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaching_one_rank_stops_every_rank_after_the_same_step(tiny_coco, tmp_path):
+    """Ctrl-C reaches the ranks at different moments (here: rank 1 alone): the ranks
+    agree after each step, all stop after the same one, rank 0 saves, and the run
+    resumes."""
+    run = tmp_path / "run"
+    args = [*_train_args(tiny_coco, "float64", 100_000), "--print-every", "100000"]
+    job = subprocess.Popen([MPIEXEC, "-n", "2", *CAPTIONING, *args, "--out", str(run)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "train_log.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the log's first line: both ranks are training
+        time.sleep(1.0)
+        os.kill(_rank_pids(job)[1], signal.SIGINT)
+        out, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 130, err
+    # (train() checks at its end that both ranks hold the same parameters: a rank that
+    # stopped a step later would differ, and the job would fail instead)
+    with np.load(run / "checkpoint.npz") as f:
+        stopped_at = json.loads(str(f["state"]))["iteration"]
+    assert f"interrupted on another rank at iteration {stopped_at}; saved" in out, out
+    resumed = subprocess.run([*CAPTIONING, "train", "--resume", str(run), "--epochs",
+                              str(stopped_at // 3 + 2), "--no-report"], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
 
 
 @pytest.mark.slow

@@ -157,7 +157,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_coco, tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted at iteration" in out and f"--resume {run}" in out
+    assert "interrupted (Ctrl-C) at iteration" in out and f"--resume {run}" in out
     _, state, _ = load_checkpoint(run / "checkpoint.npz")
     from captioning.cli import main
 

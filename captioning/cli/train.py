@@ -301,7 +301,7 @@ def _train(folder: RunFolder | None, s: dict[str, Any], resuming: bool,
         print(f"resuming {out} at epoch {trainer.epoch + 1}, iteration {trainer.iteration}")
     if folder is None:  # a worker: train in step with rank 0, write nothing
         trainer.train()
-        return 0
+        return 130 if (trainer.stop_reason or "").startswith("interrupted") else 0
     folder.write_settings(_run_settings(s))  # from here on the folder holds a run
     what = (f"self-critical training ({s['scst_samples']} samples per image, "
             f"{s['baseline']} baseline) of the {s['cell']} from {s['init']}, on "

@@ -153,6 +153,15 @@ class MpiDataParallel:
             offset += size
         return backend.asarray(flat[-1:]).reshape(()).copy()  # the buffer is reused
 
+    def agree_to_stop(self, reason: str | None) -> str | None:
+        """The ranks' common decision, after a step, whether to stop (the training loop's
+        ``agree_to_stop``): if any rank was asked to (Ctrl-C reaches the ranks at
+        slightly different moments), all stop after this same step. Returns this rank's
+        reason, another rank's in words, or None. Collective: one small Allreduce."""
+        if not self.comm.allreduce(int(reason is not None)):
+            return None
+        return reason or "interrupted on another rank"
+
     def check_identical(self, params: dict[str, Any], backend: Backend) -> None:
         """RuntimeError unless every rank holds bit for bit rank 0's parameters."""
         digest = hashlib.sha256()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -62,7 +62,11 @@ class TrainingLoop:
         self.epoch_step = 0  # completed iterations of the current epoch
         self.epoch_rng_state = self._rng.bit_generator.state  # draws this epoch's batches
         self.stop_reason: str | None = None
-        self._stop_request: str | None = None
+        self._stop_request: str | None = None  # acted on before the next step
+        self._stop_wanted: str | None = None  # asked for here (Ctrl-C, request_stop)
+        # Data-parallel runs: (this rank's wish) -> the ranks' agreed stop or None, called
+        # after every step, so that every rank stops after the same one.
+        self.agree_to_stop: Callable[[str | None], str | None] | None = None
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -73,8 +77,11 @@ class TrainingLoop:
         (tqdm.write if self.progress else print)(text)
 
     def request_stop(self, reason: str = INTERRUPTED) -> None:
-        """Stop before the next step (after calling ``hooks.interrupted``)."""
-        self._stop_request = reason
+        """Stop before the next step (after calling ``hooks.interrupted``); with
+        ``agree_to_stop``, before the step after the one in which every rank heard."""
+        self._stop_wanted = reason
+        if self.agree_to_stop is None:
+            self._stop_request = reason
 
     def run(self, hooks: Hooks) -> None:
         """The remaining epochs, or until a hook or a request stops them."""
@@ -89,7 +96,7 @@ class TrainingLoop:
                 self.epoch_rng_state = self._rng.bit_generator.state
                 self.stop_reason = hooks.after_epoch()
         finally:
-            self._stop_request = None
+            self._stop_request = self._stop_wanted = None
 
     def _run_epoch(self, hooks: Hooks, started: float, first: int) -> bool:
         """The rest of the current epoch, under its own progress bar; False if a request
@@ -125,6 +132,8 @@ class TrainingLoop:
                                     else f", mean sampled reward {reward:.4f}"))
                     bar.set_postfix(loss=f"{loss:.3f}", cap_s=f"{rate:.0f}")
                 hooks.after_step()
+                if self.agree_to_stop is not None:
+                    self._stop_request = self.agree_to_stop(self._stop_wanted)
         return True
 
     @contextmanager
@@ -133,7 +142,7 @@ class TrainingLoop:
         Does nothing outside the main thread, where signals cannot be caught."""
 
         def handler(signum: int, frame: Any) -> None:
-            if self._stop_request is not None:
+            if self._stop_wanted is not None:
                 raise KeyboardInterrupt
             self.request_stop(INTERRUPTED)
 
