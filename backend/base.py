@@ -26,6 +26,7 @@ a backend calls:
   ``finish_cross_entropy`` (from the exp-shifted scores on);
 - ``adam_kernel``: the Adam update once its scalars are known, which both
   ``adam_update`` and ``adam_update_device`` call;
+- ``sum_rows``: the bias gradients' sums over rows;
 - ``can_record`` / ``record``: replaying a function's device work (a CUDA graph).
 """
 
@@ -127,6 +128,11 @@ class Backend:
         """
         return self.xp.matmul(a, b, out=out)
 
+    def sum_rows(self, x):
+        """x (M, K) -> (K,): the sum over rows (every bias gradient). Extension point: a
+        GPU reduces down a column badly where a matrix-vector product does not."""
+        return x.sum(axis=0)
+
     # ------------------------------------------------------------------ plain layers
     def affine_forward(self, x, w, b):
         """x (N, D...) flattened to (N, D), w (D, M), b (M,) -> out (N, M)."""
@@ -138,7 +144,7 @@ class Backend:
         x, w = cache
         x2 = x.reshape(x.shape[0], -1)
         return (self.matmul(dout, w.T).reshape(x.shape), self.matmul(x2.T, dout),
-                dout.sum(axis=0))
+                self.sum_rows(dout))
 
     def temporal_affine_forward(self, x, w, b):
         """x (N, T, D), w (D, M), b (M,) -> out (N, T, M): one matrix product for all T."""
@@ -153,7 +159,7 @@ class Backend:
         N, T, D = x.shape
         d2 = dout.reshape(N * T, -1)
         dx = self.matmul(d2, w.T).reshape(N, T, D)
-        return dx, self.matmul(x.reshape(N * T, D).T, d2), d2.sum(axis=0)
+        return dx, self.matmul(x.reshape(N * T, D).T, d2), self.sum_rows(d2)
 
     def word_embedding_forward(self, x, W):
         """x int (N, T), W (V, D) -> out (N, T, D), the rows of W that x names."""
@@ -381,7 +387,7 @@ class Backend:
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
         """Gradients of a = x Wx + prev_h Wh + b given da: dx, dprev_h, dWx, dWh, db."""
         mm = self.matmul
-        return mm(da, Wx.T), mm(da, Wh.T), mm(x.T, da), mm(prev_h.T, da), da.sum(axis=0)
+        return mm(da, Wx.T), mm(da, Wh.T), mm(x.T, da), mm(prev_h.T, da), self.sum_rows(da)
 
     def _project_inputs(self, x, Wx, b):
         """x (N, T, D) -> (x Wx + b as (T, N, kH), x time-major as (T*N, D)): the input
@@ -399,7 +405,7 @@ class Backend:
         da2 = da.reshape(T * N, -1)
         dx = self.matmul(da2, Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
         prev_h = hs[:-1].reshape(T * N, -1)
-        return dx, self.matmul(x_tm.T, da2), self.matmul(prev_h.T, da2), da2.sum(axis=0)
+        return dx, self.matmul(x_tm.T, da2), self.matmul(prev_h.T, da2), self.sum_rows(da2)
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):
@@ -474,7 +480,7 @@ class Backend:
         scores += b_vocab
         loss, dscores = self.cross_entropy(scores, y_kept, weight, N, overwrite=True)
         dh_kept = self.matmul(dscores, W_vocab.T)
-        dW_vocab, db_vocab = self.matmul(h_kept.T, dscores), dscores.sum(axis=0)
+        dW_vocab, db_vocab = self.matmul(h_kept.T, dscores), self.sum_rows(dscores)
         if self.compact_masked_positions:
             dh = xp.zeros((N, T, H), dtype=h.dtype)
             dh[kept] = dh_kept

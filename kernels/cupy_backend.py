@@ -298,6 +298,16 @@ class CupyBackend(Backend):
                 return target
         return super().matmul(a, b, out)
 
+    def sum_rows(self, x):
+        """As ones (1, M) @ x by one cuBLAS call, not in this twin's reduced precision
+        (these are bias gradients; only CUPY_TF32=1 makes it TF32, as every float32
+        product), reading x row by row; else cupy's column reduction."""
+        if x.ndim == 2 and x.dtype in (np.float32, np.float64):
+            out = cp.empty((1, x.shape[1]), dtype=x.dtype)
+            if gemm(cp.ones((1, x.shape[0]), dtype=x.dtype), x, out, "fp32"):
+                return out.reshape(-1)
+        return super().sum_rows(x)
+
     def embedding_backward(self, idx, dout, vocab_size: int):
         D = dout.shape[-1]
         dW = cp.zeros((vocab_size, D), dtype=dout.dtype)
