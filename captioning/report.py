@@ -51,25 +51,40 @@ def _pyplot():
     return plt
 
 
-def plot_losses(path: Path, loss_history: Sequence[float], val_history: Sequence[float],
-                iterations_per_epoch: int) -> None:
-    """Training loss per iteration (faint) and smoothed, validation loss per epoch."""
+@dataclass(frozen=True)
+class Curves:
+    """The report's curve: a figure per training iteration and one per epoch on the
+    validation set, with what they are. A cross-entropy run shows its losses; a
+    self-critical run its mean sampled reward and validation greedy CIDEr-D."""
+
+    train: Sequence[float]
+    val: Sequence[float]
+    iterations_per_epoch: int
+    train_label: str = "training loss"
+    val_label: str = "validation loss"
+    unit: str = "loss per caption"
+    heading: str = "Loss"
+
+
+def plot_curves(path: Path, curves: Curves) -> None:
+    """The training figure per iteration (faint) and smoothed, the validation figure per
+    epoch."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    losses = np.asarray(loss_history, dtype=float)
-    if len(losses):
-        steps = np.arange(1, len(losses) + 1)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8,
-                label="training loss")
-        window = max(1, min(len(losses) // 20, 200))
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    values = np.asarray(curves.train, dtype=float)
+    if len(values):
+        steps = np.arange(1, len(values) + 1)
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8,
+                label=curves.train_label)
+        window = max(1, min(len(values) // 20, 200))
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, color="tab:blue",
-                label=f"training loss, mean of {window}")
-    if len(val_history):
-        epochs = np.arange(1, len(val_history) + 1) * iterations_per_epoch
-        ax.plot(epochs, val_history, "o-", color="tab:orange", label="validation loss")
+                label=f"{curves.train_label}, mean of {window}")
+    if len(curves.val):
+        epochs = np.arange(1, len(curves.val) + 1) * curves.iterations_per_epoch
+        ax.plot(epochs, curves.val, "o-", color="tab:orange", label=curves.val_label)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss per caption")
+    ax.set_ylabel(curves.unit)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -98,13 +113,12 @@ def plot_samples(path: Path, images: Sequence[Path], samples: Sequence[Sample],
 
 
 def write_report(out: str | os.PathLike, samples: Sequence[Sample], data_dir: Path,
-                 metrics: dict[str, dict[str, float | str]], loss_history: Sequence[float],
-                 val_history: Sequence[float], iterations_per_epoch: int,
+                 metrics: dict[str, dict[str, float | str]], curves: Curves,
                  title: str = "Captioning run") -> Path:
     """Write the report folder ``out`` and return the path of its index.html."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    plot_losses(out / "loss.png", loss_history, val_history, iterations_per_epoch)
+    plot_curves(out / "loss.png", curves)
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
@@ -171,7 +185,8 @@ figure img{{width:160px;image-rendering:pixelated}}
 <body><h1>{html.escape(title)}</h1>
 <h2>Metrics</h2><div class="table"><table><tr><th></th>{head}</tr>{body}</table></div>
 <p>Raw numbers: <a href="metrics.json">metrics.json</a></p>
-<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
+<h2>{html.escape(curves.heading)}</h2><img src="loss.png" alt="{html.escape(
+    curves.train_label)} and {html.escape(curves.val_label)}">
 <h2>Samples</h2>
 <div class="samples">{cards}</div>
 {grid}

@@ -7,7 +7,7 @@ import pytest
 
 from captioning import metrics
 from captioning.metrics import caption_metrics, format_metrics, strip_special
-from captioning.report import Sample, write_report
+from captioning.report import Curves, Sample, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,7 @@ def _report(tmp_path, urls, data_dir):
     samples = [Sample(u, f"generated {i}", f"reference {i}") for i, u in enumerate(urls)]
     metrics = {"greedy": {"BLEU-4": 0.5, "METEOR": "skipped: no java"}}
     return write_report(tmp_path / "report", samples, data_dir, metrics,
-                        [3.0, 2.5, 2.0, 1.8, 1.7, 1.5], [2.2, 1.9], 3)
+                        Curves([3.0, 2.5, 2.0, 1.8, 1.7, 1.5], [2.2, 1.9], 3))
 
 
 def test_report_of_local_images(tmp_path, small_shapes):
@@ -81,6 +81,7 @@ def test_report_of_local_images(tmp_path, small_shapes):
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert "loss.png" in sources and "samples.png" not in sources  # one grid: the figures
     assert '<a href="samples.png">' in page
+    assert '<h2>Loss</h2><img src="loss.png" alt="training loss and validation loss">' in page
     for src in sources:  # every image the page shows is there
         assert (folder / src).is_file(), src
     assert sum(s.startswith("images/") for s in sources) == 5

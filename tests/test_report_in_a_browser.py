@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from captioning.report import Sample, write_report
+from captioning.report import Curves, Sample, write_report
 
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser",
                                                 "google-chrome") if shutil.which(name)), None)
@@ -59,7 +59,8 @@ def report(small_shapes, tmp_path_factory):
     metrics = {"greedy": {"BLEU-4": 0.5, "CIDEr-D": 2.9, "METEOR": "skipped: no java"},
                "beam 3": {"BLEU-4": 0.6, "CIDEr-D": 3.0, "METEOR": "skipped: no java"}}
     return write_report(tmp_path_factory.mktemp("report") / "report", samples, small_shapes,
-                        metrics, [3.0 - 0.01 * k for k in range(200)], [2.2, 1.9, 1.8], 50)
+                        metrics, Curves([3.0 - 0.01 * k for k in range(200)], [2.2, 1.9, 1.8],
+                                        50))
 
 
 @pytest.mark.parametrize("width", [1280, 640])

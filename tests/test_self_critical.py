@@ -192,9 +192,11 @@ def test_the_command_line_runs_and_resumes_self_critical_training(tiny_coco, tmp
     assert settings["hidden"] == 16 and settings["lr"] == 5e-5 and settings["scst"] is True
     records = [json.loads(line) for line in (scst / "train_log.jsonl").open()]
     assert any("mean_reward" in r for r in records) and "val_cider" in records[-1]
-    out = _cli("--resume", scst, "--epochs", 2, "--no-report", "--metrics-every", 0)
+    out = _cli("--resume", scst, "--epochs", 2, "--metrics-every", 0)
     assert out.returncode == 0, out.stderr
     assert "resuming" in out.stdout and "(Epoch 2 / 2)" in out.stdout
+    page = (scst / "report" / "index.html").read_text()  # rewards, not losses, plotted
+    assert "<h2>Reward</h2>" in page and "validation greedy CIDEr-D" in page
     assert load_model(scst / "checkpoint.npz").hidden_dim == 16
     out = _cli("--resume", scst, "--scst-samples", 4)
     assert out.returncode != 0 and "--scst-samples 4 differs" in out.stderr

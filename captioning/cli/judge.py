@@ -20,7 +20,7 @@ from captioning.cli.common import (
 )
 from captioning.evaluation import evaluate, pick_samples, references_by_image
 from captioning.metrics import format_metrics
-from captioning.report import write_report
+from captioning.report import Curves, write_report
 from captioning.training.run_folder import RunFolder
 
 _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
@@ -143,10 +143,16 @@ def make_report(model: Any, run_dir: Path, data: dict, data_dir: Path,
         state = saved_state or {}
     metrics = evaluate(model, data, "val", (1, 3), max_images)
     samples = pick_samples(model, data, "val", images)
-    per_epoch = state.get("num_train", 1) // max(state.get("batch_size", 1), 1)
-    return write_report(out or run_dir / "report", samples, data_dir, metrics,
-                        list(arrays.get("loss_history", [])), state.get("val_history", []),
-                        max(per_epoch, 1), title=f"Captioning run {run_dir}")
+    per_epoch = max(state.get("num_train", 1) // max(state.get("batch_size", 1), 1), 1)
+    if state.get("objective") == "self-critical":
+        curves = Curves(list(arrays.get("reward_history", [])), state.get("val_history", []),
+                        per_epoch, "mean sampled reward", "validation greedy CIDEr-D",
+                        "CIDEr-D", "Reward")
+    else:
+        curves = Curves(list(arrays.get("loss_history", [])), state.get("val_history", []),
+                        per_epoch)
+    return write_report(out or run_dir / "report", samples, data_dir, metrics, curves,
+                        title=f"Captioning run {run_dir}")
 
 
 def run_report(args: argparse.Namespace) -> int:
