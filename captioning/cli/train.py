@@ -215,15 +215,28 @@ def _self_critical_settings(given: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     parallel = from_launcher(getattr(args, "distributed", "auto"))
-    if parallel is None or parallel.is_root:
-        return on_every_rank(parallel, lambda: _run_owner(args, parallel))
+    if parallel is None:
+        return _run_owner(args, None)
 
-    def worker() -> int:  # trains in step with rank 0 and writes nothing
+    def on_this_rank() -> int:
+        _default_data_first(args, parallel)
+        if parallel.is_root:
+            return _run_owner(args, parallel)
+        # A worker trains in step with rank 0 and writes nothing.
         _, s, resuming = _settings(args, make_folder=False)
         return _train(None, s, resuming, parallel,
                       resume_from=Path(args.resume) if resuming else None)
 
-    return on_every_rank(parallel, worker)
+    return on_every_rank(parallel, on_this_rank)
+
+
+def _default_data_first(args: argparse.Namespace, parallel: MpiDataParallel) -> None:
+    """Where no --data is given, rank 0 finds (or builds, once) the default data before
+    the other ranks look for it, so ranks sharing a cache do not all build it."""
+    if getattr(args, "data", None) is None and not getattr(args, "resume", None):
+        if parallel.is_root:
+            default_data_dir()
+        parallel.barrier()
 
 
 def _run_owner(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:

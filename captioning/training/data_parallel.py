@@ -109,6 +109,10 @@ class MpiDataParallel:
         """This rank's contiguous part of ``count`` items (validation captions, rows)."""
         return slice(self.rank * count // self.size, (self.rank + 1) * count // self.size)
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        self.comm.Barrier()
+
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value``, in rank order, on rank 0 (None elsewhere)."""
         return self.comm.gather(value, root=0)
