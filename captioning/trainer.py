@@ -155,10 +155,9 @@ class CaptioningTrainer:
                     else np.random.randint(2**31))
             self.self_critical = SelfCriticalStep(
                 self.training_step, CaptionRewards(data, "train"), settings, seed)
-        self.loop = TrainingLoop(model.backend,
-                                 len(train) if settings is None else len(
-                                     self.self_critical.rewards),
-                                 o["batch_size"], o["num_epochs"],
+        # What an epoch passes over: the training captions, or the images with references.
+        units = len(train) if self.self_critical is None else len(self.self_critical.rewards)
+        self.loop = TrainingLoop(model.backend, units, o["batch_size"], o["num_epochs"],
                                  o["seed"], o["print_every"], bool(o["verbose"]),
                                  bool(o["progress"]))
         if parallel is not None:
