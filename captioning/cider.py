@@ -53,20 +53,41 @@ class CiderD:
     def scores(self, candidates: Sequence[str], images: Sequence[int] | None = None
                ) -> np.ndarray:
         """CIDEr-D of each candidate (float64, as pycocoevalcap's per-image scores)."""
-        images = np.arange(len(candidates)) if images is None else np.asarray(images)
-        if len(images) != len(candidates):
-            raise ValueError(f"{len(candidates)} candidates but {len(images)} images")
-        n_refs = np.diff(self.refs_of_image)[images]
         unseen = dict(self._words)  # words the references never use get ids of their own
-        sentence, key, tf, length = self._ngrams([self._encode(c, unseen) for c in candidates])
+        sentences = [self._encode(c, unseen) for c in candidates]
+        lengths = np.array([len(ids) for ids in sentences], dtype=np.int64)
+        words = np.array([w for ids in sentences for w in ids], dtype=np.int64)
+        return self.scores_of_words(words, lengths, images)
+
+    def word_ids(self, vocabulary: Sequence[str]) -> np.ndarray:
+        """Each word's id for ``scores_of_words`` (int64): the references' own ids, and
+        distinct new ones for words they never use."""
+        words = dict(self._words)
+        for word in vocabulary:
+            self._encode(word, words)
+        return np.array([words[w] for w in vocabulary], dtype=np.int64)
+
+    def scores_of_words(self, words: np.ndarray, lengths: np.ndarray,
+                        images: Sequence[int] | None = None) -> np.ndarray:
+        """``scores`` of candidates given as word ids (from ``word_ids``), all of them
+        one after the other in ``words``, candidate i ``lengths[i]`` long: no text to
+        split and look up, for rewards scored every step."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        images = np.arange(len(lengths)) if images is None else np.asarray(images)
+        if len(images) != len(lengths):
+            raise ValueError(f"{len(lengths)} candidates but {len(images)} images")
+        count = len(lengths)
+        n_refs = np.diff(self.refs_of_image)[images]
+        sentence, key, tf, length = self._ngrams_of(np.asarray(words, dtype=np.int64),
+                                                    lengths)
         known = np.searchsorted(self.keys, key)
         known = np.minimum(known, len(self.keys) - 1)
         found = self.keys[known] == key
         idf = np.where(found, self.idf[known], self.ref_len)  # unseen: document freq. 0
         value = tf * idf
-        norm = self._norms(sentence, key, value, len(candidates))
+        norm = self._norms(sentence, key, value, count)
         # Every (candidate, reference of its image) pair, and each shared n-gram's part.
-        pair_candidate = np.repeat(np.arange(len(candidates)), n_refs)
+        pair_candidate = np.repeat(np.arange(count), n_refs)
         first_pair = np.concatenate([[0], np.cumsum(n_refs)])
         pair_ref = (np.arange(len(pair_candidate)) - first_pair[pair_candidate]
                     + self.refs_of_image[images][pair_candidate])
@@ -89,7 +110,7 @@ class CiderD:
         delta = length[pair_candidate] - self.ref_length[pair_ref]
         overlap *= np.exp(-(delta.astype(np.float64) ** 2) / (2 * self.sigma**2))[:, None]
         per_candidate = np.bincount(pair_candidate, weights=overlap.mean(axis=1),
-                                    minlength=len(candidates))
+                                    minlength=count)
         return per_candidate / n_refs * 10.0
 
     # ------------------------------------------------------------------ n-grams
@@ -108,7 +129,12 @@ class CiderD:
         sentence, and each sentence's bigram count."""
         lengths = np.array([len(s) for s in sentences], dtype=np.int64)
         words = np.array([w for s in sentences for w in s], dtype=np.int64)
-        owner = np.repeat(np.arange(len(sentences)), lengths)
+        return self._ngrams_of(words, lengths)
+
+    def _ngrams_of(self, words: np.ndarray, lengths: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``_ngrams`` of sentences given as their words one after the other."""
+        owner = np.repeat(np.arange(len(lengths)), lengths)
         position = _ranges(lengths)
         base = BASE
         keys, owners = [], []

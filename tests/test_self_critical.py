@@ -159,6 +159,23 @@ def test_a_cross_entropy_checkpoint_does_not_resume_as_self_critical(tmp_path):
         trainer.restore(tmp_path / "xe" / "checkpoint.npz")
 
 
+def test_rewards_from_word_indices_equal_the_score_of_the_captions_text():
+    """The rewards skip the text: the same CIDEr-D as the decoded, stripped captions, with
+    <NULL>, <UNK> and <START> inside a caption, words after <END>, and no <END>."""
+    data = shapes_data()
+    rewards = CaptionRewards(data, "train")
+    rng = np.random.default_rng(4)
+    captions = rng.integers(0, len(WORDS), (300, 12))
+    captions[:100, 6] = 2  # <END> then more words
+    captions[100:200] = np.where(captions[100:200] == 2, 5, captions[100:200])  # no <END>
+    captions[200:] = rng.integers(4, len(WORDS), (100, 12))  # plain words
+    which = rng.integers(0, len(rewards), 300)
+    texts = [strip_special(t) for t in decode_captions(captions, WORDS)]
+    expected = rewards.scorer.scores(texts, which)
+    np.testing.assert_allclose(rewards(captions, which), expected, rtol=1e-12, atol=1e-15)
+    assert (expected > 0).any() and (expected == 0).any()
+
+
 def test_rewards_need_a_split_with_references():
     data = shapes_data()
     data["val_captions"] = data["val_captions"][:0]

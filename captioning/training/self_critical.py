@@ -23,10 +23,9 @@ import numpy as np
 
 from captioning import checks
 from captioning.cider import CiderD
-from captioning.data.vocab import decode_captions
+from captioning.data.layout import SPECIAL_TOKENS
 from captioning.decoding import greedy_decode, policy_sample
 from captioning.evaluation import references_by_image
-from captioning.metrics import strip_special
 from captioning.training.step import TrainingStep
 
 BASELINES = ("mean", "greedy")
@@ -70,16 +69,25 @@ class CaptionRewards:
             raise ValueError(f"the {split} split has no images with reference captions")
         self.images = images  # rows of the split's features, in the scorer's order
         self.scorer = CiderD([refs[i] for i in images])
-        self.idx_to_word = data["idx_to_word"]
+        # Captions are scored from their word indices: each index's id in the scorer, and
+        # what the text would drop (the special tokens; everything from <END> on).
+        words = list(data["idx_to_word"])
+        self.word_ids = self.scorer.word_ids(words)
+        self.dropped = np.isin(words, SPECIAL_TOKENS)
+        self.end = words.index("<END>") if "<END>" in words else -1
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __call__(self, captions: np.ndarray, which: np.ndarray) -> np.ndarray:
         """captions: host word indices (rows, L) as the decoders return them; which:
-        (rows,) positions in ``images``. -> CIDEr-D per caption, float64 (rows,)."""
-        texts = [strip_special(t) for t in decode_captions(captions, self.idx_to_word)]
-        return self.scorer.scores(texts, which)
+        (rows,) positions in ``images``. -> CIDEr-D per caption, float64 (rows,), the
+        score of each caption's text as `decode_captions` and `strip_special` make it."""
+        captions = np.asarray(captions)
+        before_end = np.cumsum(captions == self.end, axis=1) == 0
+        kept = before_end & ~self.dropped[captions]
+        return self.scorer.scores_of_words(self.word_ids[captions[kept]], kept.sum(axis=1),
+                                           which)
 
     def greedy_score(self, model: Any, split_features: Any, max_length: int = 16,
                      batch: int = 1000) -> float:
