@@ -8,6 +8,14 @@ from collections.abc import Callable
 import numpy as np
 
 
+def _set_tf32(torch, precision: str | None) -> None:
+    """"fp32" turns TF32 off in cuDNN and in plain matmuls, "tf32" on; anything else
+    leaves both as they are."""
+    if precision in ("fp32", "tf32"):
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
 def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = None
                ) -> Callable[[], None]:
     """One training step (forward, backward, Adam) of the PyTorch model, with the
@@ -15,15 +23,13 @@ def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = N
     ``precision``: None keeps PyTorch's defaults (cuDNN may use TF32, plain matmuls do
     not); "fp32" forces full float32 everywhere; "tf32" allows TF32 everywhere; "bf16"
     runs the forward pass under ``torch.autocast`` in bfloat16 (float32 weights and
-    Adam, as autocast does), TF32 as by default."""
+    Adam, as autocast does), leaving the TF32 settings as they are."""
     import torch
     from torch import nn
 
-    if precision in ("fp32", "tf32"):
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    elif precision not in (None, "bf16"):
+    if precision not in (None, "fp32", "tf32", "bf16"):
         raise ValueError(f"unknown precision {precision!r}; expected fp32, tf32 or bf16")
+    _set_tf32(torch, precision)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=precision == "bf16")
 
@@ -92,9 +98,7 @@ def torch_greedy(sizes, features: np.ndarray, device: str = "cpu",
 
     @torch.no_grad()
     def run() -> None:
-        if precision is not None:  # each call: another runner may have set them since
-            torch.backends.cudnn.allow_tf32 = precision == "tf32"
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        _set_tf32(torch, precision)  # each call: another runner may have set them since
         h = proj(feats).unsqueeze(0)
         state = (h, torch.zeros_like(h))
         words = torch.ones(len(feats), dtype=torch.long, device=dev)
