@@ -8,7 +8,9 @@ as ``np.sqrt(n)`` are not, so none appear here).
 The sequence functions hoist the input projection out of the time loop: ``x @ Wx`` for
 all T steps is one matrix product, and in the backward pass ``dx``, ``dWx``, ``dWh`` and
 ``db`` are one product each after the loop. Only ``h @ Wh`` (forward) and ``da @ Wh.T``
-(backward) stay inside it. The per-step gate maths lives in ``rnn_gates_*`` and
+(backward) stay inside it. ``*_forward_projected`` / ``*_backward_projected`` are the
+loops alone, from input projections the caller made (the model looks them up from a
+table of every word's projection) and back to their gradient. The per-step gate maths lives in ``rnn_gates_*`` and
 ``lstm_gates_*``, which both the step functions and the sequence loops call, so a
 subclass that fuses the gates speeds up both.
 
@@ -306,8 +308,16 @@ class Backend:
         Works time-major inside, so each step's operands are contiguous; h is returned as
         an (N, T, H) view of the (T, N, H) states.
         """
-        xp = self.xp
         a, x_tm = self._project_inputs(x, Wx, b)  # (T, N, H)
+        h, cache = self.rnn_forward_projected(a, h0, Wh)
+        return h, (x_tm, Wx, cache)
+
+    def rnn_forward_projected(self, a, h0, Wh):
+        """The recurrence from its input projections: a (T, N, H) time-major, x_t Wx + b
+        of every step (overwritten: it becomes the pre-activations), h0 (N, H) ->
+        h (N, T, H), a view of the (T, N, H) states. The model calls this with each
+        step's row looked up from a table of every word's projection."""
+        xp = self.xp
         T, N, H = a.shape
         hs = xp.empty((T + 1, N, H), dtype=a.dtype)  # hs[0] = h0, hs[t + 1] = h_t
         hs[0] = h0
@@ -315,19 +325,26 @@ class Backend:
         for t in range(T):
             a[t] += self.matmul(hs[t], Wh, buf)
             self.rnn_gates_forward(a[t], hs[t + 1])
-        return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs)
+        return hs[1:].transpose(1, 0, 2), (Wh, hs)
 
     def rnn_backward(self, dh, cache):
         """dh (N, T, H), upstream gradient of every state -> dx, dh0, dWx, dWh, db."""
-        x_tm, Wx, Wh, hs = cache
+        x_tm, Wx, inner = cache
+        da, dh0, dWh = self.rnn_backward_projected(dh, inner)
+        dx, dWx, db = self._input_grads(da, x_tm, Wx)
+        return dx, dh0, dWx, dWh, db
+
+    def rnn_backward_projected(self, dh, cache):
+        """dh (N, T, H) -> da (T, N, H), the gradient of rnn_forward_projected's input
+        projections, time-major; dh0 (N, H); dWh (H, H)."""
+        Wh, hs = cache
         T = hs.shape[0] - 1
         da = self.xp.empty_like(hs[1:])
         dprev_h = self.xp.zeros_like(hs[0])
         for t in reversed(range(T)):
             self.rnn_gates_backward(dh[:, t] + dprev_h, hs[t + 1], da[t])
             self.matmul(da[t], Wh.T, dprev_h)
-        dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
-        return dx, dprev_h, dWx, dWh, db
+        return da, dprev_h, self._recurrent_grad(da, hs)
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
@@ -355,23 +372,38 @@ class Backend:
         Time-major inside, like rnn_forward; the gates are activated in place in the
         (T, N, 4H) buffer of the hoisted input projection.
         """
+        a, x_tm = self._project_inputs(x, Wx, b)  # (T, N, 4H)
+        h, cache = self.lstm_forward_projected(a, h0, Wh)
+        return h, (x_tm, Wx, cache)
+
+    def lstm_forward_projected(self, a, h0, Wh):
+        """The recurrence from its input projections: a (T, N, 4H) time-major, x_t Wx + b
+        of every step (overwritten: the gates are activated in place in it), h0 (N, H)
+        -> h (N, T, H), a view of the (T, N, H) states; the cell state starts at zero."""
         xp = self.xp
-        gates, x_tm = self._project_inputs(x, Wx, b)  # (T, N, 4H)
-        T, N, _ = gates.shape
+        T, N, _ = a.shape
         H = h0.shape[1]
-        hs = xp.empty((T + 1, N, H), dtype=gates.dtype)  # hs[0] = h0, hs[t + 1] = h_t
+        hs = xp.empty((T + 1, N, H), dtype=a.dtype)  # hs[0] = h0, hs[t + 1] = h_t
         cs = xp.empty_like(hs)  # cs[0] = 0, cs[t + 1] = c_t
         tanh_c = xp.empty_like(hs[1:])
         hs[0], cs[0] = h0, 0
-        buf = xp.empty_like(gates[0])
+        buf = xp.empty_like(a[0])
         for t in range(T):
             self.matmul(hs[t], Wh, buf)
-            self.lstm_gates_forward_sum(gates[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
-        return hs[1:].transpose(1, 0, 2), (x_tm, Wx, Wh, hs, cs, gates, tanh_c)
+            self.lstm_gates_forward_sum(a[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
+        return hs[1:].transpose(1, 0, 2), (Wh, hs, cs, a, tanh_c)
 
     def lstm_backward(self, dh, cache):
         """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
-        x_tm, Wx, Wh, hs, cs, gates, tanh_c = cache
+        x_tm, Wx, inner = cache
+        da, dh0, dWh = self.lstm_backward_projected(dh, inner)
+        dx, dWx, db = self._input_grads(da, x_tm, Wx)
+        return dx, dh0, dWx, dWh, db
+
+    def lstm_backward_projected(self, dh, cache):
+        """dh (N, T, H) -> da (T, N, 4H), the gradient of lstm_forward_projected's input
+        projections, time-major; dh0 (N, H); dWh (H, 4H)."""
+        Wh, hs, cs, gates, tanh_c = cache
         xp = self.xp
         da = xp.empty_like(gates)
         dprev_h = xp.zeros_like(hs[0])
@@ -380,8 +412,7 @@ class Backend:
             self.lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
                                           tanh_c[t], da[t])
             self.matmul(da[t], Wh.T, dprev_h)
-        dx, dWx, dWh, db = self._sequence_weight_grads(da, x_tm, hs, Wx)
-        return dx, dprev_h, dWx, dWh, db
+        return da, dprev_h, self._recurrent_grad(da, hs)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
@@ -398,14 +429,19 @@ class Backend:
         a += b
         return a.reshape(T, N, -1), x_tm
 
-    def _sequence_weight_grads(self, da, x_tm, hs, Wx):
-        """After the backward loop: dx (N, T, D), dWx, dWh, db from da (T, N, kH), one
-        matrix product each; dWh pairs step t's da with the state before it, hs[t]."""
+    def _input_grads(self, da, x_tm, Wx):
+        """After the backward loop: dx (N, T, D), dWx, db from da (T, N, kH) and the
+        time-major inputs x_tm (T*N, D), one matrix product each."""
         T, N, _ = da.shape
         da2 = da.reshape(T * N, -1)
         dx = self.matmul(da2, Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
-        prev_h = hs[:-1].reshape(T * N, -1)
-        return dx, self.matmul(x_tm.T, da2), self.matmul(prev_h.T, da2), self.sum_rows(da2)
+        return dx, self.matmul(x_tm.T, da2), self.sum_rows(da2)
+
+    def _recurrent_grad(self, da, hs):
+        """dWh from da (T, N, kH) in one matrix product: step t's da pairs with the state
+        before it, hs[t]."""
+        T, N, _ = da.shape
+        return self.matmul(hs[:-1].reshape(T * N, -1).T, da.reshape(T * N, -1))
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):

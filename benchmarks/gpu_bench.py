@@ -6,7 +6,9 @@ python -m benchmarks.gpu_bench [--epoch-batch 1024] [--skip-epoch] [--skip-torch
 Prints, last, the device check's table: per batch size (128, 1024) and precision (fp32,
 tf32, bf16), one training step's time for the CuPy backend (replayed from its CUDA
 graph) and for PyTorch's nn.LSTM model (FP32; TF32 allowed; autocast bfloat16), their
-ratio, the step's matrix FLOPs, the achieved TFLOP/s and the share of the detected
+ratio, the model's matrix FLOPs per step (as PyTorch and the exercise multiply it, at
+every position; the library's step multiplies fewer, each word's input projection once
+per vocabulary word), the achieved TFLOP/s on that count and the share of the detected
 card's dense peak for that precision; then decoding, and one full epoch over 400,135
 synthetic captions with 82,783 x 4096 float32 features in fp32 and bf16.
 """
@@ -158,7 +160,7 @@ def main() -> None:
           "allowed everywhere, bf16 = torch.autocast(bfloat16)")
     if rows:
         print("| N | precision | CuPy ms | PyTorch ms | CuPy / PyTorch speed | CuPy cap/s | "
-              "GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
+              "model GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for n, precision, tc, tt, flops in rows:
             share = f"{flops / tc / 1e12 / peaks[precision] * 100:.1f}" if peaks else "n/a"

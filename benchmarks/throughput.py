@@ -2,9 +2,11 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.throughput [--repeats 7]
 
-Prints captions per second and effective GFLOP/s (the step's matrix-product FLOPs over
-its time) for each available CPU backend, the textbook formulation, PyTorch (if
-installed) and the bare matrix products (the floor), and the ratios between them.
+Prints captions per second and effective GFLOP/s (the model's matrix-product FLOPs, as
+the exercise counts them, over the step's time) for each available CPU backend, the
+textbook formulation, PyTorch (if installed) and the bare matrix products of the
+library's step (its floor: it multiplies each word's input projection once per
+vocabulary word, not at every position), and the ratios between them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         print("PyTorch not installed: skipped (pip install -e '.[bench-peers]')")
     print(f"one float32 training step, N={sizes.N} T={sizes.T} D={sizes.D} W={sizes.W} "
-          f"H={sizes.H} V={sizes.V}: {sizes.flops() / 1e9:.1f} GFLOP in matrix products; "
+          f"H={sizes.H} V={sizes.V}: {sizes.flops() / 1e9:.1f} GFLOP in the model's matrix "
+          f"products ({sizes.library_flops() / 1e9:.1f} in the library's); "
           f"median of {args.repeats}, timed in turns, after warm-up")
     times = interleaved_medians(steps, repeats=args.repeats, warmup=4)
     base = times["textbook"]

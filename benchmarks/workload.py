@@ -31,26 +31,40 @@ class Sizes:
     def k(self) -> int:
         return CELL_WIDTH[self.cell]
 
-    def gemms(self) -> list[tuple[int, int, int, int]]:
-        """The step's matrix products (m, n, k, count) in the hoisted formulation."""
+    def gemms(self, per_position: bool) -> list[tuple[int, int, int, int]]:
+        """The step's matrix products (m, n, k, count) in the hoisted formulation: the
+        library's, which projects each vocabulary word's embedding once (V rows: the
+        table W_embed Wx, then dW_embed and dWx from the table's gradient), or, with
+        ``per_position``, the exercise's and PyTorch's, at all N*T positions."""
         N, T, D, W, H, V, k = self.N, self.T, self.D, self.W, self.H, self.V, self.k
         NT = N * T
+        rows = NT if per_position else V
         return [
             (N, H, D, 1),          # h0 = features W_proj
-            (NT, k * H, W, 1),     # x Wx for all steps
+            (rows, k * H, W, 1),   # x Wx for all steps (or each word's W_embed Wx)
             (N, k * H, H, T),      # h Wh, per step
             (NT, V, H, 1),         # scores
             (NT, H, V, 1),         # dh from dscores
             (H, V, NT, 1),         # dW_vocab
             (N, H, k * H, T),      # da Wh^T, per step
-            (NT, W, k * H, 1),     # dx
-            (W, k * H, NT, 1),     # dWx
+            (rows, W, k * H, 1),   # dx (or dW_embed from the table's gradient)
+            (W, k * H, rows, 1),   # dWx
             (H, k * H, NT, 1),     # dWh
             (D, H, N, 1),          # dW_proj
         ]
 
     def flops(self) -> float:
-        return float(sum(2 * m * n * kk * c for m, n, kk, c in self.gemms()))
+        """The model's FLOPs per step, as the exercise and PyTorch multiply it (every
+        position's input projection): the work every formulation is credited with."""
+        return _flops(self.gemms(per_position=True))
+
+    def library_flops(self) -> float:
+        """The FLOPs of the products this library's step actually runs."""
+        return _flops(self.gemms(per_position=False))
+
+
+def _flops(gemms: list[tuple[int, int, int, int]]) -> float:
+    return float(sum(2 * m * n * kk * c for m, n, kk, c in gemms))
 
 
 # Every backend that runs here, in the pytest-benchmark suite (CuPy where a GPU is).
@@ -141,10 +155,10 @@ def textbook_step(sizes: Sizes, data: dict | None = None) -> Callable[[], None]:
 
 
 def gemm_floor_step(sizes: Sizes, dtype=np.float32) -> Callable[[], None]:
-    """Only the step's matrix products, on preallocated operands: the floor."""
+    """Only the library step's matrix products, on preallocated operands: its floor."""
     rng = np.random.default_rng(0)
     operands = []
-    for m, n, kk, count in sizes.gemms():
+    for m, n, kk, count in sizes.gemms(per_position=False):
         a = rng.standard_normal((m, kk)).astype(dtype)
         b = rng.standard_normal((kk, n)).astype(dtype)
         operands.append((a, b, np.empty((m, n), dtype=dtype), count))
@@ -203,13 +217,16 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     captions = be.asarray(data["train_captions"][idx])
     cin, cout = captions[:, :-1], captions[:, 1:]
     mask = cout != 0
-    forward, backward = ((be.lstm_forward, be.lstm_backward) if sizes.cell == "lstm"
-                         else (be.rnn_forward, be.rnn_backward))
+    forward, backward = ((be.lstm_forward_projected, be.lstm_backward_projected)
+                         if sizes.cell == "lstm"
+                         else (be.rnn_forward_projected, be.rnn_backward_projected))
+    # The model's own sequence (CaptioningRNN.loss), part by part.
     h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
-    x, _ = be.word_embedding_forward(cin, p["W_embed"])
-    h, cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
+    a, lookup_cache = be.word_embedding_forward(cin.T, table)
+    h, cache = forward(a, h0, p["Wh"])
     _, dh, _, _ = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], cout, mask)
-    dx = backward(dh, cache)[0]
+    da, dh0, _ = backward(dh, cache)
     _, grads = model.loss(features, captions)
     states = {k: (be.xp.zeros_like(v), be.xp.zeros_like(v)) for k, v in p.items()}
     updated = {k: v.copy() for k, v in p.items()}  # Adam works in place on these
@@ -224,16 +241,21 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
         for k, w in updated.items():
             be.adam_update(w, grads[k], *states[k], 1, 1e-3, 0.9, 0.999, 1e-8)
 
+    def table_grads() -> None:
+        dtable = be.word_embedding_backward(da, lookup_cache)
+        be.affine_backward(dtable, table_cache)
+        be.matmul(features.T, dh0)
+
     parts = {
-        "input projection + embedding": lambda: (
+        "h0 + every word's input projection (table)": lambda: (
             be.affine_forward(features, p["W_proj"], p["b_proj"]),
-            be.word_embedding_forward(cin, p["W_embed"])),
-        "recurrence forward": lambda: forward(x, h0, p["Wx"], p["Wh"], p["b"]),
+            be.affine_forward(p["W_embed"], p["Wx"], p["b"])),
+        "table lookup + recurrence forward (16 steps)": lambda: forward(
+            be.word_embedding_forward(cin.T, table)[0], h0, p["Wh"]),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], cout, mask),
-        "recurrence backward": lambda: backward(dh, cache),
-        "embedding scatter-add + W_proj grads": lambda: (
-            be.embedding_backward(cin, dx, sizes.V), be.matmul(features.T, dh[:, 0])),
+        "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),
+        "table scatter-add + W_embed, Wx, b, W_proj grads": table_grads,
         "Adam (every parameter)": adam,
         "whole step (loss + grads + Adam)": library_step(be, sizes, data,
                                                          precision=precision),

@@ -108,9 +108,14 @@ class CaptioningRNN:
         mask = captions_out != self._null
 
         h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
-        x, embed_cache = be.word_embedding_forward(captions_in, p["W_embed"])
+        # The input projection W_embed[w] Wx + b depends only on the word, so it is made
+        # once per vocabulary word (V x W x kH multiply-adds) and looked up per position,
+        # time-major, rather than multiplied at all N*T positions; the gradients flow back
+        # by a scatter-add into that table (the same maths in another order).
+        table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])  # (V, kH)
+        a, lookup_cache = be.word_embedding_forward(captions_in.T, table)  # (T, N, kH)
         forward, backward = self._recurrence()
-        h, rec_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        h, rec_cache = forward(a, h0, p["Wh"])
         if not grads:
             loss = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], captions_out, mask,
                                  caption_weights)[0]
@@ -118,8 +123,9 @@ class CaptioningRNN:
         grads = {}
         loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], captions_out, mask, caption_weights)
-        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rec_cache)
-        grads["W_embed"] = be.word_embedding_backward(dx, embed_cache)
+        da, dh0, grads["Wh"] = backward(dh, rec_cache)
+        dtable = be.word_embedding_backward(da, lookup_cache)
+        grads["W_embed"], grads["Wx"], grads["b"] = be.affine_backward(dtable, table_cache)
         grads["W_proj"] = be.matmul(features.T, dh0)  # the features need no gradient
         grads["b_proj"] = dh0.sum(axis=0)
         if host:
@@ -138,10 +144,11 @@ class CaptioningRNN:
 
     # ------------------------------------------------------------------ helpers
     def _recurrence(self):
+        """The cell's recurrence from input projections: (forward, backward)."""
         be = self.backend
         if self.cell_type == "rnn":
-            return be.rnn_forward, be.rnn_backward
-        return be.lstm_forward, be.lstm_backward
+            return be.rnn_forward_projected, be.rnn_backward_projected
+        return be.lstm_forward_projected, be.lstm_backward_projected
 
     def check_features(self, features):
         """``features`` if they are (N, input_dim), else ValueError naming the width

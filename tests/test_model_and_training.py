@@ -38,6 +38,35 @@ def test_overfits_fifty_captions(backend, cell_type, lr_decay, target, capsys):
     assert "(Iteration 1 / 100) loss: " in out and "(Iteration 91 / 100) loss: " in out
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("count", "length", "vocab_size"),
+                         [(2, 5, 200), (16, 17, 30), (37, 9, 12)])
+def test_loss_and_gradients_match_the_textbook_model(backend, count, length, vocab_size,
+                                                      dtype):
+    """The model projects each vocabulary word once and looks the rows up (a table of
+    V rows, its gradient a scatter-add); the exercise multiplies at every position. Same
+    loss and gradients, with fewer positions than words, more, and padding."""
+    rng = np.random.default_rng(count)
+    word_to_idx = {"<NULL>": 0, "<START>": 1, "<END>": 2,
+                   **{f"w{i}": i for i in range(3, vocab_size)}}
+    captions = random_captions(rng, count, length, vocab_size)
+    features = rng.standard_normal((count, 20)).astype(dtype)
+    model = CaptioningRNN(word_to_idx, input_dim=20, wordvec_dim=6, hidden_dim=7,
+                          cell_type="lstm", dtype=dtype, seed=3)
+    for name in ("b", "b_proj", "b_vocab"):  # initialised to zero: make them count
+        model.params[name] = rng.standard_normal(model.params[name].shape).astype(dtype)
+    loss, grads = model.loss(features, captions)
+    ref_loss, ref_grads = textbook.TextbookLSTM(
+        {k: v.astype(np.float64) for k, v in model.params.items()}).loss(
+            features.astype(np.float64), captions)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert abs(float(loss) - ref_loss) <= tol * abs(ref_loss)
+    assert set(grads) == set(ref_grads)
+    for name, ref in ref_grads.items():
+        assert grads[name].dtype == dtype
+        assert np.abs(grads[name] - ref).max() <= tol * np.abs(ref).max(), name
+
+
 def test_sample_is_greedy_and_padded(backend):
     model = CaptioningRNN(VOCAB, input_dim=8, wordvec_dim=6, hidden_dim=10, cell_type="lstm",
                           seed=3)
