@@ -10,9 +10,9 @@ all T steps is one matrix product, and in the backward pass ``dx``, ``dWx``, ``d
 ``db`` are one product each after the loop. Only ``h @ Wh`` (forward) and ``da @ Wh.T``
 (backward) stay inside it. ``*_forward_projected`` / ``*_backward_projected`` are the
 loops alone, from input projections the caller made (the model looks them up from a
-table of every word's projection) and back to their gradient. The per-step gate maths lives in ``rnn_gates_*`` and
-``lstm_gates_*``, which both the step functions and the sequence loops call, so a
-subclass that fuses the gates speeds up both.
+table of every word's projection) and back to their gradient. The per-step gate maths
+lives in ``rnn_gates_*`` and ``lstm_gates_*``, which both the step functions and the
+sequence loops call, so a subclass that fuses the gates speeds up both.
 
 Caches are opaque tuples that belong to the backend that made them.
 

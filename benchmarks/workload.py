@@ -33,12 +33,12 @@ class Sizes:
 
     def gemms(self, per_position: bool) -> list[tuple[int, int, int, int]]:
         """The step's matrix products (m, n, k, count) in the hoisted formulation: the
-        library's, which projects each vocabulary word's embedding once (V rows: the
-        table W_embed Wx, then dW_embed and dWx from the table's gradient), or, with
+        library's, which projects each vocabulary word's embedding once when V < N*T
+        (the table W_embed Wx, then dW_embed and dWx from the table's gradient), or, with
         ``per_position``, the exercise's and PyTorch's, at all N*T positions."""
         N, T, D, W, H, V, k = self.N, self.T, self.D, self.W, self.H, self.V, self.k
         NT = N * T
-        rows = NT if per_position else V
+        rows = NT if per_position else min(V, NT)  # CaptioningRNN._input_projections
         return [
             (N, H, D, 1),          # h0 = features W_proj
             (rows, k * H, W, 1),   # x Wx for all steps (or each word's W_embed Wx)

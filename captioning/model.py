@@ -108,12 +108,7 @@ class CaptioningRNN:
         mask = captions_out != self._null
 
         h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
-        # The input projection W_embed[w] Wx + b depends only on the word, so it is made
-        # once per vocabulary word (V x W x kH multiply-adds) and looked up per position,
-        # time-major, rather than multiplied at all N*T positions; the gradients flow back
-        # by a scatter-add into that table (the same maths in another order).
-        table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])  # (V, kH)
-        a, lookup_cache = be.word_embedding_forward(captions_in.T, table)  # (T, N, kH)
+        a, input_backward = self._input_projections(p, captions_in.T)
         forward, backward = self._recurrence()
         h, rec_cache = forward(a, h0, p["Wh"])
         if not grads:
@@ -124,8 +119,7 @@ class CaptioningRNN:
         loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], captions_out, mask, caption_weights)
         da, dh0, grads["Wh"] = backward(dh, rec_cache)
-        dtable = be.word_embedding_backward(da, lookup_cache)
-        grads["W_embed"], grads["Wx"], grads["b"] = be.affine_backward(dtable, table_cache)
+        grads["W_embed"], grads["Wx"], grads["b"] = input_backward(da)
         grads["W_proj"] = be.matmul(features.T, dh0)  # the features need no gradient
         grads["b_proj"] = dh0.sum(axis=0)
         if host:
@@ -143,6 +137,32 @@ class CaptioningRNN:
         return greedy_decode(self, features, max_length)
 
     # ------------------------------------------------------------------ helpers
+    def _input_projections(self, p, words):
+        """words int (T, N) -> (a (T, N, kH), every position's W_embed[w] Wx + b, fresh
+        and time-major; a function da (T, N, kH) -> (dW_embed, dWx, db)).
+
+        The projection depends only on the word, so when the vocabulary has fewer words
+        than the batch has positions it is made once per word (V x W x kH multiply-adds,
+        not N*T x W x kH) and looked up, and its gradient is scatter-added into that
+        table; else each position's embedding is multiplied. The same maths either way.
+        """
+        be = self.backend
+        if self.vocab_size < words.size:
+            table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])  # (V, kH)
+            a, lookup_cache = be.word_embedding_forward(words, table)
+
+            def backward(da):
+                dtable = be.word_embedding_backward(da, lookup_cache)
+                return be.affine_backward(dtable, table_cache)
+        else:
+            x, embed_cache = be.word_embedding_forward(words, p["W_embed"])  # (T, N, W)
+            a, affine_cache = be.temporal_affine_forward(x, p["Wx"], p["b"])
+
+            def backward(da):
+                dx, dWx, db = be.temporal_affine_backward(da, affine_cache)
+                return be.word_embedding_backward(dx, embed_cache), dWx, db
+        return a, backward
+
     def _recurrence(self):
         """The cell's recurrence from input projections: (forward, backward)."""
         be = self.backend

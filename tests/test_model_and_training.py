@@ -43,9 +43,10 @@ def test_overfits_fifty_captions(backend, cell_type, lr_decay, target, capsys):
                          [(2, 5, 200), (16, 17, 30), (37, 9, 12)])
 def test_loss_and_gradients_match_the_textbook_model(backend, count, length, vocab_size,
                                                       dtype):
-    """The model projects each vocabulary word once and looks the rows up (a table of
-    V rows, its gradient a scatter-add); the exercise multiplies at every position. Same
-    loss and gradients, with fewer positions than words, more, and padding."""
+    """With more positions than vocabulary words the model projects each word once and
+    looks the rows up (a table of V rows, its gradient a scatter-add), with fewer it
+    multiplies at every position as the exercise does: the same loss and gradients
+    either way, padding included."""
     rng = np.random.default_rng(count)
     word_to_idx = {"<NULL>": 0, "<START>": 1, "<END>": 2,
                    **{f"w{i}": i for i in range(3, vocab_size)}}
