@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the GPU tests, the device check's table (CuPy vs PyTorch in fp32, tf32 and
-# bf16), the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
+# bf16), the replayed step's kernel profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
 # the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the
 # benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
 # /tmp/gpu_check).
@@ -36,6 +36,9 @@ tests_rc=${PIPESTATUS[0]}
 echo "== the device check"
 timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
+
+echo "== the replayed step kernel by kernel (device time per step, busy share of its span)"
+timeout 120 python3 -m benchmarks.kernel_profile --steps 5 --top 12
 
 echo "== pytest-benchmark, the CuPy rows (compare with a CPU run: python -m benchmarks.compare)"
 timeout 120 python3 -m pytest benchmarks -q -p no:cacheprovider -k cupy \
