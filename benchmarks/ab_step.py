@@ -26,7 +26,7 @@ import numpy as np
 _WORKER = """
 import sys, time
 from benchmarks.workload import Sizes, library_step
-step = library_step(sys.argv[1], Sizes())
+step = library_step(sys.argv[1], Sizes(N=int(sys.argv[3])))
 for _ in range(int(sys.argv[2])):
     step()
 print("ready", flush=True)
@@ -40,9 +40,10 @@ for line in sys.stdin:
 class Worker:
     """A process running one tree's step on request."""
 
-    def __init__(self, tree: Path, backend: str, warmup: int) -> None:
+    def __init__(self, tree: Path, backend: str, warmup: int, batch: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, backend, str(warmup)],
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, backend, str(warmup),
+                                      str(batch)],
                                      cwd=tree, env=env, text=True, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         if self.proc.stdout.readline().strip() != "ready":
@@ -66,12 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", nargs="+", default=["numpy", "numba"])
     parser.add_argument("--repeats", type=int, default=15, help="timed steps of each")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128,
+                        help="captions per step (the benchmark's other sizes stay)")
     args = parser.parse_args(argv)
+    for name in ("repeats", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     print(f"A = {args.tree_a.resolve()}, B = {args.tree_b.resolve()}; median of "
-          f"{args.repeats} steps each, in turns")
+          f"{args.repeats} steps of {args.batch} captions each, in turns")
     print(f"{'backend':8s} {'A ms/step':>10s} {'B ms/step':>10s} {'B/A':>6s}")
     for backend in args.backends:
-        workers = [Worker(tree.resolve(), backend, args.warmup)
+        workers = [Worker(tree.resolve(), backend, args.warmup, args.batch)
                    for tree in (args.tree_a, args.tree_b)]
         times: list[list[float]] = [[], []]
         try:

@@ -256,6 +256,21 @@ def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
     _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
 
 
+def test_numpy_scatter_add_in_chunks_sums_in_the_textbook_order(monkeypatch):
+    """NumPy's scatter-add goes through dout in chunks of rows; with chunks of 3 rows
+    (and a last, shorter one) it still adds every row, in order, as one np.add.at."""
+    from kernels import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_SCATTER_CHUNK", 3 * 4)
+    rng = np.random.default_rng(5)
+    idx = rng.integers(0, 4, (5, 2)).astype(np.int32)  # time-major word indices
+    dout = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    got = numpy_backend.NumpyBackend().embedding_backward(idx, dout, 6)
+    want = np.zeros((6, 4), np.float32)
+    np.add.at(want, idx.reshape(-1), dout.reshape(-1, 4))
+    assert np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("N", "T", "V"), [(1, 1, 2), (7, 8, 9), (16, 4, 1004)])
 def test_softmax_loss_matches_the_textbook(backend, N, T, V, dtype):
