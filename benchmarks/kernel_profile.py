@@ -166,10 +166,18 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if any(n < 1 for n in args.batch):
         parser.error(f"--batch sizes must be >= 1, got {args.batch}")
+    from backend import BackendUnavailable, get_backend
     from benchmarks.workload import Sizes, library_step, synthetic_data
-    from kernels.cupy_backend import CupyBackend
 
-    backend = CupyBackend()
+    try:
+        backend = get_backend("cupy")
+    except BackendUnavailable as exc:
+        parser.error(f"{exc} (this profiles the GPU step)")
+    try:
+        import torch.profiler  # noqa: F401
+    except ImportError:
+        parser.error("PyTorch is needed for its CUPTI profiler: pip install -e "
+                     "'.[bench-peers]' (with a CUDA build of torch on a GPU machine)")
     if args.trace_dir:
         args.trace_dir.mkdir(parents=True, exist_ok=True)
     for n in args.batch:
