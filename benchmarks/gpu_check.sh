@@ -38,7 +38,7 @@ timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
 
 echo "== the replayed step kernel by kernel (device time per step, busy share of its span)"
-timeout 120 python3 -m benchmarks.kernel_profile --steps 5 --top 12
+timeout 150 python3 -m benchmarks.kernel_profile --steps 5 --top 12 --greedy 5000
 
 echo "== pytest-benchmark, the CuPy rows (compare with a CPU run: python -m benchmarks.compare)"
 timeout 120 python3 -m pytest benchmarks -q -p no:cacheprovider -k cupy \

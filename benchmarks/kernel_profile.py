@@ -1,7 +1,8 @@
 """Where the GPU's time goes inside the replayed training step, kernel by kernel.
 
     python -m benchmarks.kernel_profile [--batch 128 1024] [--precision fp32 tf32 bf16]
-                                        [--steps 5] [--top 12] [--trace-dir DIR]
+                                        [--greedy 5000] [--steps 5] [--top 12]
+                                        [--trace-dir DIR]
 
 The breakdown in ``benchmarks.gpu_bench`` times parts of the step op by op, with the
 host's launch costs in them, so its parts add up to more than the step replayed from
@@ -12,7 +13,9 @@ are summed per kernel name and per group (cuBLAS products, this library's kernel
 CuPy's generated kernels, copies and fills). Per batch and precision it prints device
 microseconds per step by group and for the costliest kernels, and how much of the
 step's span the device was busy (the rest is gaps between kernels: dependencies and
-launch latency, which a graph shortens but does not remove). Needs CuPy, a GPU and
+launch latency, which a graph shortens but does not remove). ``--greedy IMAGES`` adds
+the same for greedy decoding of that many images (16 words, replayed from its graph;
+one "step" is one whole decode). Needs CuPy, a GPU and
 PyTorch with CUDA (the device machine has them); ``--trace-dir`` keeps each Chrome
 trace (open it in Perfetto).
 """
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--precision", nargs="+", choices=["fp32", "tf32", "bf16"],
                         default=["fp32", "tf32", "bf16"])
+    parser.add_argument("--greedy", type=int, nargs="*", default=[], metavar="IMAGES",
+                        help="also profile greedy decoding of this many images")
     parser.add_argument("--steps", type=int, default=5, help="replays profiled (>= 1)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed (>= 1)")
     parser.add_argument("--trace-dir", type=Path,
@@ -164,10 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "top"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if any(n < 1 for n in args.batch):
-        parser.error(f"--batch sizes must be >= 1, got {args.batch}")
+    for name in ("batch", "greedy"):
+        if any(n < 1 for n in getattr(args, name)):
+            parser.error(f"--{name} sizes must be >= 1, got {getattr(args, name)}")
     from backend import BackendUnavailable, get_backend
-    from benchmarks.workload import Sizes, library_step, synthetic_data
+    from benchmarks.workload import Sizes, library_decode, library_step, synthetic_data
 
     try:
         backend = get_backend("cupy")
@@ -193,6 +199,16 @@ def main(argv: list[str] | None = None) -> None:
             result = profile(step, backend.synchronize, args.steps, trace)
             print(f"\nN={n} {precision}, the step replayed from its CUDA graph, "
                   f"{args.steps} steps profiled:\n{result.table(args.top)}", flush=True)
+    for images in args.greedy:
+        for precision in args.precision:
+            decode = library_decode(backend, Sizes(), 1, images, precision)
+            decode()  # record its graph
+            trace = (args.trace_dir / f"trace-greedy{images}-{precision}.json"
+                     if args.trace_dir else None)
+            result = profile(decode, backend.synchronize, args.steps, trace)
+            print(f"\ngreedy decoding of {images} images x 16 words, {precision}, replayed "
+                  f"from its CUDA graph, {args.steps} decodes profiled (per decode):\n"
+                  f"{result.table(args.top)}", flush=True)
 
 
 if __name__ == "__main__":
