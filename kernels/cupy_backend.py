@@ -6,7 +6,8 @@ backward (blocks i, f, o, g), each also adding the two parts of its input (the
 recurrent product and the hoisted input projection; the upstream and the carried
 gradient) so that a time step costs one matrix product and one kernel each way, and one
 for decoding's whole cell update (gather, word lookup, gates); one
-for the RNN's tanh backward, the embedding scatter-add (``cupy.add.at``, atomicAdd),
+for the RNN's tanh backward, the embedding scatter-add (atomicAdd per run of rows of one
+word, zero sums skipped),
 the softmax cross-entropy and its gradient (one block per row, in place), and Adam
 (one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py),
 in full float32 or, on a ``with_precision`` twin, on TF32 or bfloat16 tensor cores.
@@ -29,105 +30,12 @@ import numpy as np
 from backend.base import Backend, BackendUnavailable, check_precision
 from kernels.cublas import gemm
 from kernels.cuda_graph import GraphRecording
+from kernels.cuda_sources import CTYPES, MODULES, OPTIONS, name_expressions
 
-# The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
-# gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
-# paced by the host's launches, and a raw launch costs the host less. (N, H) operands
-# are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
-_GATES_SOURCE = r"""
-template <typename T>
-__global__ void lstm_forward(const T* a, const T* a_extra, int has_extra, const T* prev_c,
-                             T* gates, T* next_c, T* next_h, T* tanh_c, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h.
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long n = k / H, j = k % H, base = n * 4 * H + j;
-        T ai = a[base], af = a[base + H], ao = a[base + 2 * H], ag = a[base + 3 * H];
-        if (has_extra) {
-            ai += a_extra[base];
-            af += a_extra[base + H];
-            ao += a_extra[base + 2 * H];
-            ag += a_extra[base + 3 * H];
-        }
-        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
-        const T gg = tanh(ag);
-        gates[base] = ig;
-        gates[base + H] = fg;
-        gates[base + 2 * H] = og;
-        gates[base + 3 * H] = gg;
-        const T c = fg * prev_c[k] + ig * gg;
-        const T tc = tanh(c);
-        next_c[k] = c;
-        tanh_c[k] = tc;
-        next_h[k] = og * tc;
-    }
-}
-
-template <typename T>
-__global__ void lstm_forward_halved(const T* a, const T* prev_c, T* next_c, T* next_h,
-                                    long long NH, int H) {
-    // Decoding: a's i, f, o blocks hold half their pre-activations, so
-    // sigmoid(x) = 0.5 tanh(x / 2) + 0.5 takes one tanh; nothing is kept for backward.
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long n = k / H, j = k % H, base = n * 4 * H + j;
-        const T half = 0.5;
-        const T ig = half * tanh(a[base]) + half, fg = half * tanh(a[base + H]) + half;
-        const T og = half * tanh(a[base + 2 * H]) + half;
-        const T c = fg * prev_c[k] + ig * tanh(a[base + 3 * H]);
-        next_c[k] = c;
-        next_h[k] = og * tanh(c);
-    }
-}
-
-template <typename T>
-__global__ void lstm_decode(const T* hw, const T* table, const long long* words,
-                            const long long* rows, long long first_row, const T* prev_c,
-                            T* next_c, T* next_h, long long NH, int H) {
-    // Decoding's whole step (Backend.lstm_decode_gates): new row n continues row
-    // rows[n] (or first_row + n when rows is null) of hw and prev_c, adds word words[n]'s
-    // row of the table, and takes the halved gates as lstm_forward_halved does.
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long n = k / H, j = k % H;
-        const long long r = rows ? rows[n] : first_row + n;
-        const T* a = hw + r * 4 * H + j;
-        const T* x = table + words[n] * 4 * H + j;
-        const T half = 0.5;
-        const T ig = half * tanh(a[0] + x[0]) + half, fg = half * tanh(a[H] + x[H]) + half;
-        const T og = half * tanh(a[2 * H] + x[2 * H]) + half;
-        const T c = fg * prev_c[r * H + j] + ig * tanh(a[3 * H] + x[3 * H]);
-        next_c[k] = c;
-        next_h[k] = og * tanh(c);
-    }
-}
-
-template <typename T>
-__global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
-                              const T* dnext_c, const T* gates, const T* prev_c,
-                              const T* tanh_c, T* da, T* dprev_c, long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c).
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long n = k / H, j = k % H, base = n * 4 * H + j;
-        T dnext_h = dh[n * dh_ld + j];
-        if (has_extra) dnext_h += dh_extra[k];
-        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-        const T gg = gates[base + 3 * H], tc = tanh_c[k];
-        const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
-        da[base] = dc * gg * ig * (1 - ig);
-        da[base + H] = dc * prev_c[k] * fg * (1 - fg);
-        da[base + 2 * H] = dnext_h * tc * og * (1 - og);
-        da[base + 3 * H] = dc * ig * (1 - gg * gg);
-        dprev_c[k] = dc * fg;
-    }
-}
-"""
-_GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward")
-_CTYPES = {"float32": "float", "float64": "double"}
-_GATES = cp.RawModule(code=_GATES_SOURCE, options=("-std=c++14",),
-                      name_expressions=[f"{k}<{t}>" for k in _GATE_KERNELS
-                                        for t in _CTYPES.values()])
+# One compiled module per source of kernels/cuda_sources.py (compiled on first use).
+_MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
+                               name_expressions=name_expressions(kernels))
+            for name, (source, kernels) in MODULES.items()}
 _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
 
 
@@ -141,7 +49,7 @@ def _launch(kernel: str, units, *args) -> None:
     the kernel); args are those before NH and H."""
     key = (kernel, units.dtype.name)
     if key not in _FUNCTIONS:
-        _FUNCTIONS[key] = _GATES.get_function(f"{kernel}<{_CTYPES[key[1]]}>")
+        _FUNCTIONS[key] = _MODULES["gates"].get_function(f"{kernel}<{CTYPES[key[1]]}>")
     N, H = units.shape
     blocks = min(max(-(-N * H // 256), 1), 4096)  # a grid-stride loop covers the rest
     _FUNCTIONS[key]((blocks,), (256,), (*args, np.int64(N * H), np.int32(H)))
@@ -165,50 +73,11 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     "const T step = hyper[0], eps_hat = hyper[1], beta1 = hyper[2], beta2 = hyper[3];"
     + _ADAM_BODY, "caption_adam_device")
 
-_XENT_SOURCE = r"""
-template <typename T>
-__global__ void caption_xent(T* scores, const int* y, const T* weight, const T inv_n,
-                             const int V, T* row_loss) {
-    // One block per row: scores[m] becomes the gradient in place; row_loss[m] gets
-    // weight[m] * -log softmax(scores[m])[y[m]] / n.
-    __shared__ T red[256];
-    const int tid = threadIdx.x;
-    T* s = scores + (long long)blockIdx.x * V;
-    const int target = y[blockIdx.x];
-    const T picked = s[target];
-    T mx = s[0];
-    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, s[v]);
-    red[tid] = mx;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] = max(red[tid], red[tid + k]);
-        __syncthreads();
-    }
-    mx = red[0];
-    __syncthreads();
-    T sum = 0;
-    for (int v = tid; v < V; v += blockDim.x) sum += exp(s[v] - mx);
-    red[tid] = sum;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] += red[tid + k];
-        __syncthreads();
-    }
-    sum = red[0];
-    const T w = weight[blockIdx.x] * inv_n;
-    const T scale = w / sum;
-    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(s[v] - mx) * scale;
-    __syncthreads();
-    if (tid == 0) {
-        s[target] -= w;
-        row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
-    }
-}
-"""
 _XENT_THREADS = 256
-_XENT = cp.RawModule(code=_XENT_SOURCE, options=("-std=c++14",),
-                     name_expressions=("caption_xent<float>", "caption_xent<double>"))
-_XENT_NAME = {"float32": "caption_xent<float>", "float64": "caption_xent<double>"}
+# Rows one scatter thread walks down its column: long enough that the <START> rows of a
+# time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
+# enough that 16,384 x 2,048 still makes a million threads.
+_SCATTER_ROWS_PER_THREAD = 32
 
 
 class CupyBackend(Backend):
@@ -309,9 +178,25 @@ class CupyBackend(Backend):
         return super().sum_rows(x)
 
     def embedding_backward(self, idx, dout, vocab_size: int):
+        """One raw kernel (kernels/cuda_sources.py, ``scatter_add_rows``) that sums each
+        thread's run of rows naming the same word before its atomicAdd and skips zero
+        sums; ``cupy.add.at`` where dout is not C-contiguous."""
         D = dout.shape[-1]
         dW = cp.zeros((vocab_size, D), dtype=dout.dtype)
-        cp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
+        rows = idx.size
+        if not dout.flags.c_contiguous or dout.dtype.name not in CTYPES:
+            cp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
+            return dW
+        if rows == 0 or D == 0:
+            return dW
+        kernel = _MODULES["scatter"].get_function(
+            f"scatter_add_rows<{CTYPES[dout.dtype.name]}>")
+        per_thread = _SCATTER_ROWS_PER_THREAD
+        threads = -(-rows // per_thread) * D
+        blocks = min(max(-(-threads // 256), 1), 8192)  # a grid-stride loop covers the rest
+        kernel((blocks,), (256,), (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64),
+                                   dout, dW, np.int64(rows), np.int32(D),
+                                   np.int32(per_thread)))
         return dW
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
@@ -373,7 +258,7 @@ class CupyBackend(Backend):
         M, V = scores.shape
         grad = scores if overwrite and scores.flags.c_contiguous else scores.copy(order="C")
         row_loss = cp.empty(M, dtype=scores.dtype)
-        kernel = _XENT.get_function(_XENT_NAME[scores.dtype.name])
+        kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
         kernel((M,), (_XENT_THREADS,),
                (grad, cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),

@@ -252,6 +252,7 @@ def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
     idx = rng.integers(0, V, K)
     idx[: K // 2] = idx[0]  # many repeats of one word
     dout = rng.standard_normal((K, D)).astype(dtype)
+    dout[K // 3 : K // 2] = 0  # zero rows, as padding's gradient (CuPy skips zero sums)
     got = backend.embedding_backward(backend.asarray(idx), backend.asarray(dout), V)
     _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
 

@@ -1,0 +1,189 @@
+"""The CUDA C sources of the CuPy backend's raw kernels, as plain strings, with the
+template instances each module is compiled for. Kept apart from kernels/cupy_backend.py
+(which compiles them with CuPy on first use) so that they can be compiled without CuPy or
+a GPU: tests/test_cuda_sources.py compiles every one with NVRTC for the GPU generations
+this project runs on, which is how a machine without a GPU (CI, most sessions) catches a
+kernel that would not build.
+"""
+
+from __future__ import annotations
+
+CTYPES = {"float32": "float", "float64": "double"}  # dtype name -> the template's T
+
+# The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
+# gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
+# paced by the host's launches, and a raw launch costs the host less. (N, H) operands
+# are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
+GATES_SOURCE = r"""
+template <typename T>
+__global__ void lstm_forward(const T* a, const T* a_extra, int has_extra, const T* prev_c,
+                             T* gates, T* next_c, T* next_h, T* tanh_c, long long NH, int H) {
+    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        T ai = a[base], af = a[base + H], ao = a[base + 2 * H], ag = a[base + 3 * H];
+        if (has_extra) {
+            ai += a_extra[base];
+            af += a_extra[base + H];
+            ao += a_extra[base + 2 * H];
+            ag += a_extra[base + 3 * H];
+        }
+        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
+        const T gg = tanh(ag);
+        gates[base] = ig;
+        gates[base + H] = fg;
+        gates[base + 2 * H] = og;
+        gates[base + 3 * H] = gg;
+        const T c = fg * prev_c[k] + ig * gg;
+        const T tc = tanh(c);
+        next_c[k] = c;
+        tanh_c[k] = tc;
+        next_h[k] = og * tc;
+    }
+}
+
+template <typename T>
+__global__ void lstm_forward_halved(const T* a, const T* prev_c, T* next_c, T* next_h,
+                                    long long NH, int H) {
+    // Decoding: a's i, f, o blocks hold half their pre-activations, so
+    // sigmoid(x) = 0.5 tanh(x / 2) + 0.5 takes one tanh; nothing is kept for backward.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        const T half = 0.5;
+        const T ig = half * tanh(a[base]) + half, fg = half * tanh(a[base + H]) + half;
+        const T og = half * tanh(a[base + 2 * H]) + half;
+        const T c = fg * prev_c[k] + ig * tanh(a[base + 3 * H]);
+        next_c[k] = c;
+        next_h[k] = og * tanh(c);
+    }
+}
+
+template <typename T>
+__global__ void lstm_decode(const T* hw, const T* table, const long long* words,
+                            const long long* rows, long long first_row, const T* prev_c,
+                            T* next_c, T* next_h, long long NH, int H) {
+    // Decoding's whole step (Backend.lstm_decode_gates): new row n continues row
+    // rows[n] (or first_row + n when rows is null) of hw and prev_c, adds word words[n]'s
+    // row of the table, and takes the halved gates as lstm_forward_halved does.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H;
+        const long long r = rows ? rows[n] : first_row + n;
+        const T* a = hw + r * 4 * H + j;
+        const T* x = table + words[n] * 4 * H + j;
+        const T half = 0.5;
+        const T ig = half * tanh(a[0] + x[0]) + half, fg = half * tanh(a[H] + x[H]) + half;
+        const T og = half * tanh(a[2 * H] + x[2 * H]) + half;
+        const T c = fg * prev_c[r * H + j] + ig * tanh(a[3 * H] + x[3 * H]);
+        next_c[k] = c;
+        next_h[k] = og * tanh(c);
+    }
+}
+
+template <typename T>
+__global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
+                              const T* dnext_c, const T* gates, const T* prev_c,
+                              const T* tanh_c, T* da, T* dprev_c, long long NH, int H) {
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c).
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long n = k / H, j = k % H, base = n * 4 * H + j;
+        T dnext_h = dh[n * dh_ld + j];
+        if (has_extra) dnext_h += dh_extra[k];
+        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
+        const T gg = gates[base + 3 * H], tc = tanh_c[k];
+        const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
+        da[base] = dc * gg * ig * (1 - ig);
+        da[base + H] = dc * prev_c[k] * fg * (1 - fg);
+        da[base + 2 * H] = dnext_h * tc * og * (1 - og);
+        da[base + 3 * H] = dc * ig * (1 - gg * gg);
+        dprev_c[k] = dc * fg;
+    }
+}
+"""
+GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward")
+
+XENT_SOURCE = r"""
+template <typename T>
+__global__ void caption_xent(T* scores, const int* y, const T* weight, const T inv_n,
+                             const int V, T* row_loss) {
+    // One block per row: scores[m] becomes the gradient in place; row_loss[m] gets
+    // weight[m] * -log softmax(scores[m])[y[m]] / n.
+    __shared__ T red[256];
+    const int tid = threadIdx.x;
+    T* s = scores + (long long)blockIdx.x * V;
+    const int target = y[blockIdx.x];
+    const T picked = s[target];
+    T mx = s[0];
+    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, s[v]);
+    red[tid] = mx;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] = max(red[tid], red[tid + k]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    T sum = 0;
+    for (int v = tid; v < V; v += blockDim.x) sum += exp(s[v] - mx);
+    red[tid] = sum;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] += red[tid + k];
+        __syncthreads();
+    }
+    sum = red[0];
+    const T w = weight[blockIdx.x] * inv_n;
+    const T scale = w / sum;
+    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(s[v] - mx) * scale;
+    __syncthreads();
+    if (tid == 0) {
+        s[target] -= w;
+        row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
+    }
+}
+"""
+XENT_KERNELS = ("caption_xent",)
+
+SCATTER_SOURCE = r"""
+template <typename T>
+__global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
+                                 long long rows, int D, int rows_per_thread) {
+    // out[idx[r], j] += values[r, j] (out (V, D), values (rows, D), C-contiguous).
+    // Thread (row block b, column j) walks rows b*R .. b*R+R-1 of column j (R =
+    // rows_per_thread) and adds each run of rows naming the same word with one atomicAdd,
+    // skipping runs that sum to exactly zero: runs are where atomics contend (every
+    // caption's <START> at t = 0, time-major <NULL> padding, whose gradient is zero), and
+    // adding zero changes nothing.
+    const long long blocks = (rows + rows_per_thread - 1) / rows_per_thread;
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < blocks * D;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long j = k % D, first = (k / D) * rows_per_thread;
+        const long long last = min(first + rows_per_thread, rows);
+        long long word = idx[first];
+        T sum = 0;
+        for (long long r = first; r < last; ++r) {
+            if (idx[r] != word) {
+                if (sum != 0) atomicAdd(out + word * D + j, sum);
+                word = idx[r];
+                sum = 0;
+            }
+            sum += values[r * D + j];
+        }
+        if (sum != 0) atomicAdd(out + word * D + j, sum);
+    }
+}
+"""
+SCATTER_KERNELS = ("scatter_add_rows",)
+
+# Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
+MODULES = {"gates": (GATES_SOURCE, GATE_KERNELS), "xent": (XENT_SOURCE, XENT_KERNELS),
+           "scatter": (SCATTER_SOURCE, SCATTER_KERNELS)}
+OPTIONS = ("-std=c++14",)
+
+
+def name_expressions(kernels: tuple[str, ...]) -> list[str]:
+    """The template instances compiled for ``kernels``: each for float and double."""
+    return [f"{kernel}<{ctype}>" for kernel in kernels for ctype in CTYPES.values()]

@@ -1,0 +1,82 @@
+"""Every CUDA source of the CuPy backend compiles, checked without a GPU: NVRTC (NVIDIA's
+runtime compiler, a wheel from the package index: ``pip install -e ".[cuda-compile]"``,
+which .ci/run installs) builds each module for the Ampere and Hopper generations, as
+CuPy will on the first call. The kernels' results are checked against NumPy on a GPU
+(the ``gpu`` tests); this catches, on every machine, a kernel that would not build."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+import pytest
+
+from kernels.cuda_sources import MODULES, OPTIONS, name_expressions
+
+ARCHITECTURES = ("compute_80", "compute_90")  # A100; H100 and H200
+
+
+def _nvrtc() -> ctypes.CDLL | None:
+    """NVRTC from the nvidia-cuda-nvrtc wheel, else the system's; None where neither is."""
+    candidates = []
+    try:
+        import nvidia.cuda_nvrtc as wheel
+
+        for folder in wheel.__path__:
+            candidates += sorted(str(p) for p in Path(folder, "lib").glob("libnvrtc.so*"))
+    except ImportError:
+        pass
+    candidates.append(ctypes.util.find_library("nvrtc") or "")
+    for name in filter(None, candidates):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+NVRTC = _nvrtc()
+
+
+def compile_log(source: str, name: str, expressions: list[str], arch: str) -> tuple[int, str]:
+    """(NVRTC's status, its log) for compiling ``source`` with the template instances
+    ``expressions`` for ``arch``, with the options CuPy is given."""
+    program = ctypes.c_void_p()
+    status = NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(),
+                                      0, None, None)
+    assert status == 0, f"nvrtcCreateProgram failed with status {status}"
+    try:
+        for expression in expressions:
+            assert NVRTC.nvrtcAddNameExpression(program, expression.encode()) == 0
+        options = [o.encode() for o in OPTIONS] + [f"--gpu-architecture={arch}".encode()]
+        status = NVRTC.nvrtcCompileProgram(program, len(options),
+                                           (ctypes.c_char_p * len(options))(*options))
+        size = ctypes.c_size_t()
+        NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetProgramLog(program, log)
+        return status, log.value.decode(errors="replace")
+    finally:
+        NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+needs_nvrtc = pytest.mark.skipif(
+    NVRTC is None, reason='NVRTC is not installed here: pip install -e ".[cuda-compile]"')
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_cuda_module_compiles(module, arch):
+    source, kernels = MODULES[module]
+    status, log = compile_log(source, module, name_expressions(kernels), arch)
+    assert status == 0, f"module {module!r} does not compile for {arch}:\n{log}"
+
+
+@needs_nvrtc
+def test_a_kernel_that_does_not_build_is_reported():
+    source, kernels = MODULES["scatter"]
+    broken = source.replace("sum += values[r * D + j];", "sum += value[r * D + j];")
+    status, log = compile_log(broken, "scatter", name_expressions(kernels), ARCHITECTURES[-1])
+    assert status != 0 and 'identifier "value" is undefined' in log
