@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,35 @@ def test_atomic_writes_get_the_modes_an_ordinary_write_would(tmp_path, umask, ne
     assert stat.S_IMODE(existing.stat().st_mode) == 0o640  # as open(path, "w") keeps it
     assert existing.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.json", "new.json"]
+
+
+def test_a_report_into_a_folder_in_use_is_refused_and_elsewhere_is_written(
+        tiny_coco, tmp_path, capsys, monkeypatch):
+    """`captioning report` writes the run's own report/ only while holding the run
+    folder's lock, so it never interleaves with a training writing there; --out goes
+    elsewhere at any time."""
+    from captioning.cli import main
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no java: no METEOR (18 s)
+
+    run = tmp_path / "run"
+    assert main(_train_command(tiny_coco, run, "--epochs", "1")[3:]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(["report", "--checkpoint", str(run), "--images", "2",
+                     "--max-images", "4"]) == 1
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "--out" in err
+        assert "Traceback" not in err and not (run / "report").exists()
+        assert main(["report", "--checkpoint", str(run), "--images", "2", "--max-images",
+                     "4", "--out", str(tmp_path / "elsewhere")]) == 0
+        assert (tmp_path / "elsewhere" / "index.html").is_file()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert main(["report", "--checkpoint", str(run), "--images", "2",
+                 "--max-images", "4"]) == 0
+    assert (run / "report" / "index.html").is_file()

@@ -21,7 +21,7 @@ from captioning.cli.common import (
 from captioning.evaluation import evaluate, pick_samples, references_by_image
 from captioning.metrics import format_metrics
 from captioning.report import Curves, write_report
-from captioning.training.run_folder import RunFolder
+from captioning.training.run_folder import RunFolder, RunFolderBusy
 
 _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
                     "checkpoint.npz)")
@@ -157,7 +157,17 @@ def make_report(model: Any, run_dir: Path, data: dict, data_dir: Path,
 
 def run_report(args: argparse.Namespace) -> int:
     model, data, path, data_dir = _load(args)
-    index = make_report(model, path.parent, data, data_dir,
-                        Path(args.out) if args.out else None, args.images, args.max_images)
+    out = Path(args.out) if args.out else None
+    run = RunFolder(path.parent)
+    if out is not None or not run.holds_run():
+        index = make_report(model, path.parent, data, data_dir, out, args.images,
+                            args.max_images)
+    else:  # into the run's own report/: not while its training (or another report) writes
+        try:
+            with run.owned():
+                index = make_report(model, path.parent, data, data_dir, None, args.images,
+                                    args.max_images)
+        except RunFolderBusy as exc:
+            raise RunFolderBusy(f"{exc}; or write this report elsewhere with --out") from None
     print(f"wrote {index}")
     return 0

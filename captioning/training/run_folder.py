@@ -90,8 +90,8 @@ class RunFolder:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise RunFolderBusy(f"the run folder {self.path} is in use by process {holder} "
-                                "(a training run); wait for it to end, or choose another "
-                                "folder") from None
+                                "(a training run, or a report being written into it); wait "
+                                "for it to end, or choose another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
