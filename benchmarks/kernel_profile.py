@@ -64,7 +64,8 @@ def kernel_group(event: DeviceEvent) -> str:
     name = event.name.lower()
     if any(key in event.name for key in OWN_KERNELS):
         return "this library's kernels"
-    if any(key in name for key in ("gemm", "gemv", "xmma", "splitk", "cublas", "cutlass")):
+    if any(key in name for key in ("gemm", "gemv", "xmma", "splitk", "cublas", "cutlass",
+                                   "nvjet")):  # nvjet: cuBLAS 12's generated Hopper GEMMs
         return "cuBLAS products"
     if "cupy" in name:
         return "CuPy's kernels"
