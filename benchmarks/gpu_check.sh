@@ -6,6 +6,9 @@
 # benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
 # /tmp/gpu_check).
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
+# With .ab-before/ (an earlier commit: mkdir .ab-before && git archive REV | tar -x -C
+# .ab-before; carried by the device tool) it ends with that commit's step against this
+# tree's (benchmarks/gpu_ab.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -56,5 +59,9 @@ echo "== self-critical training on the GPU: the step's split, then 2 epochs from
 timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32
 timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32 \
     --metrics-every 0 --no-report --samples 0 --out /tmp/run-scst 2>&1 | tail -6
+if [ -d .ab-before ]; then  # an earlier commit unpacked there and carried: its A/B
+    echo "== the CuPy step of .ab-before against this tree, in turns"
+    bash benchmarks/gpu_ab.sh .ab-before .
+fi
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))
