@@ -41,7 +41,12 @@ timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
 
 echo "== the replayed step kernel by kernel (device time per step, busy share of its span)"
-timeout 150 python3 -m benchmarks.kernel_profile --steps 5 --top 12 --greedy 5000
+if ! timeout 150 python3 -m benchmarks.kernel_profile --steps 5 --top 12 --greedy 5000 &&
+        command -v nsys >/dev/null; then  # PyTorch's profiler saw nothing: Nsight's sums
+    timeout 150 nsys profile -o /tmp/step-profile --force-overwrite true \
+        python3 -m benchmarks.gpu_bench --parts steps --skip-torch >/dev/null 2>&1 &&
+        nsys stats --report cuda_gpu_kern_sum /tmp/step-profile.nsys-rep 2>&1 | head -40
+fi
 
 echo "== pytest-benchmark, the CuPy rows (compare with a CPU run: python -m benchmarks.compare)"
 timeout 120 python3 -m pytest benchmarks -q -p no:cacheprovider -k cupy \
