@@ -150,8 +150,9 @@ XENT_KERNELS = ("caption_xent",)
 SCATTER_SOURCE = r"""
 template <typename T>
 __global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
-                                 long long rows, int D, int rows_per_thread) {
-    // out[idx[r], j] += values[r, j] (out (V, D), values (rows, D), C-contiguous).
+                                 long long rows, int D, long long V, int rows_per_thread) {
+    // out[idx[r], j] += values[r, j] (out (V, D), values (rows, D), C-contiguous; a
+    // negative index counts from the end, as in np.add.at).
     // Thread (row block b, column j) walks rows b*R .. b*R+R-1 of column j (R =
     // rows_per_thread) and adds each run of rows naming the same word with one atomicAdd,
     // skipping runs that sum to exactly zero: runs are where atomics contend (every
@@ -162,12 +163,13 @@ __global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
          k += (long long)gridDim.x * blockDim.x) {
         const long long j = k % D, first = (k / D) * rows_per_thread;
         const long long last = min(first + rows_per_thread, rows);
-        long long word = idx[first];
+        long long word = idx[first] < 0 ? idx[first] + V : idx[first];
         T sum = 0;
         for (long long r = first; r < last; ++r) {
-            if (idx[r] != word) {
+            const long long w = idx[r] < 0 ? idx[r] + V : idx[r];
+            if (w != word) {
                 if (sum != 0) atomicAdd(out + word * D + j, sum);
-                word = idx[r];
+                word = w;
                 sum = 0;
             }
             sum += values[r * D + j];

@@ -196,7 +196,7 @@ class CupyBackend(Backend):
         blocks = min(max(-(-threads // 256), 1), 8192)  # a grid-stride loop covers the rest
         kernel((blocks,), (256,), (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64),
                                    dout, dW, np.int64(rows), np.int32(D),
-                                   np.int32(per_thread)))
+                                   np.int64(vocab_size), np.int32(per_thread)))
         return dW
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
