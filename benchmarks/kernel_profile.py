@@ -138,9 +138,12 @@ def profile(run: Callable[[], None], synchronize: Callable[[], None], steps: int
             trace_path: Path | None = None) -> StepProfile:
     """Run ``run`` ``steps`` times under PyTorch's CUDA profiler (after one unprofiled
     call) and summarise the device events; the Chrome trace goes to ``trace_path``."""
-    from torch.profiler import ProfilerActivity
+    from torch.profiler import ProfilerActivity, supported_activities
     from torch.profiler import profile as torch_profile
 
+    if ProfilerActivity.CUDA not in supported_activities():
+        raise RuntimeError("this PyTorch cannot trace the GPU (a CPU-only build?): the "
+                           "kernel profile needs a CUDA build of torch")
     run()
     synchronize()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
