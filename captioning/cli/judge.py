@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -159,15 +160,14 @@ def run_report(args: argparse.Namespace) -> int:
     model, data, path, data_dir = _load(args)
     out = Path(args.out) if args.out else None
     run = RunFolder(path.parent)
-    if out is not None or not run.holds_run():
-        index = make_report(model, path.parent, data, data_dir, out, args.images,
-                            args.max_images)
-    else:  # into the run's own report/: not while its training (or another report) writes
-        try:
-            with run.owned():
-                index = make_report(model, path.parent, data, data_dir, None, args.images,
-                                    args.max_images)
-        except RunFolderBusy as exc:
-            raise RunFolderBusy(f"{exc}; or write this report elsewhere with --out") from None
+    # Into the run's own report/ only while holding its folder: not while its training
+    # (or another report) writes there.
+    owner = run.owned() if out is None and run.holds_run() else contextlib.nullcontext()
+    try:
+        with owner:
+            index = make_report(model, path.parent, data, data_dir, out, args.images,
+                                args.max_images)
+    except RunFolderBusy as exc:
+        raise RunFolderBusy(f"{exc}; or write this report elsewhere with --out") from None
     print(f"wrote {index}")
     return 0
