@@ -187,6 +187,9 @@ class CupyBackend(Backend):
         if not dout.flags.c_contiguous or dout.dtype.name not in CTYPES:
             cp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
             return dW
+        if dout.size != rows * D:
+            raise ValueError(f"scatter-add of dout {dout.shape} at {rows} indices: expected "
+                             f"one row of {D} values per index")
         if rows == 0 or D == 0:
             return dW
         kernel = _MODULES["scatter"].get_function(
