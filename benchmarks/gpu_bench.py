@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from backend import PRECISIONS
 from benchmarks.workload import (
     DECODE_IMAGES,
     Sizes,
@@ -31,7 +32,6 @@ from benchmarks.workload import (
     synthetic_data,
 )
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 PARTS = ("steps", "host", "breakdown", "decoding", "epoch")
 # Dense (no sparsity) peak TFLOP/s per precision, from NVIDIA's datasheets: "NVIDIA H100
 # Tensor Core GPU" (SXM5: FP32 67, TF32 989 and BF16 1,979 with sparsity, so 495 and 990

@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend import PRECISIONS, BackendUnavailable, get_backend
+from benchmarks.workload import Sizes, library_decode, library_step, synthetic_data
+
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")  # Chrome-trace "cat" values
 # This library's raw CUDA kernels (kernels/cupy_backend.py) and its ElementwiseKernels.
 OWN_KERNELS = ("lstm_forward", "lstm_backward", "lstm_decode", "caption_")
@@ -161,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
-    parser.add_argument("--precision", nargs="+", choices=["fp32", "tf32", "bf16"],
-                        default=["fp32", "tf32", "bf16"])
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS,
+                        default=list(PRECISIONS))
     parser.add_argument("--greedy", type=int, nargs="*", default=[], metavar="IMAGES",
                         help="also profile greedy decoding of this many images")
     parser.add_argument("--steps", type=int, default=5, help="replays profiled (>= 1)")
@@ -176,9 +179,6 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("batch", "greedy"):
         if any(n < 1 for n in getattr(args, name)):
             parser.error(f"--{name} sizes must be >= 1, got {getattr(args, name)}")
-    from backend import BackendUnavailable, get_backend
-    from benchmarks.workload import Sizes, library_decode, library_step, synthetic_data
-
     try:
         backend = get_backend("cupy")
     except BackendUnavailable as exc:
