@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from backend import Backend
 
 # What MPI launchers set: MPICH/Hydra and Intel MPI (PMI_SIZE), Open MPI, PMIx, Slurm.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# How long a failing rank waits, after printing its error, before it ends the job.
+ABORT_GRACE_S = 1.0
 
 
 def launched_ranks() -> int:
@@ -178,5 +181,9 @@ class MpiDataParallel:
                                "rank 0's (a data-parallel run must keep them identical)")
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job (an error on one rank must not leave others hanging)."""
+        """End every rank of the job (an error on one rank must not leave others hanging),
+        ABORT_GRACE_S seconds after the call, so that mpiexec has forwarded what this rank
+        just wrote to stderr: MPICH's Hydra kills the job without reading the output still
+        in its pipes, and a CI run lost the error message that way."""
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
