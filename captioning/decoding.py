@@ -125,28 +125,59 @@ def _argmax(scores: Any) -> Any:
     return scores.argmax(axis=1)
 
 
-class _GreedyRecording:
-    """Greedy decoding of one batch shape recorded for replay (``Backend.record``: a
-    CUDA graph on CuPy), so that the device, not the host issuing ~10 launches a word,
-    paces it. It reads its features from a fixed input array and the parameters it was
+class _Recording:
+    """One decoder over one batch shape recorded for replay (``Backend.record``: a CUDA
+    graph on CuPy), so that the device, not the host issuing ~10 launches a word, paces
+    it. ``decode(model, features)`` returns device arrays and must not synchronise with
+    the host. It reads its features from a fixed input array and the parameters it was
     recorded with, which it holds so that their memory stays theirs."""
 
-    def __init__(self, model: Any, shape: tuple[int, int], dtype: Any, max_length: int
-                 ) -> None:
+    def __init__(self, model: Any, shape: tuple[int, int], dtype: Any, decode) -> None:
         be = model.backend
         self.params = list(model.params.values())
         self.features = be.xp.empty(shape, dtype=dtype)
         owner = weakref.ref(model)  # a strong one would keep the model in the cache forever
-        self.run = be.record(lambda: _decode_on_device(owner(), self.features, max_length,
-                                                       _argmax))
+        self.run = be.record(lambda: decode(owner(), self.features))
 
     def fits(self, model: Any) -> bool:
         return all(a is b for a, b in zip(self.params, model.params.values()))
 
 
-# model -> {(rows, max_length): its recording, or None where recording failed}
-_GREEDY_RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_RECORDINGS_PER_MODEL = 4  # batch shapes kept (the oldest goes first)
+# model -> {(decoder and its settings, rows): its recording, or None where it failed}
+_RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RECORDINGS_PER_MODEL = 8  # decoders x batch shapes kept (the oldest goes first)
+
+
+def _replayed(model: Any, features: Any, settings: tuple, decode) -> Any:
+    """``decode(model, features)``'s outputs as host arrays, from a recording made on
+    the second call with these ``settings`` and batch shape and replayed after; None
+    where the backend does not record or recording failed for them (once: a warning),
+    so that the caller decodes op by op."""
+    be = model.backend
+    if not be.can_record:
+        return None
+    features = model.check_features(be.asarray(features, dtype=model.dtype))
+    recordings = _RECORDINGS.setdefault(model, {})
+    key = (*settings, features.shape[0])
+    recording = recordings.get(key, False)
+    if recording is False or (recording is not None and not recording.fits(model)):
+        if key not in recordings and len(recordings) >= _RECORDINGS_PER_MODEL:
+            recordings.pop(next(iter(recordings)))
+        recording = recordings[key] = _Recording(model, features.shape, features.dtype,
+                                                 decode)
+    if recording is None:
+        return None
+    recording.features[...] = features
+    try:
+        outputs = recording.run()
+    except RecordingFailed as exc:
+        recordings[key] = None
+        warnings.warn(f"{exc}; {settings[0]} decoding goes on op by op", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    if isinstance(outputs, tuple):
+        return tuple(be.to_numpy(a) for a in outputs)
+    return be.to_numpy(outputs)
 
 
 def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray:
@@ -154,28 +185,14 @@ def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray
     records (CuPy), each batch shape is recorded on its second call and replayed after,
     with the same result as op by op."""
     _check_length(max_length)
-    be = model.backend
-    if not be.can_record:
+
+    def decode(model, features):
+        return _decode_on_device(model, features, max_length, _argmax)
+
+    captions = _replayed(model, features, ("greedy", max_length), decode)
+    if captions is None:
         return _decode_one_choice(model, features, max_length, _argmax)
-    features = model.check_features(be.asarray(features, dtype=model.dtype))
-    recordings = _GREEDY_RECORDINGS.setdefault(model, {})
-    key = (features.shape[0], max_length)
-    recording = recordings.get(key, False)
-    if recording is False or (recording is not None and not recording.fits(model)):
-        if key not in recordings and len(recordings) >= _RECORDINGS_PER_MODEL:
-            recordings.pop(next(iter(recordings)))
-        recording = recordings[key] = _GreedyRecording(model, features.shape,
-                                                       features.dtype, max_length)
-    if recording is None:  # recording failed once for this shape: op by op
-        return _decode_one_choice(model, features, max_length, _argmax)
-    recording.features[...] = features
-    try:
-        return be.to_numpy(recording.run())
-    except RecordingFailed as exc:
-        recordings[key] = None
-        warnings.warn(f"{exc}; greedy decoding goes on op by op", RuntimeWarning,
-                      stacklevel=2)
-        return _decode_one_choice(model, features, max_length, _argmax)
+    return captions
 
 
 def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: float = 1.0,
@@ -256,6 +273,125 @@ def _top(xp, scores, m: int):
     return top, values
 
 
+def _check_beam(beam_size: int, max_length: int, length_penalty: float) -> None:
+    _check_length(max_length)
+    if int(beam_size) != beam_size or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be non-negative, got {length_penalty!r}")
+
+
+class _BeamSearch:
+    """The state of a batched beam search (see ``beam_decode``), advanced a word at a
+    time by ``step``, which never synchronises with the host. Its arrays have a row per
+    image still carried (``image`` maps them back); an image that holds ``k`` finished
+    hypotheses is *done*: its answer no longer changes, whether ``drop_done`` stops
+    carrying it (op by op, which saves its work) or it is carried to the end (a
+    recording, whose shapes cannot change)."""
+
+    def __init__(self, model: Any, features: Any, k: int, max_length: int,
+                 length_penalty: float) -> None:
+        self.run = run = _Stepper(model, features)
+        self.xp, self.k, self.max_length = run.xp, k, max_length
+        self.length_penalty, self.vocab = length_penalty, model.vocab_size
+        xp, n, dtype = self.xp, run.h.shape[0], run.h.dtype
+        ninf = -np.inf
+        self.out_captions = xp.full((n, max_length), run.null, dtype=xp.int64)
+        self.out_logp = xp.full(n, ninf, dtype=dtype)
+        self.image = xp.arange(n)
+        self.live = xp.full((n, k), ninf, dtype=dtype)
+        self.live[:, 0] = 0  # one live hypothesis to start with: identical beams repeat
+        self.width = 1  # state rows per image: one until the first step has chosen k beams
+        self.history = xp.full((n, k, max_length), run.null, dtype=xp.int64)
+        self.best_score = xp.full(n, ninf, dtype=dtype)  # ranking score of best finished
+        self.best_logp = xp.full(n, ninf, dtype=dtype)
+        self.best_tokens = xp.full((n, max_length), run.null, dtype=xp.int64)
+        self.finished = xp.zeros(n, dtype=xp.int64)
+        self.done = xp.zeros(n, dtype=bool)
+        self.word = xp.full((n, 1), run.start, dtype=xp.int64)  # the words fed next
+        self.state_rows = None  # the states the next step continues (None: as they are)
+
+    def step(self, t: int) -> None:
+        """Extend every carried hypothesis by every word and keep the k best that go on;
+        record the best one that ends, for the images not yet done."""
+        xp, run, k, vocab, ninf = self.xp, self.run, self.k, self.vocab, -np.inf
+        if self.state_rows is not None:
+            run.reorder(self.state_rows.ravel())
+        m, width = len(self.image), self.width
+        rows = xp.arange(m)
+        logp = _log_probs_inplace(xp, run.step(self.word.ravel()),
+                                  self.live[:, :width].ravel())
+        logp = logp.reshape(m, width, vocab)
+        if width < k:  # the first step: the other beams are empty
+            logp = xp.concatenate([logp, xp.full((m, k - width, vocab), ninf, logp.dtype)], 1)
+        flat = logp.reshape(m, k * vocab)  # log-probabilities of every continuation
+        if run.end is not None:
+            ends = flat[:, run.end :: vocab].copy()  # (m, k): each beam followed by <END>
+            flat[:, run.end :: vocab] = ninf
+        top, values = _top(xp, flat, k)  # the k best that go on (none of them ends)
+        if run.end is not None:
+            ending = ends > ninf
+            if t < self.max_length - 1:  # an ending one finishes if it ranks among the k
+                # best candidates: fewer than k of them (the k going on and the k ending)
+                # are above it. A count, not a sort, which a CUDA graph could not hold.
+                candidates = xp.concatenate([values, ends], axis=1)
+                above = (candidates[:, None, :] > ends[:, :, None]).sum(axis=2)
+                ending &= above < k
+            # (at the last step every ending hypothesis finishes)
+            ranked = xp.where(ending, ends / float(t + 1) ** self.length_penalty, ninf)
+            beam = ranked.argmax(axis=1)
+            better = (ranked[rows, beam] > self.best_score) & ~self.done
+            tokens = self.history[rows, beam].copy()
+            tokens[:, t] = run.end
+            self.best_tokens = xp.where(better[:, None], tokens, self.best_tokens)
+            self.best_score = xp.where(better, ranked[rows, beam], self.best_score)
+            self.best_logp = xp.where(better, ends[rows, beam], self.best_logp)
+            self.finished += ending.sum(axis=1)
+            self.done = self.finished >= k
+        self.live = values
+        parent, self.word = top // vocab, top % vocab
+        self.history = xp.take_along_axis(self.history, parent[:, :, None], axis=1)
+        self.history[:, :, t] = self.word
+        self.state_rows = rows[:, None] * width + parent * (width == k)
+        self.width = k
+
+    def drop_done(self) -> bool:
+        """Write the answers of the done images and stop carrying them (one host
+        synchronisation); whether any image is still searching."""
+        done = self.xp.nonzero(self.done)[0]  # integer indices: CuPy mixes them with others
+        if len(done):
+            self._answer(done)
+            keep = ~self.done
+            for name in ("image", "live", "history", "finished", "done", "word",
+                         "state_rows", "best_score", "best_logp", "best_tokens"):
+                setattr(self, name, getattr(self, name)[keep])
+        return len(self.image) > 0
+
+    def answers(self) -> tuple[Any, Any]:
+        """(captions (N, max_length), log-probabilities (N,)) on the device, once every
+        step has run or every image is done."""
+        self._answer(slice(None))
+        return self.out_captions, self.out_logp
+
+    def _answer(self, which) -> None:
+        """Write the answers of the carried rows ``which`` (indices or a slice)."""
+        xp, image = self.xp, self.image[which]
+        none = self.best_score[which] == -np.inf  # nothing finished: the best live one
+        self.out_captions[image] = xp.where(none[:, None], self.history[which, 0],
+                                            self.best_tokens[which])
+        self.out_logp[image] = xp.where(none, self.live[which, 0], self.best_logp[which])
+
+
+def _beam_on_device(model: Any, features: Any, k: int, max_length: int,
+                    length_penalty: float) -> tuple[Any, Any]:
+    """Every step for every image, done or not, with no host synchronisation: the shape
+    a recording replays."""
+    search = _BeamSearch(model, features, k, max_length, length_penalty)
+    for t in range(max_length):
+        search.step(t)
+    return search.answers()
+
+
 def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int = 30,
                 length_penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Beam search. Returns (captions (N, max_length), log-probabilities (N,)).
@@ -270,83 +406,25 @@ def beam_decode(model: Any, features: Any, beam_size: int = 3, max_length: int =
     finished one with the best log-probability / length**length_penalty (length in
     words, <END> included; 0 compares plain log-probabilities); an image with none
     (no <END> in the vocabulary, or never likely enough) gets its best live one, whole.
+
+    Op by op, the images that are done stop being carried (a host synchronisation a
+    step); on a backend that records (CuPy), each batch shape and setting is recorded on
+    its second call with every image carried to the last step, and replayed after, with
+    the same answers.
     """
-    _check_length(max_length)
-    if int(beam_size) != beam_size or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty must be non-negative, got {length_penalty!r}")
-    run = _Stepper(model, features)
-    xp, k = run.xp, beam_size
-    n, vocab, dtype = run.h.shape[0], model.vocab_size, run.h.dtype
-    ninf = -np.inf
-    out_captions = xp.full((n, max_length), run.null, dtype=xp.int64)
-    out_logp = xp.full(n, ninf, dtype=dtype)
-    # Per image still searching (rows of these arrays; ``image`` maps them back):
-    image = xp.arange(n)
-    live = xp.full((n, k), ninf, dtype=dtype)
-    live[:, 0] = 0  # one live hypothesis to start with: identical beams would repeat
-    width = 1  # state rows per image: one until the first step has chosen k beams
-    history = xp.full((n, k, max_length), run.null, dtype=xp.int64)
-    best_score = xp.full(n, ninf, dtype=dtype)  # ranking score of the best finished
-    best_logp = xp.full(n, ninf, dtype=dtype)
-    best_tokens = xp.full((n, max_length), run.null, dtype=xp.int64)
-    finished = xp.zeros(n, dtype=xp.int64)
-    words = xp.full(n, run.start, dtype=xp.int64)
+    _check_beam(beam_size, max_length, length_penalty)
 
-    def retire(which) -> None:
-        """Write the answers of the searching images selected by the mask ``which``."""
-        which = xp.nonzero(which)[0]  # integer indices: CuPy mixes them with others
-        none = best_score[which] == ninf  # nothing finished: the best live one, whole
-        out_captions[image[which]] = xp.where(none[:, None], history[which, 0],
-                                              best_tokens[which])
-        out_logp[image[which]] = xp.where(none, live[which, 0], best_logp[which])
+    def decode(model, features):
+        return _beam_on_device(model, features, beam_size, max_length, length_penalty)
 
+    replayed = _replayed(model, features, ("beam", beam_size, max_length, length_penalty),
+                         decode)
+    if replayed is not None:
+        return replayed
+    search = _BeamSearch(model, features, beam_size, max_length, length_penalty)
     for t in range(max_length):
-        m = len(image)
-        rows = xp.arange(m)
-        logp = _log_probs_inplace(xp, run.step(words), live[:, :width].ravel())
-        logp = logp.reshape(m, width, vocab)
-        if width < k:  # the first step: the other beams are empty
-            logp = xp.concatenate([logp, xp.full((m, k - width, vocab), ninf, dtype)], 1)
-        flat = logp.reshape(m, k * vocab)  # log-probabilities of every continuation
-        if run.end is not None:
-            ends = flat[:, run.end :: vocab].copy()  # (m, k): each beam followed by <END>
-            flat[:, run.end :: vocab] = ninf
-        top, values = _top(xp, flat, k)  # the k best that go on (none of them ends)
-        if run.end is not None:
-            ending = ends > ninf
-            if t < max_length - 1:  # an ending one finishes if it ranks among the k best
-                kth = xp.sort(xp.concatenate([values, ends], axis=1), axis=1)[:, -k]
-                ending &= ends >= kth[:, None]
-            # (at the last step every ending hypothesis finishes)
-            ranked = xp.where(ending, ends / float(t + 1) ** length_penalty, ninf)
-            beam = ranked.argmax(axis=1)
-            better = ranked[rows, beam] > best_score
-            tokens = history[rows, beam].copy()
-            tokens[:, t] = run.end
-            best_tokens = xp.where(better[:, None], tokens, best_tokens)
-            best_score = xp.where(better, ranked[rows, beam], best_score)
-            best_logp = xp.where(better, ends[rows, beam], best_logp)
-            finished += ending.sum(axis=1)
-        live = values
-        parent, word = top // vocab, top % vocab
-        history = xp.take_along_axis(history, parent[:, :, None], axis=1)
-        history[:, :, t] = word
-        state_rows = rows[:, None] * width + parent * (width == k)
-        width = k
-        done = finished >= k
-        if run.end is not None and bool(done.any()):  # one host sync a step
-            retire(done)  # an image with k finished hypotheses stops searching
-            keep = ~done
-            image, live, history, finished, word, state_rows = (
-                a[keep] for a in (image, live, history, finished, word, state_rows))
-            best_score, best_logp, best_tokens = (
-                a[keep] for a in (best_score, best_logp, best_tokens))
-            if not len(image):
-                break
-        run.reorder(state_rows.ravel())
-        words = word.ravel()
-    if len(image):
-        retire(xp.ones(len(image), dtype=bool))
-    return run.be.to_numpy(out_captions), run.be.to_numpy(out_logp)
+        search.step(t)
+        if search.run.end is not None and not search.drop_done():
+            break
+    captions, logp = search.answers()
+    return search.run.be.to_numpy(captions), search.run.be.to_numpy(logp)

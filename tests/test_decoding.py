@@ -154,3 +154,23 @@ def test_sampling_draws_from_the_model_distribution():
     expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
     observed = np.bincount(first_words, minlength=5) / 4000
     np.testing.assert_allclose(observed, expected, atol=0.03)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_beam_search_of_fixed_shape_answers_as_the_one_that_drops_done_images(backend, cell):
+    """What a recording replays (every image carried to the last step, no host
+    synchronisation) gives the answers of op by op (done images dropped each step)."""
+    from captioning.decoding import _beam_on_device
+
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    model, _ = _model(backend, vocab, cell, seed=12, scale=2.0)
+    features = np.random.default_rng(3).standard_normal((40, 6))
+    be = model.backend
+    # (a strong length penalty: a done image would otherwise still take a longer one)
+    for beam, penalty in [(1, 0.0), (3, 0.0), (3, 1.0), (5, 0.5), (2, 2.0)]:
+        captions, logp = beam_decode(model, features, beam, 12, penalty)
+        ends = [list(row).index(2) for row in captions if 2 in row]
+        assert len(set(ends)) > 2 and min(ends) < 5  # images finish at different steps
+        fixed = _beam_on_device(model, be.asarray(features), beam, 12, penalty)
+        np.testing.assert_array_equal(be.to_numpy(fixed[0]), captions)
+        np.testing.assert_array_equal(be.to_numpy(fixed[1]), logp)

@@ -99,12 +99,24 @@ def test_a_recording_that_synchronises_fails_and_nothing_of_it_runs():
     assert float((x + 1).sum()) == 8.0  # and the device still works
 
 
+# Each decoder that records, with the settings its recordings are filed under.
+DECODERS = {
+    "greedy": (lambda decoding, model, features: (decoding.greedy_decode(model, features, 12),),
+               ("greedy", 12)),
+    "beam": (lambda decoding, model, features: decoding.beam_decode(model, features, 3, 12,
+                                                                    0.5),
+             ("beam", 3, 12, 0.5)),
+}
+
+
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_recorded_greedy_decoding_matches_op_by_op_and_follows_the_parameters(cell):
+def test_recorded_decoding_matches_op_by_op_and_follows_the_parameters(cell, decoder):
     from captioning import CaptioningRNN, decoding
 
+    decode, settings = DECODERS[decoder]
     vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 40)}}
     on_gpu, on_cpu = (CaptioningRNN(vocab, input_dim=32, wordvec_dim=16, hidden_dim=24,
                                     cell_type=cell, dtype=np.float64, backend=name, seed=0)
@@ -113,12 +125,15 @@ def test_recorded_greedy_decoding_matches_op_by_op_and_follows_the_parameters(ce
 
     def agree(rows: int = 37) -> None:
         features = rng.standard_normal((rows, 32))
-        np.testing.assert_array_equal(decoding.greedy_decode(on_gpu, features, 12),
-                                      decoding.greedy_decode(on_cpu, features, 12))
+        gpu_out, cpu_out = decode(decoding, on_gpu, features), decode(decoding, on_cpu, features)
+        np.testing.assert_array_equal(gpu_out[0], cpu_out[0])  # the captions
+        for a, b in zip(gpu_out[1:], cpu_out[1:]):  # beam search's log-probabilities
+            np.testing.assert_allclose(a, b, rtol=1e-10)
 
     for _ in range(4):  # op by op, recorded, then replayed: each on new features
         agree()
-    recording = decoding._GREEDY_RECORDINGS[on_gpu][37, 12]
+    recordings = decoding._RECORDINGS[on_gpu]
+    recording = recordings[(*settings, 37)]
     assert recording.run.graph is not None and recording.run.runs == 4
     for model in (on_gpu, on_cpu):  # changed in place: the replay reads the new values
         model.params["W_vocab"] *= -1.5
@@ -126,6 +141,6 @@ def test_recorded_greedy_decoding_matches_op_by_op_and_follows_the_parameters(ce
     assert recording.run.runs == 5
     on_gpu.params["Wh"] = on_gpu.params["Wh"].copy()  # a new array: recorded anew
     agree()
-    assert decoding._GREEDY_RECORDINGS[on_gpu][37, 12] is not recording
+    assert recordings[(*settings, 37)] is not recording
     agree(rows=5)  # another batch shape has its own recording
-    assert len(decoding._GREEDY_RECORDINGS[on_gpu]) == 2
+    assert sorted(recordings) == [(*settings, 5), (*settings, 37)]
