@@ -31,6 +31,52 @@ def backend(request, monkeypatch):
     return get_backend(request.param)
 
 
+
+class Replaying:
+    """A stand-in for a CUDA-graph recording that keeps its contract on the CPU: each
+    call runs the function once; from the second call on it hands back the same output
+    arrays (one, or a tuple of them), overwritten by each run, as a graph's replays do.
+    ``refuse`` makes the second call fail as a recording that cannot be made does
+    (before anything runs)."""
+
+    def __init__(self, fn, refuse: bool) -> None:
+        self.fn, self.refuse, self.calls, self.out = fn, refuse, 0, None
+
+    def __call__(self):
+        from backend import RecordingFailed
+
+        self.calls += 1
+        if self.calls == 1:
+            return self.fn()
+        if self.refuse:
+            raise RecordingFailed("this stand-in refuses to record")
+        result = self.fn()
+        results = result if isinstance(result, tuple) else (result,)
+        if self.out is None:
+            self.out = tuple(np.array(a) for a in results)
+        else:
+            for kept, new in zip(self.out, results):
+                kept[...] = new
+        return self.out if isinstance(result, tuple) else self.out[0]
+
+
+def replaying_backend(refuse: bool = False):
+    """A NumPy backend that records (``Backend.record``) with ``Replaying`` stand-ins,
+    which it lists in ``recordings``."""
+    from kernels.numpy_backend import NumpyBackend
+
+    class ReplayingNumpy(NumpyBackend):
+        can_record = True
+
+        def __init__(self) -> None:
+            self.recordings: list[Replaying] = []
+
+        def record(self, fn):
+            self.recordings.append(Replaying(fn, refuse))
+            return self.recordings[-1]
+
+    return ReplayingNumpy()
+
 VOCAB = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "blue", "circle", "square",
          "on", "the", "left", "right", "big", "small"]
 

@@ -7,6 +7,7 @@ import pytest
 
 from captioning import CaptioningRNN
 from captioning.decoding import beam_decode, greedy_decode, sample_decode
+from conftest import replaying_backend
 
 FIVE = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
 
@@ -174,3 +175,55 @@ def test_beam_search_of_fixed_shape_answers_as_the_one_that_drops_done_images(ba
         fixed = _beam_on_device(model, be.asarray(features), beam, 12, penalty)
         np.testing.assert_array_equal(be.to_numpy(fixed[0]), captions)
         np.testing.assert_array_equal(be.to_numpy(fixed[1]), logp)
+
+
+def test_decoders_recorded_per_shape_and_setting_answer_as_op_by_op():
+    """The recordings' bookkeeping, on the CPU through a stand-in that records (the GPU
+    test replays real CUDA graphs): one recording per decoder, setting and batch shape,
+    made again when a parameter array is replaced, the oldest dropped past a bound."""
+    from captioning import decoding
+
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    be = replaying_backend()
+    recorded, plain = (_model(backend, vocab, seed=12, scale=2.0)[0]
+                       for backend in (be, "numpy"))
+    rng = np.random.default_rng(0)
+
+    def agree(rows: int = 9) -> None:
+        features = rng.standard_normal((rows, 6))
+        np.testing.assert_array_equal(greedy_decode(recorded, features, 8),
+                                      greedy_decode(plain, features, 8))
+        for a, b in zip(beam_decode(recorded, features, 3, 8, 1.0),
+                        beam_decode(plain, features, 3, 8, 1.0)):
+            np.testing.assert_array_equal(a, b)
+
+    for _ in range(3):  # op by op, recorded, replayed
+        agree()
+    recordings = decoding._RECORDINGS[recorded]
+    assert sorted(recordings, key=str) == [("beam", 3, 8, 1.0, 9), ("greedy", 8, 9)]
+    assert [r.calls for r in be.recordings] == [3, 3]
+    recorded.params["Wh"] = recorded.params["Wh"].copy()  # a new array: recorded anew
+    plain.params["Wh"] = plain.params["Wh"].copy()
+    agree()
+    assert len(be.recordings) == 4 and len(recordings) == 2
+    for rows in range(1, 6):  # more shapes than are kept: the oldest go first
+        agree(rows)
+    assert len(recordings) == decoding._RECORDINGS_PER_MODEL
+    assert ("greedy", 8, 9) not in recordings and ("beam", 3, 8, 1.0, 5) in recordings
+
+
+def test_a_decoder_that_cannot_be_recorded_warns_once_and_decodes_op_by_op():
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    be = replaying_backend(refuse=True)
+    refused, plain = (_model(backend, vocab, seed=12, scale=2.0)[0]
+                      for backend in (be, "numpy"))
+    features = np.random.default_rng(1).standard_normal((7, 6))
+    expected = beam_decode(plain, features, 2, 8)
+    beam_decode(refused, features, 2, 8)  # the first call runs op by op
+    with pytest.warns(RuntimeWarning, match="refuses to record; beam decoding goes on op"):
+        answers = beam_decode(refused, features, 2, 8)
+    for _ in range(2):  # no second try, no second warning
+        for a, b in zip(answers, expected):
+            np.testing.assert_array_equal(a, b)
+        answers = beam_decode(refused, features, 2, 8)
+    assert len(be.recordings) == 1 and be.recordings[0].calls == 2

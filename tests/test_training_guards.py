@@ -17,6 +17,7 @@ from captioning import CaptioningRNN, CaptioningTrainer, load_coco_data
 from captioning.checkpoint import load_checkpoint, save_checkpoint
 from captioning.trainer import TrainingStopped
 from captioning.training import run_folder
+from conftest import replaying_backend
 
 
 def _model(data, backend="numpy", seed=0, hidden=12):
@@ -226,50 +227,11 @@ def test_a_failed_write_keeps_the_earlier_checkpoint(tiny_coco, tmp_path, monkey
     assert [p.name for p in tmp_path.glob("*.tmp")] == []
 
 
-class _Replaying:
-    """A stand-in for a CUDA-graph recording that keeps its contract on the CPU: each
-    call runs the function once; from the second call on it hands back the same output
-    array, overwritten by each run, as a graph's replays do. ``refuse`` makes the second
-    call fail as a recording that cannot be made does (before anything runs)."""
-
-    def __init__(self, fn, refuse: bool) -> None:
-        self.fn, self.refuse, self.calls, self.out = fn, refuse, 0, None
-
-    def __call__(self):
-        from backend import RecordingFailed
-
-        self.calls += 1
-        if self.calls == 1:
-            return self.fn()
-        if self.refuse:
-            raise RecordingFailed("this stand-in refuses to record")
-        result = self.fn()
-        if self.out is None:
-            self.out = np.array(result)
-        else:
-            self.out[...] = result
-        return self.out
-
-
-def _replaying_backend(refuse: bool = False):
-    from kernels.numpy_backend import NumpyBackend
-
-    class ReplayingNumpy(NumpyBackend):
-        can_record = True
-        recordings: list = []
-
-        def record(self, fn):
-            self.recordings.append(_Replaying(fn, refuse))
-            return self.recordings[-1]
-
-    return ReplayingNumpy()
-
-
 def test_recorded_steps_train_like_op_by_op_steps(tiny_coco, tmp_path):
     data = load_coco_data(tiny_coco)
     plain = _trainer(_model(data), data, tmp_path / "plain", grad_clip=1.0)
     plain.train()
-    be = _replaying_backend()
+    be = replaying_backend()
     recorded = _trainer(_model(data, be), data, tmp_path / "recorded", grad_clip=1.0)
     recorded.train()
     assert len(be.recordings) == 1 and be.recordings[0].calls == 8  # steps 2 to 9
@@ -292,7 +254,7 @@ def test_a_step_that_cannot_be_recorded_runs_op_by_op(tiny_coco, tmp_path):
     data = load_coco_data(tiny_coco)
     plain = _trainer(_model(data), data, tmp_path / "plain")
     plain.train()
-    refused = _trainer(_model(data, _replaying_backend(refuse=True)), data, tmp_path / "r")
+    refused = _trainer(_model(data, replaying_backend(refuse=True)), data, tmp_path / "r")
     with pytest.warns(RuntimeWarning, match="refuses to record.*op by op"):
         refused.train()
     assert "refuses to record" in refused.training_step.recording_off
