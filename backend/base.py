@@ -256,6 +256,13 @@ class Backend:
         a += table[words]
         self.lstm_gates_forward_halved(a, prev_c[rows], next_c, next_h)
 
+    def argmax_rows(self, scores, bias):
+        """Greedy decoding's choice: the index of each row's largest score once ``bias``
+        is added. scores (M, V), bias (V,) -> int64 (M,); of equal maxima the first, and
+        a NaN counts as the largest, as in ``argmax``. May overwrite ``scores``."""
+        scores += bias
+        return scores.argmax(axis=1)
+
     def lstm_gates_backward(self, dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c):
         """Gradient through one LSTM cell update, down to its pre-activations.
 

@@ -60,9 +60,9 @@ class _Stepper:
             buf = self._scratch[name] = self.xp.empty((rows, cols), dtype=self.h.dtype)
         return buf[:rows]
 
-    def step(self, words: Any) -> Any:
+    def step(self, words: Any, bias: bool = True) -> Any:
         """Feed ``words`` (rows,) and return the next word's scores (rows, V), in a
-        buffer the next call reuses."""
+        buffer the next call reuses; without b_vocab added if not ``bias``."""
         be, xp = self.be, self.xp
         parents, self.parents = self.parents, None
         rows = len(words)
@@ -85,8 +85,13 @@ class _Stepper:
             self.h, self.c = h, c
         W_vocab = self.p["W_vocab"]
         scores = be.matmul(self.h, W_vocab, self._buffer("scores", rows, W_vocab.shape[1]))
-        scores += self.p["b_vocab"]
+        if bias:
+            scores += self.p["b_vocab"]
         return scores
+
+    def likeliest(self, words: Any) -> Any:
+        """Feed ``words`` (rows,) and return the likeliest next word of each row."""
+        return self.be.argmax_rows(self.step(words, bias=False), self.p["b_vocab"])
 
     def reorder(self, rows: Any) -> None:
         """Make the next step continue the states of ``rows`` (beam search's
@@ -99,9 +104,9 @@ def _check_length(max_length: int) -> None:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
 
 
-def _decode_on_device(model: Any, features: Any, max_length: int, choose) -> Any:
-    """Feed back ``choose(scores)`` each step: the loop greedy and sampling share.
-    Returns the captions on the device, with no host synchronisation on the way."""
+def _decode_on_device(model: Any, features: Any, max_length: int, next_words) -> Any:
+    """Feed back ``next_words(stepper, words)`` each step: the loop greedy and sampling
+    share. Returns the captions on the device, with no host synchronisation on the way."""
     run = _Stepper(model, features)
     xp = run.xp
     n = run.h.shape[0]
@@ -109,20 +114,27 @@ def _decode_on_device(model: Any, features: Any, max_length: int, choose) -> Any
     captions = xp.full((n, max_length), run.null, dtype=xp.int64)
     done = xp.zeros(n, dtype=bool)
     for t in range(max_length):
-        words = choose(run.step(words))
+        words = next_words(run, words)
         captions[:, t] = xp.where(done, run.null, words)
         if run.end is not None:
             done |= words == run.end
     return captions
 
 
-def _decode_one_choice(model: Any, features: Any, max_length: int, choose) -> np.ndarray:
+def _decode_one_choice(model: Any, features: Any, max_length: int, next_words
+                       ) -> np.ndarray:
     _check_length(max_length)
-    return model.backend.to_numpy(_decode_on_device(model, features, max_length, choose))
+    return model.backend.to_numpy(_decode_on_device(model, features, max_length,
+                                                    next_words))
 
 
-def _argmax(scores: Any) -> Any:
-    return scores.argmax(axis=1)
+def _likeliest(run: _Stepper, words: Any) -> Any:
+    return run.likeliest(words)
+
+
+def _drawn_by(choose):
+    """``next_words`` for a ``choose(scores)`` that draws from the biased scores."""
+    return lambda run, words: choose(run.step(words))
 
 
 class _Recording:
@@ -187,11 +199,11 @@ def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray
     _check_length(max_length)
 
     def decode(model, features):
-        return _decode_on_device(model, features, max_length, _argmax)
+        return _decode_on_device(model, features, max_length, _likeliest)
 
     captions = _replayed(model, features, ("greedy", max_length), decode)
     if captions is None:
-        return _decode_one_choice(model, features, max_length, _argmax)
+        return _decode_one_choice(model, features, max_length, _likeliest)
     return captions
 
 
@@ -217,7 +229,7 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
         gumbel = -np.log(-np.log(rng.random(scores.shape) + 1e-300) + 1e-300)
         return (scores + model.backend.asarray(gumbel, dtype=scores.dtype)).argmax(axis=1)
 
-    return _decode_one_choice(model, features, max_length, choose)
+    return _decode_one_choice(model, features, max_length, _drawn_by(choose))
 
 
 def policy_sample(model: Any, features: Any, max_length: int, rng: np.random.Generator
@@ -237,7 +249,7 @@ def policy_sample(model: Any, features: Any, max_length: int, rng: np.random.Gen
         # The first word whose cumulative mass passes u; never past the last word.
         return xp.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
 
-    return _decode_one_choice(model, features, max_length, choose)
+    return _decode_one_choice(model, features, max_length, _drawn_by(choose))
 
 
 def _log_probs_inplace(xp, scores, offsets):

@@ -180,9 +180,53 @@ __global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
 """
 SCATTER_KERNELS = ("scatter_add_rows",)
 
+DECODE_SOURCE = r"""
+template <typename T>
+__device__ bool ranks_above(T a, long long ia, T b, long long ib) {
+    // (a at column ia) before (b at column ib) in argmax's order: larger first, a NaN
+    // before any number, and of equals the lower column.
+    const bool nan_a = a != a, nan_b = b != b;
+    if (nan_a || nan_b) return nan_a && (!nan_b || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+template <typename T>
+__global__ void argmax_rows(const T* scores, const T* bias, long long* out, long long M,
+                            int V) {
+    // One warp per row m: out[m] = argmax over v of scores[m, v] + bias[v] (scores
+    // C-contiguous), in one read of the row and without writing the biased scores.
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long m = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; m < M;
+         m += warps) {
+        const T* row = scores + m * V;
+        T best = 0;
+        long long at = -1;  // none yet: ranks below everything
+        for (int v = lane; v < V; v += 32) {
+            const T x = row[v] + bias[v];
+            if (at < 0 || ranks_above(x, (long long)v, best, at)) {
+                best = x;
+                at = v;
+            }
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const T other = __shfl_down_sync(0xffffffffu, best, offset);
+            const long long other_at = __shfl_down_sync(0xffffffffu, at, offset);
+            if (other_at >= 0 && (at < 0 || ranks_above(other, other_at, best, at))) {
+                best = other;
+                at = other_at;
+            }
+        }
+        if (lane == 0) out[m] = at;
+    }
+}
+"""
+DECODE_KERNELS = ("argmax_rows",)
+
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
 MODULES = {"gates": (GATES_SOURCE, GATE_KERNELS), "xent": (XENT_SOURCE, XENT_KERNELS),
-           "scatter": (SCATTER_SOURCE, SCATTER_KERNELS)}
+           "scatter": (SCATTER_SOURCE, SCATTER_KERNELS),
+           "decode": (DECODE_SOURCE, DECODE_KERNELS)}
 OPTIONS = ("-std=c++14",)
 
 

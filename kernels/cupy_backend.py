@@ -5,12 +5,12 @@ Overridden: one raw kernel per step for the LSTM gates forward and one for their
 backward (blocks i, f, o, g), each also adding the two parts of its input (the
 recurrent product and the hoisted input projection; the upstream and the carried
 gradient) so that a time step costs one matrix product and one kernel each way, and one
-for decoding's whole cell update (gather, word lookup, gates); one
-for the RNN's tanh backward, the embedding scatter-add (atomicAdd per run of rows of one
-word, zero sums skipped),
-the softmax cross-entropy and its gradient (one block per row, in place), and Adam
-(one kernel per parameter). Matrix products are direct cuBLAS calls (kernels/cublas.py),
-in full float32 or, on a ``with_precision`` twin, on TF32 or bfloat16 tensor cores.
+for decoding's whole cell update (gather, word lookup, gates); one for the RNN's tanh
+backward, greedy decoding's biased argmax (a warp per row), the embedding scatter-add
+(atomicAdd per run of rows of one word, zero sums skipped), the softmax cross-entropy
+and its gradient (one block per row, in place), and Adam (one kernel per parameter).
+Matrix products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
+``with_precision`` twin, on TF32 or bfloat16 tensor cores.
 The vocabulary layer works densely (``compact_masked_positions = False``): finding the
 scored rows would cost a host synchronisation per step. Nothing here synchronises with
 the host; kernels compile once per dtype and are cached by CuPy. The raw kernels index
@@ -74,6 +74,7 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     + _ADAM_BODY, "caption_adam_device")
 
 _XENT_THREADS = 256
+_ARGMAX_THREADS = 256  # 8 rows a block, a warp each
 # Rows one scatter thread walks down its column: long enough that the <START> rows of a
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
 # enough that 16,384 x 2,048 still makes a million threads.
@@ -201,6 +202,22 @@ class CupyBackend(Backend):
                                    dout, dW, np.int64(rows), np.int32(D),
                                    np.int64(vocab_size), np.int32(per_thread)))
         return dW
+
+    def argmax_rows(self, scores, bias):
+        """One raw kernel, a warp per row, that adds the bias as it reads each score
+        (no biased copy is written); the base class's two passes for other layouts."""
+        if (scores.ndim != 2 or not _contiguous(scores, bias) or scores.dtype != bias.dtype
+                or scores.dtype.name not in CTYPES or bias.shape != scores.shape[1:]):
+            return super().argmax_rows(scores, bias)
+        M, V = scores.shape
+        out = cp.empty(M, dtype=cp.int64)
+        if M == 0:
+            return out
+        kernel = _MODULES["decode"].get_function(f"argmax_rows<{CTYPES[scores.dtype.name]}>")
+        warps_per_block = _ARGMAX_THREADS // 32
+        blocks = min(-(-M // warps_per_block), 8192)  # a grid-stride loop covers the rest
+        kernel((blocks,), (_ARGMAX_THREADS,), (scores, bias, out, np.int64(M), np.int32(V)))
+        return out
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
         return _TANH_BACKWARD(dnext_h, next_h, da)

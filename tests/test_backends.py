@@ -470,3 +470,25 @@ def test_caption_weights_agree_on_the_dense_and_the_compact_path(backend, dtype)
     got = backend.vocab_loss(*(backend.asarray(a) for a in (h, W, b, y, mask)),
                              backend.asarray(weights))
     _close(backend, got, [np.float64(want[0]), *want[1:]], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("rows", "words"), [(37, 1004), (9, 5), (8, 33), (1, 64)])
+def test_argmax_rows_of_biased_scores_is_numpys_argmax(backend, dtype, rows, words):
+    """Greedy decoding's choice: ties go to the first column, a NaN to the first NaN,
+    a row of -inf to column 0, as in ``argmax``; a strided view of scores too."""
+    rng = np.random.default_rng(rows * words)
+    scores = rng.standard_normal((rows, words)).astype(dtype)
+    bias = rng.standard_normal(words).astype(dtype)
+    scores[0, words // 2] = scores[0, words - 1] = 50  # a tie: the first column wins
+    bias[words // 2] = bias[words - 1] = 0
+    if rows > 2:
+        scores[1] = -np.inf
+        scores[2, [words - 1, words // 3]] = np.nan  # the first NaN wins
+    want = (scores + bias).argmax(axis=1)
+    wide = np.concatenate([scores, scores], axis=1)
+    got = backend.argmax_rows(backend.asarray(scores.copy()), backend.asarray(bias))
+    np.testing.assert_array_equal(backend.to_numpy(got), want)  # (it may overwrite scores)
+    assert got.dtype == np.int64
+    got = backend.argmax_rows(backend.asarray(wide)[:, :words], backend.asarray(bias))
+    np.testing.assert_array_equal(backend.to_numpy(got), want)
