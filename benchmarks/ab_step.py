@@ -1,12 +1,13 @@
-"""The library's training step from two source trees, timed in turns in one run: did a
-change move the step rate?
+"""The library's training step (or decoding) from two source trees, timed in turns in
+one run: did a change move its rate?
 
     git worktree add /tmp/before HEAD~1
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.ab_step /tmp/before . \\
-        --backends numpy numba --repeats 15
+        --backends numpy numba --repeats 15 [--work greedy|beam]
 
 Each tree runs in a worker process of its own, importing its own code (its
-``benchmarks.workload.library_step``, at the benchmark's sizes), and the workers take
+``benchmarks.workload.library_step``, or ``library_decode`` of 1,000 images greedily or
+with beam 3, at the benchmark's sizes), and the workers take
 turns (A then B, then B then A, ...), with a short pause before each step, so machine
 drift and the cost of going second fall on both alike. Prints the median ms per step of
 each and the ratio B/A.
@@ -25,9 +26,13 @@ import numpy as np
 
 _WORKER = """
 import sys, time
-from benchmarks.workload import Sizes, library_step
-step = library_step(sys.argv[1], Sizes(N=int(sys.argv[3])))
-for _ in range(int(sys.argv[2])):
+from benchmarks.workload import Sizes, library_decode, library_step
+backend, warmup, batch, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if work == "step":
+    step = library_step(backend, Sizes(N=batch))
+else:
+    step = library_decode(backend, Sizes(), {"greedy": 1, "beam": 3}[work])
+for _ in range(warmup):
     step()
 print("ready", flush=True)
 for line in sys.stdin:
@@ -40,10 +45,11 @@ for line in sys.stdin:
 class Worker:
     """A process running one tree's step on request."""
 
-    def __init__(self, tree: Path, backend: str, warmup: int, batch: int) -> None:
+    def __init__(self, tree: Path, backend: str, warmup: int, batch: int, work: str
+                 ) -> None:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, backend, str(warmup),
-                                      str(batch)],
+                                      str(batch), work],
                                      cwd=tree, env=env, text=True, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         if self.proc.stdout.readline().strip() != "ready":
@@ -69,15 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128,
                         help="captions per step (the benchmark's other sizes stay)")
+    parser.add_argument("--work", choices=["step", "greedy", "beam"], default="step",
+                        help="what is timed: a training step, or decoding 1,000 images "
+                        "greedily or with beam 3 (--batch is then unused)")
     args = parser.parse_args(argv)
     for name in ("repeats", "batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    what = (f"steps of {args.batch} captions each" if args.work == "step" else
+            f"{args.work} decodings of 1,000 images")
     print(f"A = {args.tree_a.resolve()}, B = {args.tree_b.resolve()}; median of "
-          f"{args.repeats} steps of {args.batch} captions each, in turns")
-    print(f"{'backend':8s} {'A ms/step':>10s} {'B ms/step':>10s} {'B/A':>6s}")
+          f"{args.repeats} {what}, in turns")
+    print(f"{'backend':8s} {'A ms':>10s} {'B ms':>10s} {'B/A':>6s}")
     for backend in args.backends:
-        workers = [Worker(tree.resolve(), backend, args.warmup, args.batch)
+        workers = [Worker(tree.resolve(), backend, args.warmup, args.batch, args.work)
                    for tree in (args.tree_a, args.tree_b)]
         times: list[list[float]] = [[], []]
         try:
