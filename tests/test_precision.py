@@ -1,6 +1,7 @@
 """Reduced-precision matrix products (tf32, bf16): refused where they cannot run, close
 to float32 where they can, and never written into a checkpoint."""
 
+import json
 import subprocess
 import sys
 
@@ -74,6 +75,24 @@ def test_a_checkpoint_holds_no_precision(tmp_path):
     assert load_model(path, "numpy", "fp32").precision == "fp32"
     with pytest.raises(ValueError, match=r"m\.npz: precision 'bf16' needs the cupy"):
         load_model(path, "numpy", "bf16")
+
+
+def test_the_decoding_commands_refuse_a_precision_the_backend_lacks(tmp_path):
+    """caption, evaluate, sample and report take --precision too (tf32 decoding on a GPU
+    is about twice fp32's rate); a CPU backend refuses it before writing anything."""
+    path = save_model(tmp_path / "m.npz", _model("numpy"))
+    features = tmp_path / "features.npy"
+    np.save(features, np.zeros((3, 32), dtype=np.float32))
+    out = tmp_path / "out"
+    for command in (["caption", "--features", str(features), "--out", str(out / "c.jsonl")],
+                    ["evaluate", "--json", str(out / "m.json")], ["sample"],
+                    ["report", "--out", str(out)]):
+        run = subprocess.run([sys.executable, "-m", "captioning", *command, "--checkpoint",
+                              str(path), "--backend", "numpy", "--precision", "tf32"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, (command, run.stderr)
+        assert "precision 'tf32' needs the cupy backend" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr and not out.exists()
 
 
 # ---------------------------------------------------------------------- on the GPU
@@ -153,3 +172,26 @@ def test_recorded_reduced_precision_training_matches_op_by_op(precision, tmp_pat
     on_cpu = load_model(path, "numpy")
     assert on_cpu.precision == "fp32" and on_cpu.params["Wh"].dtype == np.float32
     np.testing.assert_array_equal(on_cpu.params["Wh"], runs[True][1])
+
+
+@pytest.mark.gpu
+@gpu
+def test_captioning_a_file_in_tf32_on_the_gpu(tmp_path):
+    path = save_model(tmp_path / "m.npz", _model("numpy"))
+    features = tmp_path / "features.npy"
+    np.save(features, np.random.default_rng(3).standard_normal((50, 32)).astype(np.float32))
+    lines = {}
+    for precision in ("fp32", "tf32"):
+        out = tmp_path / f"{precision}.jsonl"
+        run = subprocess.run([sys.executable, "-m", "captioning", "caption", "--checkpoint",
+                              str(path), "--features", str(features), "--out", str(out),
+                              "--backend", "cupy", "--precision", precision],
+                             capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr
+        assert f"beam 1, {precision})" in run.stdout
+        lines[precision] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["image_id"] for row in lines["tf32"]] == list(range(50))
+    # TF32 rounds the products' operands to 10-bit mantissas: the likeliest word may
+    # change where two are nearly tied, rarely at these sizes.
+    same = sum(a["caption"] == b["caption"] for a, b in zip(lines["fp32"], lines["tf32"]))
+    assert same >= 40

@@ -13,6 +13,7 @@ from captioning.checks import cli_type, integer
 from captioning.cli.common import (
     HelpFormatter,
     add_backend,
+    add_precision,
     choose_backend,
     on_every_rank,
     resolve_checkpoint,
@@ -43,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=count, default=16, help="words per caption at most")
     p.add_argument("--chunk", type=count, default=2048, help="rows decoded at a time")
     add_backend(p)
+    add_precision(p)
     p.set_defaults(run=run)
 
 
@@ -55,7 +57,7 @@ def _caption(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:
     if parallel is not None:
         print(f"captioning over {parallel.size} ranks (MPI)")
     path, _ = resolve_checkpoint(args.checkpoint)
-    model = load_model(path, choose_backend(args.backend))
+    model = load_model(path, choose_backend(args.backend), args.precision)
     out = Path(args.out) if args.out else default_output(args.output_format)
     start = time.perf_counter()
     rows = caption_feature_file(model, args.features, out, args.beam, args.max_length,
@@ -64,5 +66,6 @@ def _caption(args: argparse.Namespace, parallel: MpiDataParallel | None) -> int:
                                 parallel=parallel)
     elapsed = time.perf_counter() - start
     print(f"captioned {rows} rows of {args.features} in {elapsed:.1f} s "
-          f"({rows / max(elapsed, 1e-9):.0f} captions/s, beam {args.beam}); wrote {out}")
+          f"({rows / max(elapsed, 1e-9):.0f} captions/s, beam {args.beam}, "
+          f"{model.precision}); wrote {out}")
     return 0

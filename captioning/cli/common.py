@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend import AUTO, ENV_VAR, Backend, get_backend
+from backend import AUTO, ENV_VAR, PRECISION_ENV_VAR, PRECISIONS, Backend, get_backend
 from captioning.data.default import default_data_dir
 from captioning.data.layout import features_file, open_hdf5
 from captioning.data.reader import read_coco_folder
@@ -35,6 +35,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="numpy, numba, cupy or auto (default: $CAPTION_BACKEND, "
                    "else auto: the fastest that runs here)")
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision for the commands that decode with a trained model."""
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="how a float32 model's matrix products multiply while decoding: "
+                   "fp32 in full; tf32 or bf16 on the GPU's tensor cores with float32 "
+                   f"accumulation (cupy backend only) (default: ${PRECISION_ENV_VAR}, else "
+                   "fp32)")
 
 
 def on_every_rank(parallel: MpiDataParallel | None, work: Callable[[], int]) -> int:

@@ -15,6 +15,7 @@ from captioning.cli.common import (
     HelpFormatter,
     add_backend,
     add_data,
+    add_precision,
     choose_backend,
     load_data_for,
     resolve_checkpoint,
@@ -29,10 +30,11 @@ _CHECKPOINT_HELP = ("a checkpoint .npz, or a run folder (its best.npz, else "
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
-    """--checkpoint, --data and --backend, which every command here takes."""
+    """--checkpoint, --data, --backend and --precision, which every command here takes."""
     p.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
     add_data(p)
     add_backend(p)
+    add_precision(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -87,9 +89,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, Path]:
-    """(model on --backend, its data, the checkpoint file, the data folder)."""
+    """(model on --backend in --precision, its data, the checkpoint file, the data
+    folder)."""
     path, settings = resolve_checkpoint(args.checkpoint)
-    model = load_model(path, choose_backend(args.backend))
+    model = load_model(path, choose_backend(args.backend), args.precision)
     data, data_dir = load_data_for(model.input_dim, args.data, settings)
     if data["word_to_idx"] != model.word_to_idx:
         raise ValueError(f"{path} was trained with another vocabulary than the data in "
