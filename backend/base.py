@@ -29,11 +29,14 @@ a backend calls:
 - ``adam_kernel``: the Adam update once its scalars are known, which both
   ``adam_update`` and ``adam_update_device`` call;
 - ``sum_rows``: the bias gradients' sums over rows;
+- ``beside``: work that may overlap what follows it (the vocabulary layer's weight
+  gradients, beside the backward recurrence: a second stream on a GPU);
 - ``can_record`` / ``record``: replaying a function's device work (a CUDA graph).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -497,7 +500,9 @@ class Backend:
         """Scores over the vocabulary, the temporal softmax loss, and their gradients.
 
         h (N, T, H), W_vocab (H, V), b_vocab (V,), y int (N, T), mask bool (N, T) ->
-        (loss, dh (N, T, H), dW_vocab, db_vocab). ``caption_weights`` (N,), when given,
+        (loss, dh (N, T, H), weight_grads), where weight_grads() returns (dW_vocab (H, V),
+        db_vocab (V,)): they are issued ``beside`` what the caller does next (the backward
+        recurrence, on a GPU) and waited for when it calls. ``caption_weights`` (N,), when given,
         multiplies each caption's terms of the loss and of every gradient (any sign: a
         policy gradient's advantages), through the same fused kernel as the plain loss.
         Positions whose target is masked out add
@@ -523,13 +528,23 @@ class Backend:
         scores += b_vocab
         loss, dscores = self.cross_entropy(scores, y_kept, weight, N, overwrite=True)
         dh_kept = self.matmul(dscores, W_vocab.T)
-        dW_vocab, db_vocab = self.matmul(h_kept.T, dscores), self.sum_rows(dscores)
+        weight_grads = self.beside(lambda: (self.matmul(h_kept.T, dscores),
+                                            self.sum_rows(dscores)))
         if self.compact_masked_positions:
             dh = xp.zeros((N, T, H), dtype=h.dtype)
             dh[kept] = dh_kept
         else:
             dh = dh_kept.reshape(N, T, H)
-        return loss, dh, dW_vocab, db_vocab
+        return loss, dh, weight_grads
+
+    def beside(self, work: Callable[[], Any]) -> Callable[[], Any]:
+        """Issue ``work`` (device work that returns the arrays it made) so that the
+        device may run it beside the work issued after it; returns ``join``, whose call
+        makes the work issued after that wait for it, and returns what ``work``
+        returned. What ``work`` reads must not change until then. Here (one stream of
+        work) it runs at once."""
+        result = work()
+        return lambda: result
 
     def adam_update(self, w, dw, m, v, t: int, learning_rate: float, beta1: float,
                     beta2: float, epsilon: float) -> None:

@@ -225,7 +225,8 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
     a, lookup_cache = be.word_embedding_forward(cin.T, table)
     h, cache = forward(a, h0, p["Wh"])
-    _, dh, _, _ = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], cout, mask)
+    _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], cout, mask)
+    weight_grads()
     da, dh0, _ = backward(dh, cache)
     _, grads = model.loss(features, captions)
     states = {k: (be.xp.zeros_like(v), be.xp.zeros_like(v)) for k, v in p.items()}
@@ -253,7 +254,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
         "table lookup + recurrence forward (16 steps)": lambda: forward(
             be.word_embedding_forward(cin.T, table)[0], h0, p["Wh"]),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
-            h, p["W_vocab"], p["b_vocab"], cout, mask),
+            h, p["W_vocab"], p["b_vocab"], cout, mask)[2](),
         "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),
         "table scatter-add + W_embed, Wx, b, W_proj grads": table_grads,
         "Adam (every parameter)": adam,

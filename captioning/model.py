@@ -112,13 +112,15 @@ class CaptioningRNN:
         forward, backward = self._recurrence()
         h, rec_cache = forward(a, h0, p["Wh"])
         if not grads:
-            loss = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], captions_out, mask,
-                                 caption_weights)[0]
+            loss, _, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"],
+                                                  captions_out, mask, caption_weights)
+            weight_grads()  # (joined, so that no work is left running beside)
             return be.to_numpy(loss)[()] if host else loss
         grads = {}
-        loss, dh, grads["W_vocab"], grads["b_vocab"] = be.vocab_loss(
+        loss, dh, vocab_weight_grads = be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], captions_out, mask, caption_weights)
-        da, dh0, grads["Wh"] = backward(dh, rec_cache)
+        da, dh0, grads["Wh"] = backward(dh, rec_cache)  # (a GPU runs the two side by side)
+        grads["W_vocab"], grads["b_vocab"] = vocab_weight_grads()
         grads["W_embed"], grads["Wx"], grads["b"] = input_backward(da)
         grads["W_proj"] = be.matmul(features.T, dh0)  # the features need no gradient
         grads["b_proj"] = dh0.sum(axis=0)

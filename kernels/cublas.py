@@ -7,8 +7,10 @@ supports capture (cuBLAS docs, "CUDA Graphs Support") given a workspace of its o
 here once, so nothing is allocated during a capture. A direct call also costs the host
 less than ``cupy.matmul``'s checks and dispatch, which paces small batches.
 
-One handle per device, created on first use. With ``CUPY_TF32=1`` the handle allows
-TF32 tensor-core maths, as ``cupy.matmul`` does under that variable.
+One handle per device, created on first use, and one more for each stream that runs
+beside others (``give_own_handle``): two streams must not share one workspace (cuBLAS
+docs, "cublasSetWorkspace"). With ``CUPY_TF32=1`` the handles allow TF32 tensor-core
+maths, as ``cupy.matmul`` does under that variable.
 
 Reduced precision (``precision`` "tf32" or "bf16", float32 operands only) calls
 ``cublasGemmEx`` with the compute type ``CUBLAS_COMPUTE_32F_FAST_TF32`` or
@@ -91,7 +93,17 @@ def _functions() -> dict[str, object]:
 _ONE_ZERO = {"f": (ctypes.c_float(1), ctypes.c_float(0)),
              "d": (ctypes.c_double(1), ctypes.c_double(0))}
 _ONE_ZERO_REF = {c: tuple(ctypes.addressof(x) for x in pair) for c, pair in _ONE_ZERO.items()}
-_HANDLES: dict[int, tuple[int, object]] = {}  # device id -> (handle, its workspace)
+# (device id, the stream's pointer if it has a handle of its own, else 0) ->
+# (handle, its workspace)
+_HANDLES: dict[tuple[int, int], tuple[int, object]] = {}
+_OWN_HANDLE_STREAMS: set[int] = set()  # pointers of the streams given one
+
+
+def give_own_handle(stream: cp.cuda.Stream) -> None:
+    """Make the products issued on ``stream`` use a cuBLAS handle and workspace of their
+    own (created with its first product), so that they may run beside those of other
+    streams."""
+    _OWN_HANDLE_STREAMS.add(stream.ptr)
 
 
 def _check(status: int, what: str) -> None:
@@ -99,9 +111,10 @@ def _check(status: int, what: str) -> None:
         raise RuntimeError(f"cuBLAS {what} failed with status {status}")
 
 
-def _handle() -> int:
-    device = cp.cuda.runtime.getDevice()
-    if device not in _HANDLES:
+def _handle(stream: int) -> int:
+    """The handle for products on the stream with pointer ``stream``, on this device."""
+    key = (cp.cuda.runtime.getDevice(), stream if stream in _OWN_HANDLE_STREAMS else 0)
+    if key not in _HANDLES:
         f = _functions()
         handle = _PTR()
         _check(f["cublasCreate_v2"](ctypes.byref(handle)), "cublasCreate")
@@ -113,8 +126,8 @@ def _handle() -> int:
                    "SetWorkspace")
         if os.environ.get("CUPY_TF32") == "1":
             _check(f["cublasSetMathMode"](handle, _TF32_TENSOR_OP_MATH), "SetMathMode")
-        _HANDLES[device] = (handle.value, workspace)
-    return _HANDLES[device][0]
+        _HANDLES[key] = (handle.value, workspace)
+    return _HANDLES[key][0]
 
 
 def _layout(x) -> tuple[int, int] | None:
@@ -160,8 +173,9 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
     if k == 0:
         out.fill(0)
         return True
-    handle, f = _handle(), _FUNCTIONS
-    _check(f["cublasSetStream_v2"](handle, cp.cuda.get_current_stream().ptr), "SetStream")
+    stream = cp.cuda.get_current_stream().ptr
+    handle, f = _handle(stream), _FUNCTIONS
+    _check(f["cublasSetStream_v2"](handle, stream), "SetStream")
     one, zero = _ONE_ZERO_REF[char]
     if compute_type is not None:
         _check(f["cublasGemmEx"](handle, lb[0], la[0], n, m, k, one, b.data.ptr, _CUDA_R_32F,

@@ -28,7 +28,7 @@ import cupy as cp
 import numpy as np
 
 from backend.base import Backend, BackendUnavailable, check_precision
-from kernels.cublas import gemm
+from kernels.cublas import gemm, give_own_handle
 from kernels.cuda_graph import GraphRecording
 from kernels.cuda_sources import CTYPES, MODULES, OPTIONS, name_expressions
 
@@ -79,6 +79,19 @@ _ARGMAX_THREADS = 256  # 8 rows a block, a warp each
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
 # enough that 16,384 x 2,048 still makes a million threads.
 _SCATTER_ROWS_PER_THREAD = 32
+
+
+_SIDE_STREAMS: dict[int, cp.cuda.Stream] = {}  # device id -> the stream ``beside`` uses
+
+
+def _side_stream() -> cp.cuda.Stream:
+    """This device's second stream (made once, with a cuBLAS handle of its own)."""
+    device = cp.cuda.runtime.getDevice()
+    if device not in _SIDE_STREAMS:
+        stream = cp.cuda.Stream(non_blocking=True)
+        give_own_handle(stream)
+        _SIDE_STREAMS[device] = stream
+    return _SIDE_STREAMS[device]
 
 
 class CupyBackend(Backend):
@@ -167,6 +180,29 @@ class CupyBackend(Backend):
             if gemm(a, b, target, self.precision if a.dtype == np.float32 else "fp32"):
                 return target
         return super().matmul(a, b, out)
+
+    def beside(self, work):
+        """On this device's second stream, forked from the current one by an event and
+        joined back by another when ``join`` is called; both are graph edges when the
+        current stream is being recorded. ``join`` holds ``work`` (whose closure holds
+        the arrays it reads) until it is dropped, so the memory pool cannot hand their
+        memory to other work while the second stream may still read it. What ``work``
+        makes comes from the second stream's share of the pool; it is used after the
+        join, and that share is next used by work forked later still."""
+        main, side = cp.cuda.get_current_stream(), _side_stream()
+        forked = cp.cuda.Event(disable_timing=True)
+        forked.record(main)
+        side.wait_event(forked)
+        with side:
+            result = work()
+        done = cp.cuda.Event(disable_timing=True)
+        done.record(side)
+
+        def join(_inputs=work):
+            cp.cuda.get_current_stream().wait_event(done)
+            return result
+
+        return join
 
     def sum_rows(self, x):
         """As ones (1, M) @ x by one cuBLAS call, not in this twin's reduced precision

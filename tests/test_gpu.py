@@ -99,6 +99,38 @@ def test_a_recording_that_synchronises_fails_and_nothing_of_it_runs():
     assert float((x + 1).sum()) == 8.0  # and the device still works
 
 
+@pytest.mark.gpu
+@gpu
+def test_work_beside_sees_what_came_before_and_is_waited_for_at_its_join():
+    """Backend.beside on a second stream, op by op and recorded into a CUDA graph: the
+    work reads what the main stream wrote just before, and the main stream reads its
+    results after the join, while a product of its own runs in between."""
+    import cupy as cp
+
+    from backend import get_backend
+
+    be = get_backend("cupy")
+    rng = np.random.default_rng(4)
+    a = cp.asarray(rng.standard_normal((1024, 1024)))
+
+    def step():
+        b = be.matmul(a, a)  # the main stream
+        join = be.beside(lambda: (be.matmul(b.T, b), be.sum_rows(b)))  # reads b
+        c = be.matmul(a.T, a)  # the main stream again, beside it
+        gram, sums = join()
+        return gram + c, sums
+
+    for run in (step, be.record(step)):
+        for _ in range(3):  # (recorded: op by op, recorded, replayed)
+            a[...] = cp.asarray(rng.standard_normal(a.shape))
+            got = run()
+            host = cp.asnumpy(a)
+            b = host @ host
+            np.testing.assert_allclose(cp.asnumpy(got[0]), b.T @ b + host.T @ host,
+                                       rtol=1e-9)
+            np.testing.assert_allclose(cp.asnumpy(got[1]), b.sum(axis=0), rtol=1e-9)
+
+
 # Each decoder that records, with the settings its recordings are filed under.
 DECODERS = {
     "greedy": (lambda decoding, model, features: (decoding.greedy_decode(model, features, 12),),
