@@ -6,9 +6,10 @@
 # benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
 # /tmp/gpu_check).
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
-# With .ab-before/ (an earlier commit: mkdir .ab-before && git archive REV | tar -x -C
-# .ab-before; carried by the device tool) it ends with that commit's step against this
-# tree's (benchmarks/gpu_ab.sh).
+# With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
+# .ab-1; carried by the device tool), it ends with each one's step against the next, by
+# name, and the last against this tree (benchmarks/gpu_ab.sh; ~2-3 minutes a pair): one
+# pair per change to measure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -64,9 +65,11 @@ echo "== self-critical training on the GPU: the step's split, then 2 epochs from
 timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32
 timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32 \
     --metrics-every 0 --no-report --samples 0 --out /tmp/run-scst 2>&1 | tail -6
-if [ -d .ab-before ]; then  # an earlier commit unpacked there and carried: its A/B
-    echo "== the CuPy step of .ab-before against this tree, in turns"
-    bash benchmarks/gpu_ab.sh .ab-before .
-fi
+shopt -s nullglob
+trees=(.ab-*/ .)  # earlier commits, oldest first by name, then this tree
+for ((i = 0; i + 1 < ${#trees[@]}; i++)); do
+    echo "== the CuPy step of ${trees[i]} against ${trees[i + 1]}, in turns"
+    bash benchmarks/gpu_ab.sh "${trees[i]}" "${trees[i + 1]}"
+done
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))
