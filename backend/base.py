@@ -8,9 +8,12 @@ as ``np.sqrt(n)`` are not, so none appear here).
 The sequence functions hoist the input projection out of the time loop: ``x @ Wx`` for
 all T steps is one matrix product, and in the backward pass ``dx``, ``dWx``, ``dWh`` and
 ``db`` are one product each after the loop. Only ``h @ Wh`` (forward) and ``da @ Wh.T``
-(backward) stay inside it. ``*_forward_projected`` / ``*_backward_projected`` are the
-loops alone, from input projections the caller made (the model looks them up from a
-table of every word's projection) and back to their gradient. The per-step gate maths
+(backward) stay inside it. ``*_forward_packed`` / ``*_backward_packed`` are the loops
+alone, over packed sequences (``packed_steps``: sorted longest first, each step only
+the sequences still running, so padding costs nothing), from input projections the
+caller made (the model looks them up from a table of every word's projection) and back
+to their gradient; the exercise's dense functions are the case where every sequence
+runs every step. The per-step gate maths
 lives in ``rnn_gates_*`` and ``lstm_gates_*``, which both the step functions and the
 sequence loops call, so a subclass that fuses the gates speeds up both.
 
@@ -141,13 +144,13 @@ class Backend:
     # ------------------------------------------------------------------ plain layers
     def affine_forward(self, x, w, b):
         """x (N, D...) flattened to (N, D), w (D, M), b (M,) -> out (N, M)."""
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x.reshape(x.shape[0], w.shape[0])
         return self.matmul(x2, w) + b, (x, w)
 
     def affine_backward(self, dout, cache):
         """dout (N, M) -> dx (shape of x), dw (D, M), db (M,)."""
         x, w = cache
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x.reshape(x.shape[0], w.shape[0])
         return (self.matmul(dout, w.T).reshape(x.shape), self.matmul(x2.T, dout),
                 self.sum_rows(dout))
 
@@ -315,46 +318,48 @@ class Backend:
     def rnn_forward(self, x, h0, Wx, Wh, b):
         """x (N, T, D), h0 (N, H) -> h (N, T, H), every hidden state.
 
-        Works time-major inside, so each step's operands are contiguous; h is returned as
-        an (N, T, H) view of the (T, N, H) states.
+        Works time-major inside (the recurrence over N full-length sequences), so each
+        step's operands are contiguous; h is an (N, T, H) view of the (T, N, H) states.
         """
-        a, x_tm = self._project_inputs(x, Wx, b)  # (T, N, H)
-        h, cache = self.rnn_forward_projected(a, h0, Wh)
-        return h, (x_tm, Wx, cache)
-
-    def rnn_forward_projected(self, a, h0, Wh):
-        """The recurrence from its input projections: a (T, N, H) time-major, x_t Wx + b
-        of every step (overwritten: it becomes the pre-activations), h0 (N, H) ->
-        h (N, T, H), a view of the (T, N, H) states. The model calls this with each
-        step's row looked up from a table of every word's projection."""
-        xp = self.xp
-        T, N, H = a.shape
-        hs = xp.empty((T + 1, N, H), dtype=a.dtype)  # hs[0] = h0, hs[t + 1] = h_t
-        hs[0] = h0
-        buf = xp.empty((N, H), dtype=a.dtype)
-        for t in range(T):
-            a[t] += self.matmul(hs[t], Wh, buf)
-            self.rnn_gates_forward(a[t], hs[t + 1])
-        return hs[1:].transpose(1, 0, 2), (Wh, hs)
+        a, x_tm = self._project_inputs(x, Wx, b)  # (T*N, H)
+        N, T = x.shape[:2]
+        hs, cache = self.rnn_forward_packed(a, h0, Wh, (N,) * T)
+        return hs.reshape(T, N, -1).transpose(1, 0, 2), (x_tm, Wx, cache)
 
     def rnn_backward(self, dh, cache):
         """dh (N, T, H), upstream gradient of every state -> dx, dh0, dWx, dWh, db."""
         x_tm, Wx, inner = cache
-        da, dh0, dWh = self.rnn_backward_projected(dh, inner)
-        dx, dWx, db = self._input_grads(da, x_tm, Wx)
+        da, dh0, dWh = self.rnn_backward_packed(_time_major(self.xp, dh), inner)
+        dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def rnn_backward_projected(self, dh, cache):
-        """dh (N, T, H) -> da (T, N, H), the gradient of rnn_forward_projected's input
-        projections, time-major; dh0 (N, H); dWh (H, H)."""
-        Wh, hs = cache
-        T = hs.shape[0] - 1
-        da = self.xp.empty_like(hs[1:])
-        dprev_h = self.xp.zeros_like(hs[0])
-        for t in reversed(range(T)):
-            self.rnn_gates_backward(dh[:, t] + dprev_h, hs[t + 1], da[t])
-            self.matmul(da[t], Wh.T, dprev_h)
-        return da, dprev_h, self._recurrent_grad(da, hs)
+    def rnn_forward_packed(self, a, h0, Wh, step_rows):
+        """The vanilla RNN's recurrence over packed sequences (see ``packed_steps``)
+        from their input projections: a (P, H), x Wx + b of every packed row
+        (overwritten: it becomes the pre-activations), h0 (N, H), step_rows (T,) ->
+        (hs (P, H), every packed row's hidden state; cache)."""
+        steps = packed_steps(step_rows, len(a), len(h0))
+        hs = self.xp.empty_like(a)
+        buf = self.xp.empty_like(h0)
+        prev_h = h0
+        for rows in steps:
+            n = rows.stop - rows.start
+            a[rows] += self.matmul(prev_h[:n], Wh, buf[:n])
+            self.rnn_gates_forward(a[rows], hs[rows])
+            prev_h = hs[rows]
+        return hs, (Wh, h0, hs, steps)
+
+    def rnn_backward_packed(self, dh, cache):
+        """dh (P, H), the upstream gradient of every packed state -> da (P, H), the
+        gradient of rnn_forward_packed's input projections; dh0 (N, H); dWh (H, H)."""
+        Wh, h0, hs, steps = cache
+        da = self.xp.empty_like(hs)
+        dnext_h = self.xp.zeros_like(h0)  # rows past a step's count stay zero
+        for rows in reversed(steps):
+            n = rows.stop - rows.start
+            self.rnn_gates_backward(dh[rows] + dnext_h[:n], hs[rows], da[rows])
+            self.matmul(da[rows], Wh.T, dnext_h[:n])
+        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
@@ -380,49 +385,56 @@ class Backend:
         """x (N, T, D), h0 (N, H) -> h (N, T, H); the cell state starts at zero.
 
         Time-major inside, like rnn_forward; the gates are activated in place in the
-        (T, N, 4H) buffer of the hoisted input projection.
+        (T*N, 4H) buffer of the hoisted input projection.
         """
-        a, x_tm = self._project_inputs(x, Wx, b)  # (T, N, 4H)
-        h, cache = self.lstm_forward_projected(a, h0, Wh)
-        return h, (x_tm, Wx, cache)
-
-    def lstm_forward_projected(self, a, h0, Wh):
-        """The recurrence from its input projections: a (T, N, 4H) time-major, x_t Wx + b
-        of every step (overwritten: the gates are activated in place in it), h0 (N, H)
-        -> h (N, T, H), a view of the (T, N, H) states; the cell state starts at zero."""
-        xp = self.xp
-        T, N, _ = a.shape
-        H = h0.shape[1]
-        hs = xp.empty((T + 1, N, H), dtype=a.dtype)  # hs[0] = h0, hs[t + 1] = h_t
-        cs = xp.empty_like(hs)  # cs[0] = 0, cs[t + 1] = c_t
-        tanh_c = xp.empty_like(hs[1:])
-        hs[0], cs[0] = h0, 0
-        buf = xp.empty_like(a[0])
-        for t in range(T):
-            self.matmul(hs[t], Wh, buf)
-            self.lstm_gates_forward_sum(a[t], buf, cs[t], cs[t + 1], hs[t + 1], tanh_c[t])
-        return hs[1:].transpose(1, 0, 2), (Wh, hs, cs, a, tanh_c)
+        a, x_tm = self._project_inputs(x, Wx, b)  # (T*N, 4H)
+        N, T = x.shape[:2]
+        hs, cache = self.lstm_forward_packed(a, h0, Wh, (N,) * T)
+        return hs.reshape(T, N, -1).transpose(1, 0, 2), (x_tm, Wx, cache)
 
     def lstm_backward(self, dh, cache):
         """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
         x_tm, Wx, inner = cache
-        da, dh0, dWh = self.lstm_backward_projected(dh, inner)
-        dx, dWx, db = self._input_grads(da, x_tm, Wx)
+        da, dh0, dWh = self.lstm_backward_packed(_time_major(self.xp, dh), inner)
+        dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def lstm_backward_projected(self, dh, cache):
-        """dh (N, T, H) -> da (T, N, 4H), the gradient of lstm_forward_projected's input
-        projections, time-major; dh0 (N, H); dWh (H, 4H)."""
-        Wh, hs, cs, gates, tanh_c = cache
+    def lstm_forward_packed(self, a, h0, Wh, step_rows):
+        """The LSTM recurrence over packed sequences (see ``packed_steps``) from their
+        input projections: a (P, 4H), x Wx + b of every packed row (overwritten: the
+        gates are activated in place in it), h0 (N, H), step_rows (T,) -> (hs (P, H),
+        every packed row's hidden state; cache). The cell state starts at zero."""
+        xp = self.xp
+        steps = packed_steps(step_rows, len(a), len(h0))
+        H = h0.shape[1]
+        hs, cs, tanh_c = (xp.empty((len(a), H), dtype=a.dtype) for _ in range(3))
+        c0 = xp.zeros_like(h0)
+        buf = xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
+        prev_h, prev_c = h0, c0
+        for rows in steps:
+            n = rows.stop - rows.start
+            self.matmul(prev_h[:n], Wh, buf[:n])
+            self.lstm_gates_forward_sum(a[rows], buf[:n], prev_c[:n], cs[rows], hs[rows],
+                                        tanh_c[rows])
+            prev_h, prev_c = hs[rows], cs[rows]
+        return hs, (Wh, h0, c0, hs, cs, a, tanh_c, steps)
+
+    def lstm_backward_packed(self, dh, cache):
+        """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the
+        gradient of lstm_forward_packed's input projections; dh0 (N, H); dWh (H, 4H)."""
+        Wh, h0, c0, hs, cs, gates, tanh_c, steps = cache
         xp = self.xp
         da = xp.empty_like(gates)
-        dprev_h = xp.zeros_like(hs[0])
-        dprev_c = xp.zeros_like(hs[0])
-        for t in reversed(range(gates.shape[0])):
-            self.lstm_gates_backward_sum(dh[:, t], dprev_h, dprev_c, gates[t], cs[t],
-                                          tanh_c[t], da[t])
-            self.matmul(da[t], Wh.T, dprev_h)
-        return da, dprev_h, self._recurrent_grad(da, hs)
+        dnext_h = xp.zeros_like(h0)  # rows past a step's count stay zero
+        dnext_c = xp.zeros_like(h0)
+        for t in reversed(range(len(steps))):
+            rows = steps[t]
+            n = rows.stop - rows.start
+            prev_c = cs[steps[t - 1]][:n] if t else c0[:n]
+            self.lstm_gates_backward_sum(dh[rows], dnext_h[:n], dnext_c[:n], gates[rows],
+                                          prev_c, tanh_c[rows], da[rows])
+            self.matmul(da[rows], Wh.T, dnext_h[:n])
+        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
@@ -431,27 +443,27 @@ class Backend:
         return mm(da, Wx.T), mm(da, Wh.T), mm(x.T, da), mm(prev_h.T, da), self.sum_rows(da)
 
     def _project_inputs(self, x, Wx, b):
-        """x (N, T, D) -> (x Wx + b as (T, N, kH), x time-major as (T*N, D)): the input
+        """x (N, T, D) -> (x Wx + b as (T*N, kH), x time-major as (T*N, D)): the input
         projection of every step in one matrix product."""
-        N, T, D = x.shape
-        x_tm = self.xp.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, D)
+        x_tm = _time_major(self.xp, x)
         a = self.matmul(x_tm, Wx)
         a += b
-        return a.reshape(T, N, -1), x_tm
+        return a, x_tm
 
-    def _input_grads(self, da, x_tm, Wx):
-        """After the backward loop: dx (N, T, D), dWx, db from da (T, N, kH) and the
+    def _input_grads(self, da, x_tm, Wx, N: int):
+        """After the backward loop: dx (N, T, D), dWx, db from da (T*N, kH) and the
         time-major inputs x_tm (T*N, D), one matrix product each."""
-        T, N, _ = da.shape
-        da2 = da.reshape(T * N, -1)
-        dx = self.matmul(da2, Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
-        return dx, self.matmul(x_tm.T, da2), self.sum_rows(da2)
+        dx = self.matmul(da, Wx.T).reshape(-1, N, x_tm.shape[1]).transpose(1, 0, 2)
+        return dx, self.matmul(x_tm.T, da), self.sum_rows(da)
 
-    def _recurrent_grad(self, da, hs):
-        """dWh from da (T, N, kH) in one matrix product: step t's da pairs with the state
-        before it, hs[t]."""
-        T, N, _ = da.shape
-        return self.matmul(hs[:-1].reshape(T * N, -1).T, da.reshape(T * N, -1))
+    def _recurrent_grad(self, da, h0, hs, steps):
+        """dWh from da (P, kH) in one matrix product: each packed row's da pairs with the
+        state before it, its sequence's row of the previous step (of h0 at the first)."""
+        prev = self.xp.empty((len(da), h0.shape[1]), dtype=da.dtype)
+        for t, rows in enumerate(steps):
+            n = rows.stop - rows.start
+            prev[rows] = hs[steps[t - 1]][:n] if t else h0[:n]
+        return self.matmul(prev.T, da)
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):
@@ -469,7 +481,7 @@ class Backend:
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         """Extension point (the CuPy backend fuses it into one kernel).
 
-        scores (M, V), y int (M,), weight (M,) of 0/1 -> (sum of weighted -log p(y) / n,
+        scores (M, V), y int (M,), weight (M,) -> (sum of weighted -log p(y) / n,
         dscores (M, V)). The gradient reuses one (M, V) buffer: ``scores`` itself when
         ``overwrite`` allows it, else a new one."""
         probs, picked = self._shifted_exp(scores, y, overwrite)
@@ -494,47 +506,23 @@ class Backend:
         probs[xp.arange(len(y)), y] -= weight / n
         return loss, probs
 
-    compact_masked_positions = True  # vocab_loss skips rows whose target is masked out
+    def vocab_loss(self, h, W_vocab, b_vocab, y, weight, n: int):
+        """Scores over the vocabulary, the softmax cross-entropy, and their gradients.
 
-    def vocab_loss(self, h, W_vocab, b_vocab, y, mask, caption_weights=None):
-        """Scores over the vocabulary, the temporal softmax loss, and their gradients.
-
-        h (N, T, H), W_vocab (H, V), b_vocab (V,), y int (N, T), mask bool (N, T) ->
-        (loss, dh (N, T, H), weight_grads), where weight_grads() returns (dW_vocab (H, V),
-        db_vocab (V,)): they are issued ``beside`` what the caller does next (the backward
-        recurrence, on a GPU) and waited for when it calls. ``caption_weights`` (N,), when given,
-        multiplies each caption's terms of the loss and of every gradient (any sign: a
-        policy gradient's advantages), through the same fused kernel as the plain loss.
-        Positions whose target is masked out add
-        nothing to the loss or any gradient, so, where ``compact_masked_positions`` holds,
-        their scores are never computed: the three (N*T x H x V) products shrink by the
-        share of padding. (A device backend may prefer dense work over the host sync that
-        finding those rows costs.)
+        h (M, H) hidden states, W_vocab (H, V), b_vocab (V,), y int (M,) the target
+        words, weight (M,) each row's weight (0 for a row that is not scored; a
+        caption's weight in self-critical training, of any sign), n the divisor (the
+        batch's caption count) -> (loss = sum of weight * -log p(y) / n, dh (M, H),
+        weight_grads), where weight_grads() returns (dW_vocab (H, V), db_vocab (V,)):
+        they are issued ``beside`` what the caller does next (the backward recurrence,
+        on a GPU) and waited for when it calls.
         """
-        xp = self.xp
-        N, T, H = h.shape
-        if self.compact_masked_positions:
-            kept = xp.nonzero(mask)  # (n, t) of every scored position
-            h_kept, y_kept = h[kept], y[kept]
-            weight = (xp.ones(len(y_kept), dtype=h.dtype) if caption_weights is None
-                      else caption_weights.astype(h.dtype)[kept[0]])
-        else:
-            h_kept, y_kept = h.reshape(N * T, H), y.reshape(N * T)
-            weight = mask.astype(h.dtype)
-            if caption_weights is not None:
-                weight = weight * caption_weights.astype(h.dtype)[:, None]
-            weight = weight.reshape(N * T)
-        scores = self.matmul(h_kept, W_vocab)
+        scores = self.matmul(h, W_vocab)
         scores += b_vocab
-        loss, dscores = self.cross_entropy(scores, y_kept, weight, N, overwrite=True)
-        dh_kept = self.matmul(dscores, W_vocab.T)
-        weight_grads = self.beside(lambda: (self.matmul(h_kept.T, dscores),
+        loss, dscores = self.cross_entropy(scores, y, weight, n, overwrite=True)
+        dh = self.matmul(dscores, W_vocab.T)
+        weight_grads = self.beside(lambda: (self.matmul(h.T, dscores),
                                             self.sum_rows(dscores)))
-        if self.compact_masked_positions:
-            dh = xp.zeros((N, T, H), dtype=h.dtype)
-            dh[kept] = dh_kept
-        else:
-            dh = dh_kept.reshape(N, T, H)
         return loss, dh, weight_grads
 
     def beside(self, work: Callable[[], Any]) -> Callable[[], Any]:
@@ -584,3 +572,29 @@ def adam_scalars(t: int, learning_rate: float, beta1: float, beta2: float,
     c2 = (1 - beta2**t) ** 0.5
     return learning_rate * c2 / (1 - beta1**t), epsilon * c2
 
+
+
+def packed_steps(step_rows: Any, packed: int, batch: int) -> list[slice]:
+    """Each time step's rows of a batch of packed sequences.
+
+    Packed, as cuDNN packs them: ``batch`` sequences sorted longest first and laid out
+    time-major with only the sequences still running at each step, step t holding the
+    first step_rows[t] of them, so that no padding is stored or computed. Step t's rows
+    are the returned slice t of a (packed, ...) array; steps of no rows are left out.
+    Dense (N, T) sequences are step_rows = (N,) * T. ValueError unless step_rows do not
+    increase, lie within 0..batch and add up to ``packed``.
+    """
+    rows = [int(r) for r in step_rows]
+    if (any(r < 0 or r > batch for r in rows) or any(b > a for a, b in zip(rows, rows[1:]))
+            or sum(rows) != packed):
+        raise ValueError(f"step_rows {rows} do not pack {packed} rows of a batch of {batch}: "
+                         f"expected non-increasing counts within 0..{batch} that add up to "
+                         f"{packed}")
+    stops = np.cumsum(rows, dtype=np.int64)
+    return [slice(int(stop) - r, int(stop)) for stop, r in zip(stops, rows) if r]
+
+
+def _time_major(xp: Any, x: Any) -> Any:
+    """x (N, T, D) -> its (T*N, D) time-major copy: row t*N + n is x[n, t]."""
+    N, T, D = x.shape
+    return xp.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, D)

@@ -14,6 +14,7 @@ import numpy as np
 
 from backend import Backend, available_backends, get_backend
 from captioning.model import CELL_WIDTH, CaptioningRNN
+from captioning.packing import Packing, longest_first, scored_lengths
 from captioning.trainer import CaptioningTrainer
 
 
@@ -26,30 +27,35 @@ class Sizes:
     H: int = 512
     V: int = 1004
     cell: str = "lstm"
+    # The share of the N*T positions a packed batch computes: synthetic_data's captions
+    # are scored for 8 to 16 steps, 12 of T=16 on average.
+    scored: float = 0.75
 
     @property
     def k(self) -> int:
         return CELL_WIDTH[self.cell]
 
     def gemms(self, per_position: bool) -> list[tuple[int, int, int, int]]:
-        """The step's matrix products (m, n, k, count) in the hoisted formulation: the
-        library's, which projects each vocabulary word's embedding once when V < N*T
-        (the table W_embed Wx, then dW_embed and dWx from the table's gradient), or, with
-        ``per_position``, the exercise's and PyTorch's, at all N*T positions."""
+        """The step's matrix products (m, n, k, count). ``per_position``: the exercise's
+        and PyTorch's, at every position of every step. Else the library's: packed, so
+        the recurrence and the vocabulary layer compute only the scored positions
+        (``scored`` of them; a step's product has their mean rows), and each vocabulary
+        word's input projection is made once when V < positions (the table W_embed Wx,
+        then dW_embed and dWx from the table's gradient)."""
         N, T, D, W, H, V, k = self.N, self.T, self.D, self.W, self.H, self.V, self.k
-        NT = N * T
-        rows = NT if per_position else min(V, NT)  # CaptioningRNN._input_projections
+        P = N * T if per_position else round(self.scored * N * T)  # positions computed
+        rows = P if per_position else min(V, P)  # CaptioningRNN._input_projections
         return [
             (N, H, D, 1),          # h0 = features W_proj
             (rows, k * H, W, 1),   # x Wx for all steps (or each word's W_embed Wx)
-            (N, k * H, H, T),      # h Wh, per step
-            (NT, V, H, 1),         # scores
-            (NT, H, V, 1),         # dh from dscores
-            (H, V, NT, 1),         # dW_vocab
-            (N, H, k * H, T),      # da Wh^T, per step
+            (P // T, k * H, H, T),  # h Wh, per step
+            (P, V, H, 1),          # scores
+            (P, H, V, 1),          # dh from dscores
+            (H, V, P, 1),          # dW_vocab
+            (P // T, H, k * H, T),  # da Wh^T, per step
             (rows, W, k * H, 1),   # dx (or dW_embed from the table's gradient)
             (W, k * H, rows, 1),   # dWx
-            (H, k * H, NT, 1),     # dWh
+            (H, k * H, P, 1),      # dWh
             (D, H, N, 1),          # dW_proj
         ]
 
@@ -117,8 +123,7 @@ def library_step(backend: str | Backend, sizes: Sizes, data: dict | None = None,
     trainer = CaptioningTrainer(model, data, batch_size=sizes.N, verbose=False, seed=0,
                                 cuda_graph=cuda_graph)
     rng = np.random.default_rng(1)
-    batches = [be.asarray(rng.integers(0, len(data["train_captions"]), sizes.N))
-               for _ in range(8)]
+    batches = [rng.integers(0, len(data["train_captions"]), sizes.N) for _ in range(8)]
     counter = iter(range(10**12))
 
     def step() -> None:
@@ -213,22 +218,27 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     be = model.backend
     p = model.params
     idx = np.random.default_rng(1).integers(0, len(data["train_captions"]), sizes.N)
+    order, step_rows = longest_first(scored_lengths(data["train_captions"][idx], 0), sizes.T)
+    idx = idx[order]
     features = be.asarray(data["train_features"][data["train_image_idxs"][idx]])
     captions = be.asarray(data["train_captions"][idx])
-    cin, cout = captions[:, :-1], captions[:, 1:]
-    mask = cout != 0
-    forward, backward = ((be.lstm_forward_projected, be.lstm_backward_projected)
+    packing = Packing.of(step_rows, be)
+    flat = captions.reshape(-1)
+    words, targets = flat[packing.positions], flat[packing.positions + 1]
+    weight = (targets != 0).astype(np.float32)
+    forward, backward = ((be.lstm_forward_packed, be.lstm_backward_packed)
                          if sizes.cell == "lstm"
-                         else (be.rnn_forward_projected, be.rnn_backward_projected))
-    # The model's own sequence (CaptioningRNN.loss), part by part.
+                         else (be.rnn_forward_packed, be.rnn_backward_packed))
+    # The model's own sequence (CaptioningRNN.loss), part by part, on its packed batch.
     h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
     table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
-    a, lookup_cache = be.word_embedding_forward(cin.T, table)
-    h, cache = forward(a, h0, p["Wh"])
-    _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], cout, mask)
+    a, lookup_cache = be.word_embedding_forward(words, table)
+    h, cache = forward(a, h0, p["Wh"], step_rows)
+    _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets, weight,
+                                        sizes.N)
     weight_grads()
     da, dh0, _ = backward(dh, cache)
-    _, grads = model.loss(features, captions)
+    _, grads = model.loss(features, captions, packing=packing)
     states = {k: (be.xp.zeros_like(v), be.xp.zeros_like(v)) for k, v in p.items()}
     updated = {k: v.copy() for k, v in p.items()}  # Adam works in place on these
 
@@ -252,9 +262,9 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             be.affine_forward(features, p["W_proj"], p["b_proj"]),
             be.affine_forward(p["W_embed"], p["Wx"], p["b"])),
         "table lookup + recurrence forward (16 steps)": lambda: forward(
-            be.word_embedding_forward(cin.T, table)[0], h0, p["Wh"]),
+            be.word_embedding_forward(words, table)[0], h0, p["Wh"], step_rows),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
-            h, p["W_vocab"], p["b_vocab"], cout, mask)[2](),
+            h, p["W_vocab"], p["b_vocab"], targets, weight, sizes.N)[2](),
         "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),
         "table scatter-add + W_embed, Wx, b, W_proj grads": table_grads,
         "Adam (every parameter)": adam,

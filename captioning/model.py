@@ -14,6 +14,7 @@ import numpy as np
 from backend import Backend, choose_precision, get_backend
 from captioning.data.layout import check_word_indices
 from captioning.decoding import greedy_decode
+from captioning.packing import Packing, longest_first, scored_lengths
 
 CELL_WIDTH = {"rnn": 1, "lstm": 4}  # how many H-wide blocks the recurrence's Wx has
 
@@ -83,7 +84,8 @@ class CaptioningRNN:
         }
 
     # ------------------------------------------------------------------ training loss
-    def loss(self, features, captions, *, grads: bool = True, caption_weights=None):
+    def loss(self, features, captions, *, grads: bool = True, caption_weights=None,
+             packing: Packing | None = None):
         """features (N, D), captions int (N, T+1) -> (loss, grads keyed like params).
 
         With ``grads=False`` only the loss is returned and no backward pass is run
@@ -91,34 +93,52 @@ class CaptioningRNN:
         and the gradients (any sign; self-critical training's advantages).
 
         The input words are captions[:, :-1], the targets captions[:, 1:]; targets equal
-        to <NULL> are masked out. Results come back where the features came from: host
-        features give a host loss and host gradients; device features leave both on the
-        device (no synchronisation).
+        to <NULL> are masked out. The batch is computed packed (captioning/packing.py):
+        sorted longest first, each time step only the captions still scored, so padding
+        costs nothing. ``packing`` is that layout for a batch that is already sorted
+        (the training step's, made once per layout); without it the model sorts the
+        batch and packs exactly its scored positions, reading the captions' lengths on
+        the host. Results come back where the features came from: host features give a
+        host loss and host gradients; device features leave both on the device.
         """
-        be = self.backend
-        host = isinstance(features, np.ndarray) and be.xp is not np
+        be, xp = self.backend, self.backend.xp
+        host = isinstance(features, np.ndarray) and xp is not np
         p = {k: be.asarray(v) for k, v in self.params.items()}
-        features, captions = self._check_inputs(be.asarray(features), be.asarray(captions))
+        features, captions = self._check_inputs(features, captions)
+        N, T = captions.shape[0], captions.shape[1] - 1
         if caption_weights is not None:
             caption_weights = be.asarray(caption_weights, dtype=self.dtype)
-            if caption_weights.shape != (captions.shape[0],):
+            if caption_weights.shape != (N,):
                 raise ValueError(f"caption_weights have shape {caption_weights.shape}; "
-                                 f"expected ({captions.shape[0]},), one per caption")
-        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        mask = captions_out != self._null
+                                 f"expected ({N},), one per caption")
+        if packing is None:
+            order, step_rows = longest_first(
+                scored_lengths(be.to_numpy(captions), self._null), T)
+            if np.any(order != np.arange(N)):
+                order = be.asarray(order)
+                features, captions = features[order], captions[order]
+                if caption_weights is not None:
+                    caption_weights = caption_weights[order]
+            packing = Packing.of(step_rows, be)
+        elif len(packing.step_rows) != T or any(n > N for n in packing.step_rows):
+            raise ValueError(f"a packing of step rows {packing.step_rows} does not fit "
+                             f"{N} captions of {T} steps: expected {T} counts of at most {N}")
+        flat = xp.ascontiguousarray(captions).reshape(-1)
+        words, targets = flat[packing.positions], flat[packing.positions + 1]
+        weight = (targets != self._null).astype(self.dtype)
+        if caption_weights is not None:
+            weight *= caption_weights[packing.caption]
 
         h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
-        a, input_backward = self._input_projections(p, captions_in.T)
+        a, input_backward = self._input_projections(p, words)
         forward, backward = self._recurrence()
-        h, rec_cache = forward(a, h0, p["Wh"])
+        h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows)  # (P, H)
+        loss, dh, vocab_weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets,
+                                                     weight, N)
         if not grads:
-            loss, _, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"],
-                                                  captions_out, mask, caption_weights)
-            weight_grads()  # (joined, so that no work is left running beside)
+            vocab_weight_grads()  # (joined, so that no work is left running beside)
             return be.to_numpy(loss)[()] if host else loss
         grads = {}
-        loss, dh, vocab_weight_grads = be.vocab_loss(
-            h, p["W_vocab"], p["b_vocab"], captions_out, mask, caption_weights)
         da, dh0, grads["Wh"] = backward(dh, rec_cache)  # (a GPU runs the two side by side)
         grads["W_vocab"], grads["b_vocab"] = vocab_weight_grads()
         grads["W_embed"], grads["Wx"], grads["b"] = input_backward(da)
@@ -140,12 +160,12 @@ class CaptioningRNN:
 
     # ------------------------------------------------------------------ helpers
     def _input_projections(self, p, words):
-        """words int (T, N) -> (a (T, N, kH), every position's W_embed[w] Wx + b, fresh
-        and time-major; a function da (T, N, kH) -> (dW_embed, dWx, db)).
+        """words int (P,) -> (a (P, kH), each packed position's W_embed[w] Wx + b, fresh;
+        a function da (P, kH) -> (dW_embed, dWx, db)).
 
         The projection depends only on the word, so when the vocabulary has fewer words
         than the batch has positions it is made once per word (V x W x kH multiply-adds,
-        not N*T x W x kH) and looked up, and its gradient is scatter-added into that
+        not P x W x kH) and looked up, and its gradient is scatter-added into that
         table; else each position's embedding is multiplied. The same maths either way.
         """
         be = self.backend
@@ -157,20 +177,20 @@ class CaptioningRNN:
                 dtable = be.word_embedding_backward(da, lookup_cache)
                 return be.affine_backward(dtable, table_cache)
         else:
-            x, embed_cache = be.word_embedding_forward(words, p["W_embed"])  # (T, N, W)
-            a, affine_cache = be.temporal_affine_forward(x, p["Wx"], p["b"])
+            x, embed_cache = be.word_embedding_forward(words, p["W_embed"])  # (P, W)
+            a, affine_cache = be.affine_forward(x, p["Wx"], p["b"])
 
             def backward(da):
-                dx, dWx, db = be.temporal_affine_backward(da, affine_cache)
+                dx, dWx, db = be.affine_backward(da, affine_cache)
                 return be.word_embedding_backward(dx, embed_cache), dWx, db
         return a, backward
 
     def _recurrence(self):
-        """The cell's recurrence from input projections: (forward, backward)."""
+        """The cell's recurrence over packed input projections: (forward, backward)."""
         be = self.backend
         if self.cell_type == "rnn":
-            return be.rnn_forward_projected, be.rnn_backward_projected
-        return be.lstm_forward_projected, be.lstm_backward_projected
+            return be.rnn_forward_packed, be.rnn_backward_packed
+        return be.lstm_forward_packed, be.lstm_backward_packed
 
     def check_features(self, features):
         """``features`` if they are (N, input_dim), else ValueError naming the width
@@ -184,7 +204,11 @@ class CaptioningRNN:
         return features
 
     def _check_inputs(self, features, captions):
-        features = self.check_features(features)
+        """(features, captions) on the backend, once both are checked: host captions
+        for their word indices (device captions were checked once, on loading)."""
+        features = self.check_features(self.backend.asarray(features))
+        if not hasattr(captions, "ndim"):
+            captions = np.asarray(captions)
         if captions.ndim != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
             raise ValueError(
                 f"captions have shape {tuple(captions.shape)}; expected ({features.shape[0]}, "
@@ -192,9 +216,9 @@ class CaptioningRNN:
             )
         if captions.dtype.kind not in "iu":
             raise ValueError(f"captions must hold integer word indices, got dtype {captions.dtype}")
-        if isinstance(captions, np.ndarray):  # device captions were checked once, on loading
+        if isinstance(captions, np.ndarray):
             check_word_indices(captions, self.vocab_size, "captions")
-        return features, captions
+        return features, self.backend.asarray(captions)
 
 
 def model_precision(precision: str | None, dtype: Any) -> str:

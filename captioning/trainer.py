@@ -97,8 +97,9 @@ class CaptioningTrainer:
     val_max_images validation images, which picks best.npz and drives early stopping.
 
     The training features, captions and image indices are moved to the model's backend
-    once; each epoch's minibatch indices are drawn on the host in one go and moved once,
-    and minibatches are gathered on the device. Losses stay on the device until printed,
+    once; each epoch's minibatch indices are drawn on the host in one go, each batch is
+    sorted there by caption length (the step computes it packed) and moved, and
+    minibatches are gathered on the device. Losses stay on the device until printed,
     logged or checked (at print_every and at checkpoints).
     """
 
@@ -157,7 +158,7 @@ class CaptioningTrainer:
                 self.training_step, CaptionRewards(data, "train"), settings, seed)
         # What an epoch passes over: the training captions, or the images with references.
         units = len(train) if self.self_critical is None else len(self.self_critical.rewards)
-        self.loop = TrainingLoop(model.backend, units, o["batch_size"], o["num_epochs"],
+        self.loop = TrainingLoop(units, o["batch_size"], o["num_epochs"],
                                  o["seed"], o["print_every"], bool(o["verbose"]),
                                  bool(o["progress"]))
         if parallel is not None:
@@ -198,7 +199,7 @@ class CaptioningTrainer:
         captions, a host or device integer array); its loss joins ``loss_history``. The
         loop calls this for every iteration; it does not count iterations itself."""
         step = self.self_critical or self.training_step
-        self._losses.add(step(self.model.backend.asarray(batch_idx)))
+        self._losses.add(step(batch_idx))
         if self._losses.on_host:  # checking each loss costs nothing there
             self.losses()
 

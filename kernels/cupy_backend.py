@@ -312,6 +312,8 @@ class CupyBackend(Backend):
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
         M, V = scores.shape
+        if M == 0:
+            return cp.zeros((), dtype=scores.dtype), cp.empty_like(scores)
         grad = scores if overwrite and scores.flags.c_contiguous else scores.copy(order="C")
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")

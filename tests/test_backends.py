@@ -453,23 +453,78 @@ def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_caption_weights_agree_on_the_dense_and_the_compact_path(backend, dtype):
-    """vocab_loss skips masked positions on the CPU and scores them densely on a GPU; the
-    per-caption weights must weigh the same terms either way."""
-    from kernels.numpy_backend import NumpyBackend
-
-    class Dense(NumpyBackend):
-        compact_masked_positions = False
-
+def test_vocab_loss_weighs_each_row(backend, dtype):
+    """Rows of any weight (0: not scored; negative: a self-critical advantage), against
+    the softmax cross-entropy written out in float64."""
     rng = np.random.default_rng(11)
-    N, T, H, V = 5, 4, 6, 9
-    h, W, b = (rng.standard_normal(s).astype(dtype) for s in ((N, T, H), (H, V), (V,)))
-    y, mask = rng.integers(0, V, (N, T)), rng.random((N, T)) > 0.3
-    weights = rng.standard_normal(N).astype(dtype)
-    loss, dh, weight_grads = Dense().vocab_loss(h, W, b, y, mask, weights)
-    got = backend.vocab_loss(*(backend.asarray(a) for a in (h, W, b, y, mask)),
-                             backend.asarray(weights))
-    _close(backend, [*got[:2], *got[2]()], [np.float64(loss), dh, *weight_grads()], dtype)
+    M, H, V, n = 23, 6, 9, 5
+    h, W, b = (rng.standard_normal(s).astype(dtype) for s in ((M, H), (H, V), (V,)))
+    y = rng.integers(0, V, M)
+    weight = (rng.standard_normal(M) * (rng.random(M) > 0.3)).astype(dtype)
+    scores = h.astype(np.float64) @ W + b
+    probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    loss = -(weight * np.log(probs[np.arange(M), y])).sum() / n
+    dscores = probs
+    dscores[np.arange(M), y] -= 1
+    dscores *= weight[:, None] / n
+    got = backend.vocab_loss(*(backend.asarray(a) for a in (h, W, b, y, weight)), n)
+    _close(backend, [*got[:2], *got[2]()],
+           [np.float64(loss), dscores @ W.T.astype(np.float64), h.T @ dscores,
+            dscores.sum(axis=0)], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths", [(4, 4, 3, 1, 1, 0), (2,), (0, 0), (5, 2)])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_packed_recurrences_match_each_sequence_alone(backend, cell, lengths, dtype):
+    """Packed sequences (longest first, each step only those still running) against the
+    textbook run on each sequence alone for its own length: the states, and the
+    gradients of the input projections (the textbook's dx with Wx = I), h0 and Wh."""
+    rng = np.random.default_rng(len(lengths) + sum(lengths))
+    k, H, N = (4 if cell == "lstm" else 1), 5, len(lengths)
+    step_rows = [sum(n > t for n in lengths) for t in range(max(lengths) + 1)]
+    a = [rng.standard_normal((n, k * H)) for n in lengths]  # each sequence's projections
+    dh = [rng.standard_normal((n, H)) for n in lengths]
+    h0, Wh = rng.standard_normal((N, H)), rng.standard_normal((H, k * H))
+    Wx, b = np.eye(k * H), np.zeros(k * H)
+    pack = [(t, n) for t, rows in enumerate(step_rows) for n in range(rows)]
+    packed_a = np.array([a[n][t] for t, n in pack]).reshape(-1, k * H).astype(dtype)
+    packed_dh = np.array([dh[n][t] for t, n in pack]).reshape(-1, H).astype(dtype)
+
+    forward, backward = (getattr(backend, f"{cell}_{way}_packed") for way in ("forward",
+                                                                              "backward"))
+    hs, cache = forward(backend.asarray(packed_a), backend.asarray(h0.astype(dtype)),
+                        backend.asarray(Wh.astype(dtype)), step_rows)
+    da, dh0, dWh = backward(backend.asarray(packed_dh), cache)
+
+    want_hs, want_da = np.zeros((len(pack), H)), np.zeros((len(pack), k * H))
+    want_dh0, want_dWh = np.zeros((N, H)), np.zeros((H, k * H))
+    for n, length in enumerate(lengths):
+        if length == 0:
+            continue
+        h, caches = getattr(textbook, f"{cell}_forward")(a[n][None], h0[n:n + 1], Wx, Wh, b)
+        dx, want_dh0[n], _, dWh_n, _ = getattr(textbook, f"{cell}_backward")(dh[n][None],
+                                                                            caches)
+        want_dWh += dWh_n
+        for row, (t, m) in enumerate(pack):
+            if m == n:
+                want_hs[row], want_da[row] = h[0, t], dx[0, t]
+    assert hs.shape == want_hs.shape and da.shape == want_da.shape
+    got, want = [hs, da, dh0, dWh], [want_hs, want_da, want_dh0, want_dWh]
+    if not pack:  # nothing runs: no states, and zero gradients
+        got, want = got[2:], want[2:]
+        assert not np.any(backend.to_numpy(dWh)) and not np.any(backend.to_numpy(dh0))
+    _close(backend, got, want, dtype)
+
+
+def test_packed_steps_refuse_counts_that_do_not_pack(backend):
+    from backend.base import packed_steps
+
+    assert packed_steps([3, 3, 1, 0], 7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    for rows, packed, batch in (([2, 3], 5, 3), ([4], 4, 3), ([2, 1], 4, 3), ([-1], -1, 3)):
+        with pytest.raises(ValueError, match="do not pack"):
+            packed_steps(rows, packed, batch)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -15,14 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from backend import Backend
-
 INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 class Hooks(Protocol):
     def step(self, batch_idx: Any) -> None:
-        """One update from the captions ``batch_idx`` (a device integer array)."""
+        """One update from the captions ``batch_idx`` (a host integer array)."""
 
     def losses(self) -> list[float]:
         """Every loss so far on the host; raises TrainingStopped at a non-finite one."""
@@ -48,10 +46,9 @@ class TrainingLoop:
     part of the position, so a run resumed mid-epoch draws exactly what the
     uninterrupted run would have."""
 
-    def __init__(self, backend: Backend, num_train: int, batch_size: int, num_epochs: int,
+    def __init__(self, num_train: int, batch_size: int, num_epochs: int,
                  seed: int | None = None, print_every: int = 10, verbose: bool = True,
                  progress: bool = False) -> None:
-        self.backend = backend
         self.num_train, self.batch_size, self.num_epochs = num_train, batch_size, num_epochs
         self.print_every, self.verbose, self.progress = print_every, verbose, progress
         # Without a seed, NumPy's global generator picks one, so np.random.seed fixes a run.
@@ -104,8 +101,7 @@ class TrainingLoop:
         per_epoch = self.iterations_per_epoch
         total = self.num_epochs * per_epoch
         self._rng.bit_generator.state = self.epoch_rng_state
-        draws = self.backend.asarray(
-            self._rng.integers(0, self.num_train, (per_epoch, self.batch_size)))
+        draws = self._rng.integers(0, self.num_train, (per_epoch, self.batch_size))
         with tqdm(total=per_epoch, initial=self.epoch_step, disable=not self.progress,
                   desc=f"epoch {self.epoch + 1}/{self.num_epochs}", unit="it",
                   file=sys.stderr, dynamic_ncols=True, leave=False) as bar:

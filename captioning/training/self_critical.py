@@ -132,7 +132,7 @@ class SelfCriticalStep:
         advantage = reward - self.baseline(reward, batch, features[::k])
         captions = np.concatenate(
             [np.full((len(sampled), 1), self.start, dtype=sampled.dtype), sampled], axis=1)
-        loss, grads = model.loss(features, be.asarray(captions), caption_weights=advantage)
+        loss, grads = model.loss(features, captions, caption_weights=advantage)
         self.reward_history.append(float(reward.mean()))
         return self.training_step.descend(loss, grads)
 

@@ -1,0 +1,167 @@
+"""Packed batches: scored lengths, the sort and step counts, a recording's capacity, and
+the model and the training step computing only the scored positions."""
+
+import numpy as np
+import pytest
+
+from benchmarks import textbook
+from captioning import CaptioningRNN, CaptioningTrainer
+from captioning.packing import (
+    ROW_QUANTUM,
+    Packing,
+    capacity,
+    covers,
+    longest_first,
+    scored_lengths,
+    step_rows_of,
+)
+from conftest import replaying_backend
+
+NULL = 0
+WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+
+
+def _odd_captions() -> np.ndarray:
+    """Unsorted, with padding, a <NULL> inside a caption, and a caption of no scored
+    target (scored lengths 3, 6, 0, 5, 1, 6)."""
+    return np.array([
+        [1, 5, 6, 2, 0, 0, 0],
+        [1, 4, 4, 4, 4, 4, 2],
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 7, 0, 8, 9, 2, 0],   # a <NULL> target at position 1, then words again
+        [1, 2, 0, 0, 0, 0, 0],
+        [1, 3, 5, 7, 9, 11, 2],
+    ])
+
+
+def test_scored_lengths_end_at_the_last_word_that_is_not_null():
+    assert scored_lengths(_odd_captions(), NULL).tolist() == [3, 6, 0, 5, 1, 6]
+
+
+def test_longest_first_sorts_stably_and_counts_the_captions_still_scored():
+    order, step_rows = longest_first(np.array([3, 6, 0, 5, 1, 6]), 6)
+    assert order.tolist() == [1, 5, 3, 0, 4, 2]
+    assert step_rows == (5, 4, 4, 3, 3, 2)
+    assert step_rows_of(np.array([0, 0]), 3) == (0, 0, 0)
+
+
+def test_capacity_covers_a_random_batch_in_whole_quanta():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 17, 5000)
+    rows = capacity(lengths, 1024, 16)
+    exact = step_rows_of(lengths, 16)
+    expected = [1024 * n / len(lengths) for n in exact]
+    assert all(r % ROW_QUANTUM == 0 or r == 1024 for r in rows)
+    assert all(e < r <= 1024 for e, r in zip(expected, rows))
+    assert list(rows) == sorted(rows, reverse=True)  # a packing: non-increasing
+    # Draws of random batches almost never go past it.
+    for _ in range(200):
+        assert covers(rows, step_rows_of(lengths[rng.integers(0, len(lengths), 1024)], 16))
+    grown = capacity(lengths, 1024, 16, at_least=(1024,) * 16)
+    assert grown == (1024,) * 16 and not covers(rows, grown)
+    assert capacity(np.array([2, 2, 1]), 64, 4)[2:] == (0, 0)  # no caption reaches them
+
+
+def _model(backend, dtype=np.float64, cell="lstm"):
+    rng = np.random.default_rng(5)
+    model = CaptioningRNN(WORDS, input_dim=8, wordvec_dim=5, hidden_dim=6, cell_type=cell,
+                          dtype=dtype, seed=2, backend=backend)
+    for name in ("b", "b_proj", "b_vocab"):  # initialised to zero: make them count
+        model.params[name] = model.backend.asarray(
+            rng.standard_normal(model.params[name].shape).astype(dtype))
+    return model
+
+
+def test_an_odd_batch_matches_the_textbook_model(backend):
+    """Unsorted, padded, a <NULL> inside a caption, a caption with nothing scored."""
+    captions = _odd_captions()
+    features = np.random.default_rng(1).standard_normal((len(captions), 8))
+    model = _model(backend)
+    loss, grads = model.loss(features, captions)
+    want_loss, want_grads = textbook.TextbookLSTM(
+        {k: backend.to_numpy(v) for k, v in model.params.items()}).loss(features, captions)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-10)
+    for name, want in want_grads.items():
+        np.testing.assert_allclose(grads[name], want, rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_computing_more_rows_than_are_scored_changes_nothing(backend, cell):
+    """A recording's packing computes a fixed number of rows per step, past the end of
+    some captions: their positions add exactly nothing."""
+    captions = _odd_captions()
+    order, step_rows = longest_first(scored_lengths(captions, NULL), 6)
+    captions = captions[order]
+    features = np.random.default_rng(1).standard_normal((len(captions), 8))
+    model = _model(backend, cell=cell)
+    exact = model.loss(features, captions)
+    roomy = model.loss(features, captions, packing=Packing.of((6, 6, 5, 5, 4, 4),
+                                                              model.backend))
+    assert step_rows == (5, 4, 4, 3, 3, 2)
+    assert float(roomy[0]) == pytest.approx(float(exact[0]), rel=1e-12)
+    for name, value in exact[1].items():
+        np.testing.assert_allclose(roomy[1][name], value, rtol=1e-10, atol=1e-14,
+                                   err_msg=name)
+    with pytest.raises(ValueError, match="does not fit 6 captions of 6 steps"):
+        model.loss(features, captions, packing=Packing.of((7, 6, 5, 5, 4, 4), model.backend))
+    with pytest.raises(ValueError, match="does not fit"):
+        model.loss(features, captions, packing=Packing.of((6, 6, 5), model.backend))
+
+
+def test_caption_weights_follow_their_captions_through_the_sort(backend):
+    """loss(batch, w) = sum of w_n loss(caption n alone) / N, and so the gradients."""
+    captions = _odd_captions()
+    features = np.random.default_rng(1).standard_normal((len(captions), 8))
+    weights = np.array([0.5, -2.0, 3.0, 1.5, -0.25, 4.0])
+    model = _model(backend)
+    loss, grads = model.loss(features, captions, caption_weights=weights)
+    alone = [model.loss(features[n:n + 1], captions[n:n + 1]) for n in range(len(captions))]
+    N = len(captions)
+    assert float(loss) == pytest.approx(sum(w * float(a[0]) for w, a in zip(weights, alone))
+                                        / N, rel=1e-10)
+    for name, value in grads.items():
+        want = sum(w * a[1][name] for w, a in zip(weights, alone)) / N
+        np.testing.assert_allclose(value, want, rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def _skewed_data(rng, count=400):
+    """Nine in ten captions score 2 words, the rest 10: a random batch's late steps have
+    few captions, and a hand-picked batch can have many."""
+    captions = np.zeros((count, 11), dtype=np.int32)
+    captions[:, 0] = 1
+    long = rng.random(count) < 0.1
+    for row, is_long in zip(captions, long):
+        n = 9 if is_long else 1
+        row[1:n + 1] = rng.integers(3, 12, n)
+        row[n + 1] = 2
+    return {"word_to_idx": WORDS, "train_captions": captions,
+            "train_image_idxs": rng.integers(0, 50, count).astype(np.int32),
+            "train_features": rng.standard_normal((50, 8))}, np.flatnonzero(long)
+
+
+def test_a_batch_past_the_recordings_capacity_is_recorded_anew_and_trains_alike():
+    rng = np.random.default_rng(3)
+    data, long = _skewed_data(rng)
+    batches = [rng.integers(0, 400, 64) for _ in range(4)]
+    assert len(long) > 30
+    # 30 long captions: far more than a random batch has.
+    batches.insert(3, np.concatenate([long[:30], rng.integers(0, 400, 34)]))
+    runs = {}
+    for name, be in (("op by op", "numpy"), ("recorded", replaying_backend())):
+        model = CaptioningRNN(WORDS, input_dim=8, wordvec_dim=5, hidden_dim=6,
+                              cell_type="lstm", dtype=np.float64, seed=2, backend=be)
+        trainer = CaptioningTrainer(model, data, batch_size=64, verbose=False,
+                                    optim_config={"learning_rate": 1e-2})
+        for batch in batches:
+            trainer.step(batch)
+        runs[name] = (trainer, be)
+    trainer, be = runs["recorded"]
+    rows = trainer.training_step.graph.packing.step_rows
+    assert len(be.recordings) == 2  # the fourth batch did not fit the first recording
+    assert covers(rows, trainer.training_step.data.longest_first(batches[3])[1])
+    assert rows[-1] < 64  # still packed: not every caption at every step
+    plain = runs["op by op"][0]
+    np.testing.assert_allclose(trainer.losses(), plain.losses(), rtol=1e-10)
+    for name, value in plain.model.params.items():
+        np.testing.assert_allclose(trainer.model.params[name], value, rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
