@@ -95,22 +95,24 @@ def main() -> None:
     parts = set(args.parts) - ({"epoch"} if args.skip_epoch else set())
     import cupy as cp
 
-    rows = []  # (N, precision, CuPy seconds, PyTorch seconds or nan, FLOPs)
+    # (N, precision, CuPy seconds, PyTorch seconds padded and packed (or nan), FLOPs)
+    rows = []
     for n in (128, 1024) if "steps" in parts else ():
         sizes = Sizes(N=n)
         data = synthetic_data(sizes, num_captions=4096, num_images=1024)
         for precision in PRECISIONS:
             t_cupy = median_time(library_step("cupy", sizes, data, precision=precision),
                                  repeats=20, warmup=5)
-            t_torch = float("nan")
+            t_torch = t_packed = float("nan")
             if not args.skip_torch:
                 from benchmarks.torch_reference import torch_step
 
-                t_torch = median_time(torch_step(sizes, data, "cuda", precision),
-                                      repeats=20, warmup=5)
-            rows.append((n, precision, t_cupy, t_torch, sizes.flops()))
-            print(f"N={n} {precision}: cupy {t_cupy * 1e3:.3f} ms, torch {t_torch * 1e3:.3f} ms",
-                  flush=True)
+                t_torch, t_packed = (
+                    median_time(torch_step(sizes, data, "cuda", precision, packed),
+                                repeats=20, warmup=5) for packed in (False, True))
+            rows.append((n, precision, t_cupy, t_torch, t_packed, sizes.flops()))
+            print(f"N={n} {precision}: cupy {t_cupy * 1e3:.3f} ms, torch {t_torch * 1e3:.3f} ms,"
+                  f" torch packed {t_packed * 1e3:.3f} ms", flush=True)
     decode = {}
     if "host" in parts:
         for graph in (False, True):
@@ -159,16 +161,19 @@ def main() -> None:
     print(f"\nGPU: {name}; peak TFLOP/s (dense, datasheet): "
           f"{peaks if peaks else 'not in the table: no share of peak'}")
     print("PyTorch: nn.LSTM + nn.Linear + Adam; fp32 = TF32 off everywhere, tf32 = TF32 "
-          "allowed everywhere, bf16 = torch.autocast(bfloat16)")
+          "allowed everywhere, bf16 = torch.autocast(bfloat16); padded: every step of "
+          "every caption, packed: pack_padded_sequence (the scored steps only, as CuPy). "
+          "FLOPs are the model's at every position, credited alike to all")
     if rows:
-        print("| N | precision | CuPy ms | PyTorch ms | CuPy / PyTorch speed | CuPy cap/s | "
-              "model GFLOP/step | CuPy TFLOP/s | % of peak | PyTorch TFLOP/s |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for n, precision, tc, tt, flops in rows:
+        print("| N | precision | CuPy ms | PyTorch padded ms | CuPy / padded | PyTorch "
+              "packed ms | CuPy / packed | CuPy cap/s | model GFLOP/step | CuPy TFLOP/s | "
+              "% of peak | PyTorch padded TFLOP/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for n, precision, tc, tt, tp, flops in rows:
             share = f"{flops / tc / 1e12 / peaks[precision] * 100:.1f}" if peaks else "n/a"
             print(f"| {n} | {precision} | {tc * 1e3:.3f} | {tt * 1e3:.3f} | {tt / tc:.2f}x | "
-                  f"{n / tc:,.0f} | {flops / 1e9:.1f} | {flops / tc / 1e12:.1f} | {share} | "
-                  f"{flops / tt / 1e12:.1f} |")
+                  f"{tp * 1e3:.3f} | {tp / tc:.2f}x | {n / tc:,.0f} | {flops / 1e9:.1f} | "
+                  f"{flops / tc / 1e12:.1f} | {share} | {flops / tt / 1e12:.1f} |")
     for count in sorted({images for images, _ in decode}):
         print(f"\ndecoding {count} images x 16 steps (float32, H=512, V=1004; greedy "
               "and beam search replayed from a CUDA graph per batch shape): "

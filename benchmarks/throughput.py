@@ -4,9 +4,11 @@
 
 Prints captions per second and effective GFLOP/s (the model's matrix-product FLOPs, as
 the exercise counts them, over the step's time) for each available CPU backend, the
-textbook formulation, PyTorch (if installed) and the bare matrix products of the
-library's step (its floor: it multiplies each word's input projection once per
-vocabulary word, not at every position), and the ratios between them.
+textbook formulation, PyTorch (if installed; padded, every step of every caption, and
+packed with pack_padded_sequence, the scored steps only, as the library computes) and
+the bare matrix products of the library's step (its floor: it multiplies each word's
+input projection once per vocabulary word, not at every position, and only the packed
+positions), and the ratios between them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.torch_reference import torch_step
 
         steps["PyTorch nn.LSTM"] = torch_step(sizes, data)
+        steps["PyTorch packed"] = torch_step(sizes, data, packed=True)
     except ImportError:
         print("PyTorch not installed: skipped (pip install -e '.[bench-peers]')")
     print(f"one float32 training step, N={sizes.N} T={sizes.T} D={sizes.D} W={sizes.W} "

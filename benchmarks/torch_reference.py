@@ -16,10 +16,13 @@ def _set_tf32(torch, precision: str | None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
-def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = None
-               ) -> Callable[[], None]:
+def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = None,
+               packed: bool = False) -> Callable[[], None]:
     """One training step (forward, backward, Adam) of the PyTorch model, with the
     exercise's loss normalisation: summed over scored positions, divided by N.
+    ``packed``: each batch sorted by caption length and run through
+    ``pack_padded_sequence``, as a PyTorch captioning model skips its padding (the work
+    of this library's packed step), the lengths read on the host once per batch.
     ``precision``: None keeps PyTorch's defaults (cuDNN may use TF32, plain matmuls do
     not); "fp32" forces full float32 everywhere; "tf32" allows TF32 everywhere; "bf16"
     runs the forward pass under ``torch.autocast`` in bfloat16 (float32 weights and
@@ -45,16 +48,21 @@ def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = N
             self.rnn = cell(sizes.W, sizes.H, batch_first=True)
             self.vocab = nn.Linear(sizes.H, sizes.V)
 
-        def forward(self, features, captions):
+        def forward(self, features, captions, lengths=None):
             h0 = self.proj(features).unsqueeze(0)
             x = self.embed(captions[:, :-1])
             state = (h0, torch.zeros_like(h0)) if sizes.cell == "lstm" else h0
-            h, _ = self.rnn(x, state)
-            scores = self.vocab(h)
             target = captions[:, 1:]
-            losses = nn.functional.cross_entropy(scores.reshape(-1, sizes.V),
-                                                 target.reshape(-1), reduction="none")
-            return (losses * (target.reshape(-1) != 0)).sum() / captions.shape[0]
+            if lengths is None:
+                h, _ = self.rnn(x, state)
+                scores, target = self.vocab(h).reshape(-1, sizes.V), target.reshape(-1)
+            else:  # the batch is sorted longest first
+                pack = nn.utils.rnn.pack_padded_sequence
+                h, _ = self.rnn(pack(x, lengths, batch_first=True), state)
+                scores = self.vocab(h.data)
+                target = pack(target, lengths, batch_first=True).data
+            losses = nn.functional.cross_entropy(scores, target, reduction="none")
+            return (losses * (target != 0)).sum() / captions.shape[0]
 
     model = Model().to(dev)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -62,15 +70,23 @@ def torch_step(sizes, data: dict, device: str = "cpu", precision: str | None = N
     captions = torch.as_tensor(data["train_captions"].astype(np.int64), device=dev)
     image_idxs = torch.as_tensor(data["train_image_idxs"].astype(np.int64), device=dev)
     rng = np.random.default_rng(1)
-    batches = [torch.as_tensor(rng.integers(0, len(captions), sizes.N), device=dev)
-               for _ in range(8)]
+    batches = []
+    for _ in range(8):
+        idx = rng.integers(0, len(captions), sizes.N)
+        lengths = None
+        if packed:  # each caption up to its last scored target, at least one step
+            scored = data["train_captions"][idx, 1:] != 0
+            lengths = np.maximum(scored.shape[1] - np.argmax(scored[:, ::-1], axis=1), 1)
+            order = np.argsort(-lengths, kind="stable")
+            idx, lengths = idx[order], torch.as_tensor(lengths[order])
+        batches.append((torch.as_tensor(idx, device=dev), lengths))
     counter = iter(range(10**12))
 
     def step() -> None:
-        idx = batches[next(counter) % len(batches)]
+        idx, lengths = batches[next(counter) % len(batches)]
         optim.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(features[image_idxs[idx]], captions[idx])
+            loss = model(features[image_idxs[idx]], captions[idx], lengths)
         loss.backward()
         optim.step()
         if dev.type == "cuda":
