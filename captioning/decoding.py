@@ -121,11 +121,38 @@ def _decode_on_device(model: Any, features: Any, max_length: int, next_words) ->
     return captions
 
 
-def _decode_one_choice(model: Any, features: Any, max_length: int, next_words
-                       ) -> np.ndarray:
+def _decode_one_choice(model: Any, features: Any, max_length: int, next_words,
+                       drop_ended: bool = True) -> np.ndarray:
     _check_length(max_length)
+    if drop_ended and model.backend.xp is np:  # host arrays: which captions ended is free
+        return _decode_dropping_ended(model, features, max_length, next_words)
     return model.backend.to_numpy(_decode_on_device(model, features, max_length,
                                                     next_words))
+
+
+def _decode_dropping_ended(model: Any, features: Any, max_length: int, next_words
+                           ) -> np.ndarray:
+    """``_decode_on_device`` for a backend whose arrays live on the host: a caption that
+    has ended stops being carried, and the loop stops once every caption has. The same
+    captions: each row's next word depends only on its own states (and, for a sampler,
+    on the draws it is given)."""
+    run = _Stepper(model, features)
+    n = run.h.shape[0]
+    carried = np.arange(n)  # the caption each carried row writes
+    words = np.full(n, run.start, dtype=np.int64)
+    captions = np.full((n, max_length), run.null, dtype=np.int64)
+    for t in range(max_length):
+        words = next_words(run, words)
+        captions[carried, t] = words
+        if run.end is None:
+            continue
+        going = np.flatnonzero(words != run.end)
+        if len(going) < len(words):
+            if len(going) == 0:
+                break
+            carried, words = carried[going], words[going]
+            run.reorder(going)
+    return captions
 
 
 def _likeliest(run: _Stepper, words: Any) -> Any:
@@ -195,7 +222,8 @@ def _replayed(model: Any, features: Any, settings: tuple, decode) -> Any:
 def greedy_decode(model: Any, features: Any, max_length: int = 30) -> np.ndarray:
     """The most likely word at each step (the exercise's ``sample``). On a backend that
     records (CuPy), each batch shape is recorded on its second call and replayed after,
-    with the same result as op by op."""
+    with the same result as op by op. On a CPU backend, captions that have ended stop
+    being computed, and decoding stops once all have."""
     _check_length(max_length)
 
     def decode(model, features):
@@ -229,14 +257,18 @@ def sample_decode(model: Any, features: Any, max_length: int = 30, temperature: 
         gumbel = -np.log(-np.log(rng.random(scores.shape) + 1e-300) + 1e-300)
         return (scores + model.backend.asarray(gumbel, dtype=scores.dtype)).argmax(axis=1)
 
-    return _decode_one_choice(model, features, max_length, _drawn_by(choose))
+    # Every caption draws its noise every step, ended or not, so that a seed gives the
+    # same captions on every backend.
+    return _decode_one_choice(model, features, max_length, _drawn_by(choose),
+                              drop_ended=False)
 
 
 def policy_sample(model: Any, features: Any, max_length: int, rng: np.random.Generator
                   ) -> np.ndarray:
     """Captions drawn from the model's own distribution (temperature 1), as self-critical
     training samples them: each word by inverting the cumulative softmax at one uniform
-    draw per caption from ``rng`` (the caller keeps its state), so a step costs a cumulative
+    draw per caption still being written (on a CPU backend ended captions are no longer
+    carried) from ``rng`` (the caller keeps its state), so a step costs a cumulative
     sum on the device and a few bytes from the host, not a Gumbel draw per word of the
     vocabulary as ``sample_decode`` makes for its backend-independent captions. Layout as
     every decoder here: host ints (N, max_length), <END> kept, <NULL> after it."""

@@ -212,6 +212,25 @@ def test_decoders_recorded_per_shape_and_setting_answer_as_op_by_op():
     assert ("greedy", 8, 9) not in recordings and ("beam", 3, 8, 1.0, 5) in recordings
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_greedy_stops_carrying_ended_captions_with_the_same_answers(cell):
+    """On the CPU, captions that have ended are no longer computed: the same captions as
+    the dense decoding a recording replays (every caption, every step), for captions
+    that end at many different steps and some that never do."""
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
+    be = replaying_backend()
+    recorded, plain = (_model(backend, vocab, cell=cell, seed=12, scale=2.0)[0]
+                       for backend in (be, "numpy"))
+    features = np.random.default_rng(0).standard_normal((40, 6))
+    for _ in range(2):  # the stand-in runs the recorded (dense) decoding each call
+        dense = greedy_decode(recorded, features, 10)
+    assert [r.calls for r in be.recordings] == [2]
+    captions = greedy_decode(plain, features, 10)
+    np.testing.assert_array_equal(captions, dense)
+    ends = {list(row).index(2) if 2 in row else None for row in captions}
+    assert len(ends) >= 3 and None in ends
+
+
 def test_a_decoder_that_cannot_be_recorded_warns_once_and_decodes_op_by_op():
     vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{i}": i for i in range(3, 12)}}
     be = replaying_backend(refuse=True)

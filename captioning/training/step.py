@@ -84,7 +84,7 @@ class DeviceData:
 
 class TrainingStep:
     """``step(batch_idx)`` updates ``model.params`` in place from the captions
-    ``batch_idx`` (a device integer array) and returns the loss, a 0-d device array.
+    ``batch_idx`` (host integers) and returns the loss, a 0-d device array.
 
     ``configs`` holds each parameter's update-rule settings and state (learning_rate,
     Adam's m, v and t, ...), keyed like the parameters.
@@ -94,8 +94,9 @@ class TrainingStep:
     blocks exist and every kernel is compiled); step 3 is recorded and launched; later
     steps replay the recording. It is recorded again whenever a step would act on other
     arrays (new parameter or Adam arrays after a restore, another batch shape or clip
-    value). If recording fails, a RuntimeWarning says why and every later step runs op
-    by op; no step is lost or repeated.
+    value) or on a batch with more captions scored at some time step than the recording
+    computes (see ``captioning.packing.capacity``). If recording fails, a RuntimeWarning
+    says why and every later step runs op by op; no step is lost or repeated.
     """
 
     def __init__(self, model: CaptioningRNN, data: DeviceData, update_rule: str = "adam",
