@@ -2,18 +2,21 @@
 
 Overridden: the embedding scatter-add (a plain loop instead of ``np.add.at``), the
 LSTM gate backward (pure arithmetic, one fused pass), the arithmetic around the gate
-forward, decoding's LSTM step (one pass), the softmax cross-entropy and its gradient
-(one pass per row), and Adam (one pass over each parameter). Measured
-(benchmarks/RESULTS.md): the scatter-add (70x) and Adam (4x) are clear wins; the gate
-and softmax kernels tie with NumPy and are kept because they allocate no step-sized
-temporaries. ``error_model="numpy"`` drops the
+forward, the float32 training and decoding LSTM steps (one pass each), the softmax
+cross-entropy and its gradient (one pass per row), and Adam (one pass over each
+parameter). Measured (benchmarks/RESULTS.md): the scatter-add (70x) and Adam (4x) are
+clear wins; the gate and softmax kernels tie with NumPy and are kept because they
+allocate no step-sized temporaries. ``error_model="numpy"`` drops the
 ZeroDivisionError check on every division, which otherwise stops LLVM vectorising.
-Transcendentals stay with NumPy: its SIMD ``tanh``/``exp`` run about 40x faster than the
-scalar libm calls Numba makes without SVML (measured: tanh over 128x2048 float32, 95 us
-in NumPy, 4.1 ms in a Numba loop). The exception is decoding's float32 step, where a
-rational tanh that LLVM vectorises lets one pass per row do the gather, the word lookup,
-the gates and the cell: 3.1 ms a step for 3,000 rows, H=512, against 8.2 ms for the
-gather, lookup and gate passes through NumPy (beam 3: 957-987 -> 1,070-1,098 captions/s).
+
+Numba's ``np.tanh`` is a scalar libm call (4.1 ms over 128x2048 float32). NumPy's
+depends on the CPU: 95 us on an AVX-512 host (its SIMD tanh), 957 us on an AVX2 one,
+where it is scalar too. So float32 steps use a rational tanh that LLVM vectorises
+(159 us on the AVX2 host) and do a whole cell update in one pass per row: decoding's
+(gather, word lookup, gates, cell: 3.1 ms a step for 3,000 rows, H=512, against 8.2 ms
+through NumPy) and, since session 9, the training recurrence's forward step (0.37-0.48
+ms for 128 rows against 1.55-1.85 ms; the forward recurrence of a 128-caption step
+51.2 -> 36.2 ms on the AVX2 host). float64 keeps NumPy's passes.
 Every kernel is compiled lazily per dtype and cached on disk (``cache=True``).
 """
 
@@ -88,6 +91,31 @@ def _lstm_decode_gates32(hw, table, words, prev_c, next_c, next_h, rows):
             h_out[j] = o * _tanh32(cell)
 
 
+@njit(fastmath={"contract"}, **_JIT)
+def _lstm_forward_sum32(a, a_extra, prev_c, next_c, next_h, tanh_c):
+    """The float32 training step's cell in one pass per row: a += a_extra, the gates
+    activated in place in a (sigmoid(x) = 0.5 tanh(x/2) + 0.5 for i, f, o; tanh for g),
+    next_c, tanh(next_c) and next_h. The gates go through a row of scratch: written
+    straight back into a, whose other blocks the loop reads, it is not vectorised
+    (measured 1.6 ms for 128 rows, H=512, against 0.37 ms)."""
+    N, H = prev_c.shape
+    half = np.float32(0.5)
+    gates = np.empty(a.shape[1], dtype=a.dtype)
+    for n in range(N):
+        x, extra, c = a[n], a_extra[n], prev_c[n]
+        c_out, h_out, tc_out = next_c[n], next_h[n], tanh_c[n]
+        for j in range(H):
+            i = half * _tanh32(half * (x[j] + extra[j])) + half
+            f = half * _tanh32(half * (x[H + j] + extra[H + j])) + half
+            o = half * _tanh32(half * (x[2 * H + j] + extra[2 * H + j])) + half
+            g = _tanh32(x[3 * H + j] + extra[3 * H + j])
+            gates[j], gates[H + j], gates[2 * H + j], gates[3 * H + j] = i, f, o, g
+            cell = f * c[j] + i * g
+            tc = _tanh32(cell)
+            c_out[j], tc_out[j], h_out[j] = cell, tc, o * tc
+        x[:] = gates
+
+
 @njit(**_JIT)
 def _lstm_backward(dnext_h, dnext_c, gates, prev_c, tanh_c, da, dprev_c, one):
     N, H = prev_c.shape
@@ -157,6 +185,14 @@ class NumbaBackend(NumpyBackend):
         _lstm_forward_finish(gates, _c(prev_c), next_c, gates.dtype.type(0.5))
         np.tanh(next_c, out=tanh_c)
         np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
+
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+        # The training recurrence's forward step, one pass in float32 (the rational tanh);
+        # float64, and arrays the kernel cannot index as rows, take NumPy's passes.
+        arrays = (a, a_extra, prev_c, next_c, next_h, tanh_c)
+        if a.dtype != np.float32 or not all(x.flags.c_contiguous for x in arrays):
+            return super().lstm_gates_forward_sum(*arrays)
+        _lstm_forward_sum32(*arrays)
 
     def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):
         if hw.dtype != np.float32:  # _tanh32 is for float32; float64 takes NumPy's passes
