@@ -15,6 +15,7 @@ import importlib.metadata
 import sys
 
 from captioning.cli import caption, data, judge, train
+from captioning.cli.host_memory import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
