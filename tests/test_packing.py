@@ -4,6 +4,7 @@ the model and the training step computing only the scored positions."""
 import numpy as np
 import pytest
 
+from backend import available_backends, get_backend
 from benchmarks import textbook
 from captioning import CaptioningRNN, CaptioningTrainer
 from captioning.packing import (
@@ -139,29 +140,43 @@ def _skewed_data(rng, count=400):
             "train_features": rng.standard_normal((50, 8))}, np.flatnonzero(long)
 
 
-def test_a_batch_past_the_recordings_capacity_is_recorded_anew_and_trains_alike():
+@pytest.mark.parametrize("recorder", [
+    "stand-in", pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not available_backends()["cupy"].available, reason="cupy unavailable here")])])
+def test_a_batch_past_the_recordings_capacity_is_recorded_anew_and_trains_alike(recorder):
+    """Through the CPU's stand-in recorder, and through real CUDA graphs on a GPU."""
     rng = np.random.default_rng(3)
     data, long = _skewed_data(rng)
     batches = [rng.integers(0, 400, 64) for _ in range(4)]
     assert len(long) > 30
     # 30 long captions: far more than a random batch has.
     batches.insert(3, np.concatenate([long[:30], rng.integers(0, 400, 34)]))
+    recording = replaying_backend() if recorder == "stand-in" else get_backend("cupy")
     runs = {}
-    for name, be in (("op by op", "numpy"), ("recorded", replaying_backend())):
+    for name, be, graph in (("op by op", recording, False), ("recorded", recording, True)):
         model = CaptioningRNN(WORDS, input_dim=8, wordvec_dim=5, hidden_dim=6,
                               cell_type="lstm", dtype=np.float64, seed=2, backend=be)
         trainer = CaptioningTrainer(model, data, batch_size=64, verbose=False,
-                                    optim_config={"learning_rate": 1e-2})
+                                    optim_config={"learning_rate": 1e-2}, cuda_graph=graph)
+        graphs = []
         for batch in batches:
             trainer.step(batch)
-        runs[name] = (trainer, be)
-    trainer, be = runs["recorded"]
-    rows = trainer.training_step.graph.packing.step_rows
-    assert len(be.recordings) == 2  # the fourth batch did not fit the first recording
+            graphs.append(trainer.training_step.graph)
+        runs[name] = trainer
+    trainer = runs["recorded"]
+    # Step 1 runs op by op (Adam's buffers), 2 is recorded; the fourth batch does not
+    # fit that recording and is recorded anew, with room for it, which the fifth fits.
+    assert graphs[0] is None and graphs[1] is graphs[2] and graphs[3] is graphs[4]
+    assert graphs[2] is not graphs[3]
+    rows = graphs[3].packing.step_rows
     assert covers(rows, trainer.training_step.data.longest_first(batches[3])[1])
+    assert not covers(graphs[2].packing.step_rows,
+                      trainer.training_step.data.longest_first(batches[3])[1])
     assert rows[-1] < 64  # still packed: not every caption at every step
-    plain = runs["op by op"][0]
+    plain = runs["op by op"]
+    assert plain.training_step.graph is None
     np.testing.assert_allclose(trainer.losses(), plain.losses(), rtol=1e-10)
     for name, value in plain.model.params.items():
-        np.testing.assert_allclose(trainer.model.params[name], value, rtol=1e-9,
+        np.testing.assert_allclose(plain.model.backend.to_numpy(trainer.model.params[name]),
+                                   plain.model.backend.to_numpy(value), rtol=1e-9,
                                    atol=1e-12, err_msg=name)
