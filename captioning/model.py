@@ -104,6 +104,7 @@ class CaptioningRNN:
         be, xp = self.backend, self.backend.xp
         host = isinstance(features, np.ndarray) and xp is not np
         p = {k: be.asarray(v) for k, v in self.params.items()}
+        on_host = captions if isinstance(captions, np.ndarray) else None
         features, captions = self._check_inputs(features, captions)
         N, T = captions.shape[0], captions.shape[1] - 1
         if caption_weights is not None:
@@ -113,7 +114,8 @@ class CaptioningRNN:
                                  f"expected ({N},), one per caption")
         if packing is None:
             order, step_rows = longest_first(
-                scored_lengths(be.to_numpy(captions), self._null), T)
+                scored_lengths(be.to_numpy(captions) if on_host is None else on_host,
+                               self._null), T)
             if np.any(order != np.arange(N)):
                 order = be.asarray(order)
                 features, captions = features[order], captions[order]
