@@ -1,7 +1,7 @@
 """Data-parallel training steps on this machine: one process with two BLAS threads against
 two MPI ranks with one each, the same global batch (the benchmark's step: N=128, T=16,
 D=4096, H=512, float32, Adam), plus the flat gradient's size for the scaling model in
-RESULTS.md.
+HISTORY.md (session 5).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.data_parallel
 

@@ -4,7 +4,7 @@ Overridden: the embedding scatter-add (a plain loop instead of ``np.add.at``), t
 LSTM gate backward (pure arithmetic, one fused pass), the arithmetic around the gate
 forward, the float32 training and decoding LSTM steps (one pass each), the softmax
 cross-entropy and its gradient (one pass per row), and Adam (one pass over each
-parameter). Measured (benchmarks/RESULTS.md): the scatter-add (70x) and Adam (4x) are
+parameter). Measured (benchmarks/HISTORY.md): the scatter-add (70x) and Adam (4x) are
 clear wins; the gate and softmax kernels tie with NumPy and are kept because they
 allocate no step-sized temporaries. ``error_model="numpy"`` drops the
 ZeroDivisionError check on every division, which otherwise stops LLVM vectorising.
