@@ -91,8 +91,3 @@ class Packing:
         step = np.repeat(np.arange(T, dtype=np.int64), step_rows)
         return cls(tuple(int(n) for n in step_rows), backend.asarray(caption * (T + 1) + step),
                    backend.asarray(caption))
-
-    @property
-    def rows(self) -> int:
-        """P, the packed rows."""
-        return int(sum(self.step_rows))
