@@ -458,11 +458,23 @@ class Backend:
 
     def _recurrent_grad(self, da, h0, hs, steps):
         """dWh from da (P, kH) in one matrix product: each packed row's da pairs with the
-        state before it, its sequence's row of the previous step (of h0 at the first)."""
+        state before it, its sequence's row of the previous step (of h0 at the first).
+        Those states are copied into place a run of steps at a time: after the first
+        step of a run with equal row counts, each step's previous states are the whole
+        step before it, so the rest of the run is one block (a dense batch: two copies,
+        not T, which on a GPU are T kernels)."""
         prev = self.xp.empty((len(da), h0.shape[1]), dtype=da.dtype)
-        for t, rows in enumerate(steps):
-            n = rows.stop - rows.start
-            prev[rows] = hs[steps[t - 1]][:n] if t else h0[:n]
+        t = 0
+        while t < len(steps):
+            n = steps[t].stop - steps[t].start
+            end = t + 1  # the run is steps t .. end - 1, all of n rows
+            while end < len(steps) and steps[end].stop - steps[end].start == n:
+                end += 1
+            prev[steps[t]] = hs[steps[t - 1]][:n] if t else h0[:n]
+            if end > t + 1:
+                prev[steps[t + 1].start : steps[end - 1].stop] = (
+                    hs[steps[t].start : steps[end - 2].stop])
+            t = end
         return self.matmul(prev.T, da)
 
     # ------------------------------------------------------------------ loss and update
