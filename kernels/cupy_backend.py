@@ -11,9 +11,8 @@ backward, greedy decoding's biased argmax (a warp per row), the embedding scatte
 and its gradient (one block per row, in place), and Adam (one kernel per parameter).
 Matrix products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
 ``with_precision`` twin, on TF32 or bfloat16 tensor cores.
-The vocabulary layer works densely (``compact_masked_positions = False``): finding the
-scored rows would cost a host synchronisation per step. Nothing here synchronises with
-the host; kernels compile once per dtype and are cached by CuPy. The raw kernels index
+Nothing here synchronises with the host (the packed batch's layout comes from the host
+with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels index
 C-contiguous rows: given arrays of another layout, an operation takes the base class's
 passes instead, so every layout gives the right answer. ``record`` replays a
 whole training step from a CUDA graph (kernels/cuda_graph.py).
@@ -97,7 +96,6 @@ def _side_stream() -> cp.cuda.Stream:
 class CupyBackend(Backend):
     name = "cupy"
     xp = cp
-    compact_masked_positions = False
 
     def __init__(self) -> None:
         try:
