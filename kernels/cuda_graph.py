@@ -58,7 +58,11 @@ class GraphRecording:
         return result
 
     def _capture(self) -> None:
-        self.stream.begin_capture()
+        try:
+            self.stream.begin_capture()
+        except Exception as exc:
+            raise RecordingFailed(f"a CUDA graph capture could not begin: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         try:
             outputs = self.fn()
         except Exception as exc:
