@@ -1,0 +1,459 @@
+"""The CuPy backend's CUDA C kernels, run on the CPU, for the tests of machines without a
+GPU (CI, most sessions): what a kernel computes, and how the backend launches it, are
+then checked against NumPy everywhere, not only where a GPU is lent.
+
+``EmulatedModule`` stands where ``cupy.RawModule`` does: the same source (from
+kernels/cuda_sources.py) is compiled by the host's C++ compiler behind a prelude that
+gives CUDA's built-ins a meaning on one host thread. Each thread of a block is a fiber
+(``ucontext``) and the blocks of a grid run one after another, so
+
+- ``__shared__`` is a function-local ``static`` (one block holds it at a time);
+- ``__syncthreads()`` makes a fiber wait until every thread of its block arrives;
+- ``__shfl_down_sync`` exchanges values through the warp's slots between two waits of
+  its 32 threads;
+- ``atomicAdd`` is a plain add (one fiber runs at a time);
+- a block whose threads can never all meet at a barrier (a ``__syncthreads`` that not
+  every thread reaches) fails the launch with an error instead of hanging.
+
+A launch takes what CuPy takes (arrays by their data pointer, NumPy scalars by value,
+a Python int as int64 and a float as float64, CuPy's rule) and checks each argument
+against its parameter's C type, which CuPy does not: a wrong size or kind, which on a
+GPU silently shifts every later argument, is a TypeError here.
+
+What it cannot show: speed, races between threads or blocks that a GPU runs at once,
+and the accuracy of the GPU's own exp/tanh (the host's are within a few ulp of them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+COMPILER = shutil.which("g++") or shutil.which("c++")
+
+PRELUDE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <type_traits>
+#include <ucontext.h>
+#include <vector>
+
+using std::exp; using std::log; using std::tanh; using std::sqrt; using std::fabs;
+
+// CUDA's max and min take mixed operands; on floats they are fmax/fmin (a NaN loses).
+template <typename A, typename B> inline auto max(A a, B b) {
+    using C = std::common_type_t<A, B>;
+    if constexpr (std::is_floating_point_v<C>) return std::fmax(C(a), C(b));
+    else return a > b ? C(a) : C(b);
+}
+template <typename A, typename B> inline auto min(A a, B b) {
+    using C = std::common_type_t<A, B>;
+    if constexpr (std::is_floating_point_v<C>) return std::fmin(C(a), C(b));
+    else return a < b ? C(a) : C(b);
+}
+
+struct uint3 { unsigned int x, y, z; };
+typedef uint3 dim3;
+uint3 threadIdx, blockIdx, blockDim, gridDim;  // set by the scheduler for each fiber
+constexpr int warpSize = 32;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __shared__ static
+
+namespace emu {
+
+struct Barrier {  // threads that must arrive before any may go on
+    unsigned needed = 0, arrived = 0;
+    unsigned long long generation = 0;
+};
+
+struct Fiber {
+    ucontext_t context;
+    std::vector<char> stack;
+    bool done = false, waiting = false;
+};
+
+struct Block {
+    std::vector<Fiber> fibers;
+    Barrier all;
+    std::vector<Barrier> warps;
+    std::vector<unsigned long long> slots;  // one per thread, for shuffles
+    ucontext_t scheduler;
+    unsigned current = 0;
+    bool progressed = false;
+    const std::function<void()>* body = nullptr;
+};
+
+Block* block = nullptr;
+
+void yield_to_scheduler() {
+    Fiber& me = block->fibers[block->current];
+    swapcontext(&me.context, &block->scheduler);
+}
+
+void wait_at(Barrier& barrier) {
+    block->progressed = true;
+    if (++barrier.arrived == barrier.needed) {  // the last to arrive releases the rest
+        barrier.arrived = 0;
+        ++barrier.generation;
+        return;
+    }
+    const unsigned long long generation = barrier.generation;
+    Fiber& me = block->fibers[block->current];
+    me.waiting = true;
+    while (barrier.generation == generation) yield_to_scheduler();
+    me.waiting = false;
+}
+
+void fiber_main() {
+    (*block->body)();
+    block->fibers[block->current].done = true;
+    block->progressed = true;
+    swapcontext(&block->fibers[block->current].context, &block->scheduler);
+}
+
+// Runs one block of ``threads`` fibers to the end; false if they deadlocked.
+bool run_block(Block& b, unsigned threads) {
+    for (unsigned t = 0; t < threads; ++t) {
+        Fiber& f = b.fibers[t];
+        f.done = f.waiting = false;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = f.stack.data();
+        f.context.uc_stack.ss_size = f.stack.size();
+        f.context.uc_link = nullptr;
+        makecontext(&f.context, fiber_main, 0);
+    }
+    unsigned live = threads;
+    while (live) {
+        b.progressed = false;
+        for (unsigned t = 0; t < threads; ++t) {
+            if (b.fibers[t].done) continue;
+            b.current = t;
+            threadIdx = {t, 0, 0};
+            swapcontext(&b.scheduler, &b.fibers[t].context);
+            if (b.fibers[t].done) --live;
+        }
+        if (live && !b.progressed) return false;  // everyone left waits: none can go on
+    }
+    return true;
+}
+
+int launch(unsigned grid, unsigned threads, const std::function<void()>& body, char* error,
+           int error_size) {
+    static std::unique_ptr<Block> kept;  // fibers and stacks, reused by later launches
+    if (!kept || kept->fibers.size() < threads) {
+        kept.reset(new Block());
+        kept->fibers.resize(threads);
+        for (auto& f : kept->fibers) f.stack.resize(1 << 16);
+        kept->slots.resize(threads);
+    }
+    Block& b = *kept;
+    b.body = &body;
+    b.all = Barrier{threads};
+    b.warps.assign((threads + 31) / 32, Barrier{});
+    for (unsigned w = 0; w < b.warps.size(); ++w)
+        b.warps[w].needed = std::min(32u, threads - 32 * w);
+    block = &b;
+    blockDim = {threads, 1, 1};
+    gridDim = {grid, 1, 1};
+    for (unsigned g = 0; g < grid; ++g) {
+        blockIdx = {g, 0, 0};
+        if (!run_block(b, threads)) {
+            std::snprintf(error, error_size,
+                          "block %u: its threads wait at barriers that not all of them reach "
+                          "(a __syncthreads or a shuffle in code that some threads skip); on a "
+                          "GPU this hangs or is undefined", g);
+            block = nullptr;
+            kept.reset();  // fibers left mid-kernel are dropped with their stacks
+            return 1;
+        }
+    }
+    block = nullptr;
+    return 0;
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::wait_at(emu::block->all); }
+
+template <typename T>
+inline T __shfl_down_sync(unsigned, T value, unsigned offset, int width = warpSize) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
+    emu::Block& b = *emu::block;
+    const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    std::memcpy(&b.slots[tid], &value, sizeof(T));
+    emu::wait_at(b.warps[warp]);
+    T out = value;
+    if (lane + offset < std::min<unsigned>(width, b.warps[warp].needed))
+        std::memcpy(&out, &b.slots[tid + offset], sizeof(T));
+    emu::wait_at(b.warps[warp]);
+    return out;
+}
+
+template <typename T> inline T atomicAdd(T* address, T value) {
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+"""
+
+# C type (as written, without const) -> the NumPy dtype an argument for it must have.
+_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
+            "unsigned int": np.uint32, "unsigned": np.uint32, "long long": np.int64,
+            "unsigned long long": np.uint64, "bool": np.bool_}
+_KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
+_BUILD_DIR = Path(tempfile.mkdtemp(prefix="cuda-on-cpu-"))
+
+
+class EmulationError(RuntimeError):
+    """A launch that a GPU would hang on or get wrong (reported, not crashed on)."""
+
+
+def parameters(source: str) -> dict[str, list[tuple[str, str]]]:
+    """Every ``__global__`` function of ``source``: name -> [(C type, name)], the type as
+    written (``const T*``, ``long long``...)."""
+    kernels = {}
+    for name, params in _KERNEL.findall(source):
+        parsed = []
+        for param in filter(None, (p.strip() for p in params.split(","))):
+            match = re.fullmatch(r"(.*?)\s*\b(\w+)", " ".join(param.split()))
+            parsed.append((match.group(1), match.group(2)))
+        kernels[name] = parsed
+    return kernels
+
+
+def _instance(expression: str) -> tuple[str, str | None]:
+    """"kernel<float>" -> ("kernel", "float"); "kernel" -> ("kernel", None)."""
+    match = re.fullmatch(r"(\w+)\s*(?:<\s*([\w ]+?)\s*>)?", expression)
+    if not match:
+        raise ValueError(f"cannot read the kernel name {expression!r}: expected name or "
+                         f"name<type>")
+    return match.group(1), match.group(2)
+
+
+def _concrete(ctype: str, template: str | None) -> str:
+    return re.sub(r"\bT\b", template, ctype) if template else ctype
+
+
+class EmulatedKernel:
+    """One instance of a kernel, called as CuPy calls a RawKernel:
+    ``kernel(grid, block, args)``."""
+
+    def __init__(self, library: ctypes.CDLL, symbol: str, expression: str,
+                 params: list[tuple[str, str]], template: str | None) -> None:
+        self.expression = expression
+        self.params = [(_concrete(ctype, template), name) for ctype, name in params]
+        self.function = getattr(library, symbol)
+        self.function.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
+                                  ctypes.c_char_p, ctypes.c_int]
+        self.function.restype = ctypes.c_int
+
+    def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
+        grid, block = tuple(grid), tuple(block)
+        if any(d != 1 for d in grid[1:] + block[1:]) or shared_mem:
+            raise EmulationError(f"{self.expression}: only one-dimensional launches without "
+                                 f"dynamic shared memory are emulated, got grid {grid}, "
+                                 f"block {block}, shared_mem {shared_mem}")
+        if not 1 <= block[0] <= 1024 or grid[0] < 1:
+            raise EmulationError(f"{self.expression}: launch of grid {grid}, block {block}: "
+                                 f"a GPU takes 1 to 1024 threads a block and 1 block or more")
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.expression} takes {len(self.params)} arguments "
+                            f"({', '.join(n for _, n in self.params)}), given {len(args)}")
+        values = [self._value(i, arg) for i, arg in enumerate(args)]
+        pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        error = ctypes.create_string_buffer(512)
+        if self.function(grid[0], block[0], pointers, error, len(error)):
+            raise EmulationError(f"{self.expression}: {error.value.decode()}")
+
+    def _value(self, index: int, arg) -> ctypes._SimpleCData | ctypes.Array:
+        """The bytes passed for argument ``index``, after checking it suits its parameter."""
+        ctype, name = self.params[index]
+        base = " ".join(ctype.replace("const", " ").replace("*", " ").split())
+        if base not in _C_TYPES:
+            raise TypeError(f"{self.expression}: the emulator does not know the C type "
+                            f"{ctype!r} of parameter {name}")
+        expected = np.dtype(_C_TYPES[base])
+        where = f"{self.expression}: argument {index} ({name}, {ctype})"
+        if ctype.endswith("*"):
+            if isinstance(arg, np.ndarray):
+                if arg.dtype != expected:
+                    raise TypeError(f"{where} is an array of {arg.dtype}; expected {expected}")
+                return ctypes.c_void_p(arg.ctypes.data)
+            if isinstance(arg, np.generic) and arg.dtype.itemsize == 8 and arg == 0:
+                return ctypes.c_void_p(0)  # a null pointer, as CuPy passes an 8-byte zero
+            raise TypeError(f"{where} is {type(arg).__name__}; expected an array of "
+                            f"{expected} (or an 8-byte zero for a null pointer)")
+        if isinstance(arg, np.ndarray):
+            raise TypeError(f"{where} is an array; expected a scalar of {expected}")
+        if isinstance(arg, bool):
+            value = np.bool_(arg)
+        elif isinstance(arg, int):
+            value = np.int64(arg)
+        elif isinstance(arg, float):
+            value = np.float64(arg)
+        elif isinstance(arg, np.generic):
+            value = arg
+        else:
+            raise TypeError(f"{where} is {type(arg).__name__}; expected a scalar of {expected}")
+        if value.dtype != expected:
+            shift = (f" (a GPU would take its {value.dtype.itemsize} bytes for "
+                     f"{expected.itemsize} and misread every later argument)"
+                     if value.dtype.itemsize != expected.itemsize else "")
+            raise TypeError(f"{where} is {value.dtype}; expected {expected}{shift}")
+        return ctypes.create_string_buffer(value.tobytes(), value.dtype.itemsize)
+
+
+class EmulatedModule:
+    """Like ``cupy.RawModule(code=..., options=..., name_expressions=...)``, compiled for
+    the CPU on the first ``get_function``."""
+
+    def __init__(self, code: str, options: tuple = (), name_expressions=()) -> None:
+        self.code = code
+        self.expressions = list(name_expressions)
+        self._library: ctypes.CDLL | None = None
+
+    def get_function(self, expression: str) -> EmulatedKernel:
+        name, template = _instance(expression)
+        kernels = parameters(self.code)
+        if name not in kernels:
+            raise KeyError(f"no __global__ function {name!r} in this module (it has "
+                           f"{', '.join(kernels)})")
+        if " ".join(expression.split()) not in [" ".join(e.split()) for e in self.expressions]:
+            raise KeyError(f"{expression!r} is not among this module's name expressions "
+                           f"{self.expressions}; CuPy compiles only those")
+        library = self._build()
+        return EmulatedKernel(library, _symbol(self.expressions.index(expression)),
+                              expression, kernels[name], template)
+
+    def _build(self) -> ctypes.CDLL:
+        if self._library is None:
+            self._library = build(self.code, self.expressions)
+        return self._library
+
+
+def _symbol(index: int) -> str:
+    return f"emu_launch_{index}"
+
+
+def build(source: str, expressions: list[str]) -> ctypes.CDLL:
+    """``source`` and a launch function for each of ``expressions``, compiled for the
+    CPU and loaded (once per source)."""
+    if COMPILER is None:
+        raise EmulationError("no C++ compiler (g++) on this machine to run CUDA kernels on "
+                             "the CPU; install one (Debian: apt-get install g++)")
+    kernels = parameters(source)
+    stubs = []
+    for index, expression in enumerate(expressions):
+        name, template = _instance(expression)
+        args = ", ".join(f"*({_concrete(ctype, template)}*)args[{i}]"
+                         for i, (ctype, _) in enumerate(kernels[name]))
+        call = f"{name}<{template}>({args})" if template else f"{name}({args})"
+        stubs.append(f'extern "C" int {_symbol(index)}(unsigned grid, unsigned block, '
+                     f"void** args, char* error, int size) {{\n"
+                     f"    return emu::launch(grid, block, [args] {{ {call}; }}, error, size);\n}}")
+    text = PRELUDE + source + "\n" + "\n".join(stubs) + "\n"
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if key not in _BUILT:
+        cpp, library = _BUILD_DIR / f"{key}.cpp", _BUILD_DIR / f"{key}.so"
+        cpp.write_text(text)
+        result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-o",
+                                 str(library), str(cpp)], capture_output=True, text=True,
+                                timeout=300)
+        if result.returncode:
+            raise EmulationError(f"the CUDA source did not compile for the CPU:\n"
+                                 f"{result.stderr[-4000:]}")
+        _BUILT[key] = ctypes.CDLL(str(library))
+    return _BUILT[key]
+
+
+class EmulatedElementwiseKernel:
+    """Like ``cupy.ElementwiseKernel(in_params, out_params, operation, name)`` for the
+    cases this project uses: array arguments of one shape, C-contiguous, scalars for the
+    other ``T`` inputs (cast to T, as CuPy casts them), ``raw`` arguments indexed by the
+    operation itself; the outputs are given, and returned."""
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel",
+                 **_options) -> None:
+        self.inputs, self.outputs = _elementwise_params(in_params), _elementwise_params(out_params)
+        self.operation, self.name = operation, name
+
+    def __call__(self, *args):
+        params = self.inputs + self.outputs
+        if len(args) != len(params):
+            raise TypeError(f"{self.name} takes {len(params)} arguments (the outputs given: "
+                            f"only that is emulated), given {len(args)}")
+        arrays = [a for (raw, _, _), a in zip(params, args)
+                  if not raw and isinstance(a, np.ndarray)]
+        if not arrays:
+            raise TypeError(f"{self.name}: no array among the elementwise arguments")
+        shape, dtype = arrays[0].shape, arrays[0].dtype
+        for a in arrays:
+            if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                raise EmulationError(f"{self.name}: the emulator takes elementwise arrays of "
+                                     f"one shape and dtype, C-contiguous; got {a.shape} "
+                                     f"{a.dtype} (contiguous {a.flags.c_contiguous}) beside "
+                                     f"{shape} {dtype}")
+        ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[dtype]
+        kinds = tuple("raw" if raw else "array" if isinstance(a, np.ndarray) else "scalar"
+                      for (raw, _, _), a in zip(params, args))
+        library = build(self._source(ctype, kinds), [])
+        values = []
+        for kind, a in zip(kinds, args):
+            if kind == "scalar":
+                values.append(ctypes.create_string_buffer(dtype.type(a).tobytes(), dtype.itemsize))
+            else:
+                if a.dtype != dtype:
+                    raise TypeError(f"{self.name}: a raw argument of {a.dtype}; expected {dtype}")
+                values.append(ctypes.c_void_p(a.ctypes.data))
+        pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        library.emu_elementwise(ctypes.c_longlong(int(np.prod(shape))), pointers)
+        outputs = args[len(self.inputs):]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _source(self, ctype: str, kinds: tuple[str, ...]) -> str:
+        declarations, per_element = [], []
+        for i, ((_, type_name, name), kind) in enumerate(zip(self.inputs + self.outputs, kinds)):
+            is_output = i >= len(self.inputs)
+            if kind == "raw":
+                declarations.append(f"{type_name}* {name} = *({type_name}**)args[{i}];")
+            elif kind == "scalar":
+                declarations.append(f"const {type_name} {name} = *({type_name}*)args[{i}];")
+            else:
+                declarations.append(f"{type_name}* p_{name} = *({type_name}**)args[{i}];")
+                per_element.append(f"{type_name}& {name} = p_{name}[i];" if is_output
+                                   else f"const {type_name} {name} = p_{name}[i];")
+        return (f"typedef {ctype} T;\n"
+                f'extern "C" void emu_elementwise(long long n, void** args) {{\n'
+                + "\n".join(declarations)
+                + "\nfor (long long i = 0; i < n; ++i) {\n" + "\n".join(per_element)
+                + f"\n{self.operation};\n}}\n}}\n")  # CuPy ends the operation too
+
+
+def _elementwise_params(text: str) -> list[tuple[bool, str, str]]:
+    """"T a, raw T b" -> [(False, "T", "a"), (True, "T", "b")]."""
+    params = []
+    for param in filter(None, (p.strip() for p in text.split(","))):
+        words = param.split()
+        raw = words[0] == "raw"
+        if raw:
+            words = words[1:]
+        if len(words) != 2:
+            raise ValueError(f"cannot read the elementwise parameter {param!r}")
+        params.append((raw, words[0], words[1]))
+    return params
