@@ -1,10 +1,12 @@
 """Shared fixtures: one ``backend`` fixture parametrised over every known backend
-(skipping, with the reason, those that cannot run here), and a tiny COCO-layout folder
-written by hand with h5py so that the loader is checked against the real layout."""
+(skipping, with the reason, those that cannot run here) and the CuPy backend run on the
+CPU, and a tiny COCO-layout folder written by hand with h5py so that the loader is
+checked against the real layout."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import h5py
@@ -12,8 +14,10 @@ import numpy as np
 import pytest
 
 from backend import available_backends, get_backend, known_backends
+from cuda_on_cpu import COMPILER
 
 _STATUS = available_backends()
+CUPY_ON_CPU = "cupy-on-cpu"  # the CuPy backend's code and kernels run on the CPU
 
 
 def _param(name: str):
@@ -21,14 +25,28 @@ def _param(name: str):
     return pytest.param(name, marks=marks, id=name)
 
 
-@pytest.fixture(params=[_param(name) for name in known_backends()])
+@pytest.fixture(params=[_param(name) for name in known_backends()] + [CUPY_ON_CPU])
 def backend(request, monkeypatch):
-    """Each backend in turn, made the active one through $CAPTION_BACKEND."""
+    """Each backend in turn, made the active one through $CAPTION_BACKEND; then the CuPy
+    backend as written, run on the CPU (tests/cupy_stand_in.py: its CUDA kernels
+    compiled for the host, NumPy's products, no CUDA graphs), which no name selects."""
+    if request.param == CUPY_ON_CPU:
+        if COMPILER is None:
+            pytest.skip("no C++ compiler (g++) here to run the CUDA kernels on the CPU; "
+                        "apt-get install g++")
+        from cupy_stand_in import cupy_backend_on_cpu
+
+        with cupy_backend_on_cpu() as stand_in, warnings.catch_warnings():
+            # Recording is refused on the CPU: the fallback's warning is expected here.
+            warnings.filterwarnings("ignore", ".*capture is not emulated on the CPU",
+                                    RuntimeWarning)
+            yield stand_in
+        return
     status = _STATUS[request.param]
     if not status.available:
         pytest.skip(f"backend {request.param} unavailable here: {status.reason}")
     monkeypatch.setenv("CAPTION_BACKEND", request.param)
-    return get_backend(request.param)
+    yield get_backend(request.param)
 
 
 

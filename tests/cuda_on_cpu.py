@@ -26,6 +26,7 @@ and the accuracy of the GPU's own exp/tanh (the host's are within a few ulp of t
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import re
@@ -46,6 +47,7 @@ PRELUDE = r"""
 #include <functional>
 #include <memory>
 #include <type_traits>
+#include <csetjmp>
 #include <ucontext.h>
 #include <vector>
 
@@ -82,9 +84,12 @@ struct Barrier {  // threads that must arrive before any may go on
 };
 
 struct Fiber {
-    ucontext_t context;
+    ucontext_t context;  // for the first entry only; every later switch is a _longjmp
+    jmp_buf jump;
     std::vector<char> stack;
-    bool done = false, waiting = false;
+    bool started = false, done = false;
+    const Barrier* barrier = nullptr;  // the barrier it waits at, and for which release
+    unsigned long long generation = 0;
 };
 
 struct Block {
@@ -92,62 +97,66 @@ struct Block {
     Barrier all;
     std::vector<Barrier> warps;
     std::vector<unsigned long long> slots;  // one per thread, for shuffles
-    ucontext_t scheduler;
+    ucontext_t scheduler_context;
+    jmp_buf scheduler;
     unsigned current = 0;
-    bool progressed = false;
     const std::function<void()>* body = nullptr;
 };
 
 Block* block = nullptr;
 
-void yield_to_scheduler() {
-    Fiber& me = block->fibers[block->current];
-    swapcontext(&me.context, &block->scheduler);
+// Switches between fibers and the scheduler: swapcontext to enter a fiber the first
+// time, then _setjmp/_longjmp, which (unlike swapcontext) make no system call.
+void yield_to_scheduler(Fiber& me) {
+    if (!_setjmp(me.jump)) _longjmp(block->scheduler, 1);
+}
+
+void resume(Block& b, Fiber& f) {
+    if (!_setjmp(b.scheduler)) {
+        if (f.started) _longjmp(f.jump, 1);
+        f.started = true;
+        swapcontext(&b.scheduler_context, &f.context);
+    }
 }
 
 void wait_at(Barrier& barrier) {
-    block->progressed = true;
     if (++barrier.arrived == barrier.needed) {  // the last to arrive releases the rest
         barrier.arrived = 0;
         ++barrier.generation;
         return;
     }
-    const unsigned long long generation = barrier.generation;
     Fiber& me = block->fibers[block->current];
-    me.waiting = true;
-    while (barrier.generation == generation) yield_to_scheduler();
-    me.waiting = false;
+    me.barrier = &barrier;
+    me.generation = barrier.generation;
+    yield_to_scheduler(me);  // resumed once released
+    me.barrier = nullptr;
 }
 
-void fiber_main() {
-    (*block->body)();
-    block->fibers[block->current].done = true;
-    block->progressed = true;
-    swapcontext(&block->fibers[block->current].context, &block->scheduler);
+void fiber_main() {  // each fiber runs its thread of every block, one block at a time
+    for (;;) {
+        (*block->body)();
+        Fiber& me = block->fibers[block->current];
+        me.done = true;
+        yield_to_scheduler(me);
+    }
 }
 
 // Runs one block of ``threads`` fibers to the end; false if they deadlocked.
 bool run_block(Block& b, unsigned threads) {
-    for (unsigned t = 0; t < threads; ++t) {
-        Fiber& f = b.fibers[t];
-        f.done = f.waiting = false;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.data();
-        f.context.uc_stack.ss_size = f.stack.size();
-        f.context.uc_link = nullptr;
-        makecontext(&f.context, fiber_main, 0);
-    }
+    for (unsigned t = 0; t < threads; ++t) b.fibers[t].done = false;
     unsigned live = threads;
     while (live) {
-        b.progressed = false;
+        bool resumed = false;
         for (unsigned t = 0; t < threads; ++t) {
-            if (b.fibers[t].done) continue;
+            Fiber& f = b.fibers[t];
+            if (f.done || (f.barrier && f.barrier->generation == f.generation)) continue;
             b.current = t;
             threadIdx = {t, 0, 0};
-            swapcontext(&b.scheduler, &b.fibers[t].context);
-            if (b.fibers[t].done) --live;
+            resume(b, f);
+            resumed = true;
+            if (f.done) --live;
         }
-        if (live && !b.progressed) return false;  // everyone left waits: none can go on
+        if (live && !resumed) return false;  // everyone left waits: none can go on
     }
     return true;
 }
@@ -158,8 +167,15 @@ int launch(unsigned grid, unsigned threads, const std::function<void()>& body, c
     if (!kept || kept->fibers.size() < threads) {
         kept.reset(new Block());
         kept->fibers.resize(threads);
-        for (auto& f : kept->fibers) f.stack.resize(1 << 16);
         kept->slots.resize(threads);
+        for (auto& f : kept->fibers) {
+            f.stack.resize(1 << 16);
+            getcontext(&f.context);
+            f.context.uc_stack.ss_sp = f.stack.data();
+            f.context.uc_stack.ss_size = f.stack.size();
+            f.context.uc_link = nullptr;
+            makecontext(&f.context, fiber_main, 0);
+        }
     }
     Block& b = *kept;
     b.body = &body;
@@ -218,6 +234,9 @@ _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
 _KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
 _BUILD_DIR = Path(tempfile.mkdtemp(prefix="cuda-on-cpu-"))
+# How many times each kernel ran ("name<type>", or an elementwise kernel's name), so that
+# a test can tell that the backend launched it rather than falling back to NumPy's maths.
+launches: collections.Counter = collections.Counter()
 
 
 class EmulationError(RuntimeError):
@@ -278,6 +297,7 @@ class EmulatedKernel:
         values = [self._value(i, arg) for i, arg in enumerate(args)]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         error = ctypes.create_string_buffer(512)
+        launches[self.expression] += 1
         if self.function(grid[0], block[0], pointers, error, len(error)):
             raise EmulationError(f"{self.expression}: {error.value.decode()}")
 
@@ -372,9 +392,10 @@ def build(source: str, expressions: list[str]) -> ctypes.CDLL:
     if key not in _BUILT:
         cpp, library = _BUILD_DIR / f"{key}.cpp", _BUILD_DIR / f"{key}.so"
         cpp.write_text(text)
-        result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-o",
-                                 str(library), str(cpp)], capture_output=True, text=True,
-                                timeout=300)
+        # No _FORTIFY_SOURCE: its checked longjmp refuses to jump between fiber stacks.
+        result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared",
+                                 "-fPIC", "-o", str(library), str(cpp)], capture_output=True,
+                                text=True, timeout=300)
         if result.returncode:
             raise EmulationError(f"the CUDA source did not compile for the CPU:\n"
                                  f"{result.stderr[-4000:]}")
@@ -384,9 +405,10 @@ def build(source: str, expressions: list[str]) -> ctypes.CDLL:
 
 class EmulatedElementwiseKernel:
     """Like ``cupy.ElementwiseKernel(in_params, out_params, operation, name)`` for the
-    cases this project uses: array arguments of one shape, C-contiguous, scalars for the
-    other ``T`` inputs (cast to T, as CuPy casts them), ``raw`` arguments indexed by the
-    operation itself; the outputs are given, and returned."""
+    cases this project uses: array arguments of one shape and dtype, of any strides (run
+    on contiguous copies, the outputs copied back), scalars for the other ``T`` inputs
+    (cast to T, as CuPy casts them), ``raw`` arguments indexed by the operation itself;
+    the outputs are given, and returned."""
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel",
                  **_options) -> None:
@@ -398,32 +420,34 @@ class EmulatedElementwiseKernel:
         if len(args) != len(params):
             raise TypeError(f"{self.name} takes {len(params)} arguments (the outputs given: "
                             f"only that is emulated), given {len(args)}")
-        arrays = [a for (raw, _, _), a in zip(params, args)
-                  if not raw and isinstance(a, np.ndarray)]
+        kinds = tuple("raw" if raw else "array" if isinstance(a, np.ndarray) else "scalar"
+                      for (raw, _, _), a in zip(params, args))
+        arrays = [a for kind, a in zip(kinds, args) if kind == "array"]
         if not arrays:
             raise TypeError(f"{self.name}: no array among the elementwise arguments")
         shape, dtype = arrays[0].shape, arrays[0].dtype
-        for a in arrays:
-            if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-                raise EmulationError(f"{self.name}: the emulator takes elementwise arrays of "
-                                     f"one shape and dtype, C-contiguous; got {a.shape} "
-                                     f"{a.dtype} (contiguous {a.flags.c_contiguous}) beside "
-                                     f"{shape} {dtype}")
-        ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[dtype]
-        kinds = tuple("raw" if raw else "array" if isinstance(a, np.ndarray) else "scalar"
-                      for (raw, _, _), a in zip(params, args))
+        if dtype not in (np.float32, np.float64):
+            raise EmulationError(f"{self.name}: only float32 and float64 are emulated, got "
+                                 f"{dtype}")
+        for (raw, _, name), a in zip(params, args):
+            if isinstance(a, np.ndarray) and (a.dtype != dtype or (a.shape != shape and not raw)):
+                raise EmulationError(f"{self.name}: argument {name} is {a.shape} {a.dtype}; "
+                                     f"the emulator takes arrays of one shape and dtype "
+                                     f"({shape} {dtype}), no broadcasting")
+        contiguous = [np.ascontiguousarray(a) if kind != "scalar" else a
+                      for kind, a in zip(kinds, args)]
+        ctype = "float" if dtype == np.float32 else "double"
         library = build(self._source(ctype, kinds), [])
-        values = []
-        for kind, a in zip(kinds, args):
-            if kind == "scalar":
-                values.append(ctypes.create_string_buffer(dtype.type(a).tobytes(), dtype.itemsize))
-            else:
-                if a.dtype != dtype:
-                    raise TypeError(f"{self.name}: a raw argument of {a.dtype}; expected {dtype}")
-                values.append(ctypes.c_void_p(a.ctypes.data))
+        values = [ctypes.create_string_buffer(dtype.type(a).tobytes(), dtype.itemsize)
+                  if kind == "scalar" else ctypes.c_void_p(a.ctypes.data)
+                  for kind, a in zip(kinds, contiguous)]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        launches[self.name] += 1
         library.emu_elementwise(ctypes.c_longlong(int(np.prod(shape))), pointers)
         outputs = args[len(self.inputs):]
+        for out, result in zip(outputs, contiguous[len(self.inputs):]):
+            if result is not out:  # a strided output was run on a copy
+                out[...] = result
         return outputs[0] if len(outputs) == 1 else outputs
 
     def _source(self, ctype: str, kinds: tuple[str, ...]) -> str:
