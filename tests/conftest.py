@@ -25,11 +25,12 @@ def _param(name: str):
     return pytest.param(name, marks=marks, id=name)
 
 
-@pytest.fixture(params=[_param(name) for name in known_backends()] + [CUPY_ON_CPU])
-def backend(request, monkeypatch):
-    """Each backend in turn, made the active one through $CAPTION_BACKEND; then the CuPy
-    backend as written, run on the CPU (tests/cupy_stand_in.py: its CUDA kernels
-    compiled for the host, NumPy's products, no CUDA graphs), which no name selects."""
+def _backend_named(request, monkeypatch):
+    """The backend a fixture's parameter names (skipping, with the reason, one that
+    cannot run here), made the active one through $CAPTION_BACKEND; for CUPY_ON_CPU the
+    CuPy backend as written, run on the CPU (tests/cupy_stand_in.py: its CUDA kernels
+    compiled for the host, cuBLAS's products by NumPy, no CUDA graphs), which no name
+    selects."""
     if request.param == CUPY_ON_CPU:
         if COMPILER is None:
             pytest.skip("no C++ compiler (g++) here to run the CUDA kernels on the CPU; "
@@ -47,6 +48,19 @@ def backend(request, monkeypatch):
         pytest.skip(f"backend {request.param} unavailable here: {status.reason}")
     monkeypatch.setenv("CAPTION_BACKEND", request.param)
     yield get_backend(request.param)
+
+
+@pytest.fixture(params=[_param(name) for name in known_backends()] + [CUPY_ON_CPU])
+def backend(request, monkeypatch):
+    """Each backend in turn, then the CuPy backend run on the CPU."""
+    yield from _backend_named(request, monkeypatch)
+
+
+@pytest.fixture(params=[_param("cupy"), CUPY_ON_CPU])
+def cupy_backend(request, monkeypatch):
+    """The CuPy backend on a GPU, and run on the CPU: for what only it does (tensor-core
+    precisions, say)."""
+    yield from _backend_named(request, monkeypatch)
 
 
 

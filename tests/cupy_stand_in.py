@@ -1,11 +1,14 @@
 """The CuPy backend (kernels/cupy_backend.py) run on the CPU, as written, over a stand-in
 for the ``cupy`` package: arrays are NumPy arrays, the raw and elementwise kernels are
-the backend's own CUDA C run by tests/cuda_on_cpu.py, matrix products are NumPy's, and
-streams and events keep no time (work runs when issued, so ``beside`` is in order).
+the backend's own CUDA C run by tests/cuda_on_cpu.py, the cuBLAS functions that
+kernels/cublas.py calls are NumPy products over the memory it points them at (TF32 and
+bfloat16 by rounding the operands), and streams and events keep no time (work runs when
+issued, so ``beside`` is in order).
 What this checks on a machine without a GPU: every line of the backend that chooses a
 kernel, shapes its launch and passes its arguments, and the kernels' results, through
-the same model code a GPU runs. What it cannot: cuBLAS itself, CUDA graphs (recording
-is refused, as where capture fails), memory pools, NCCL, and anything about speed.
+the same model code a GPU runs, and how products are handed to cuBLAS. What it cannot:
+cuBLAS's own kernels, CUDA graphs (recording is refused, as where capture fails), memory
+pools, NCCL, and anything about speed.
 
     with cupy_backend_on_cpu() as backend:   # a CupyBackend instance
         ...
@@ -126,14 +129,85 @@ def _stand_in() -> types.ModuleType:
         get_current_stream=lambda: _Stream.current,
         Device=lambda index=0: types.SimpleNamespace(use=lambda: None),
         MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+        memory=types.SimpleNamespace(Memory=lambda size: types.SimpleNamespace(ptr=0)),
         using_allocator=lambda allocator=None: contextlib.nullcontext())
     return cupy
 
 
-def _numpy_gemm(a, b, out, precision: str = "fp32") -> bool:
-    """kernels.cublas.gemm's contract, by NumPy (full precision whatever it is asked)."""
-    np.matmul(a, b, out=out)
-    return True
+class _Cublas:
+    """The cuBLAS functions kernels/cublas.py calls, on host memory, with its arguments as
+    it passes them (handles, column-major operands by pointer and leading dimension,
+    alpha and beta by host pointer). GemmEx's TF32 and bfloat16 compute types round the
+    operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider."""
+
+    _ids = itertools.count(1)
+    _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
+
+    def functions(self) -> dict:
+        return {"cublasCreate_v2": self.create, "cublasSetStream_v2": self.ok,
+                "cublasSetMathMode": self.ok, "cublasSetWorkspace_v2": self.ok,
+                "cublasSgemm_v2": self.sgemm, "cublasDgemm_v2": self.dgemm,
+                "cublasGemmEx": self.gemm_ex}
+
+    def create(self, handle_ref) -> int:
+        handle_ref._obj.value = next(self._ids)
+        return 0
+
+    def ok(self, *args) -> int:
+        return 0
+
+    def sgemm(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> int:
+        return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                          ldc, 0)
+
+    def dgemm(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> int:
+        return self._gemm(np.float64, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                          ldc, 0)
+
+    def gemm_ex(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type, ldb,
+                beta, c, c_type, ldc, compute_type, algo) -> int:
+        if (a_type, b_type, c_type) != (0, 0, 0) or compute_type not in self._ROUNDED_BITS:
+            return 15  # CUBLAS_STATUS_NOT_SUPPORTED: only what kernels/cublas.py asks
+        return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                          ldc, self._ROUNDED_BITS[compute_type])
+
+    @staticmethod
+    def _gemm(dtype, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+              dropped_bits) -> int:
+        """C (m x n) = alpha op(A) (m x k) op(B) (k x n) + beta C, all column-major."""
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        op_a_matrix = _column_major(dtype, a, lda, (m, k), op_a)
+        op_b_matrix = _column_major(dtype, b, ldb, (k, n), op_b)
+        if dropped_bits:
+            op_a_matrix, op_b_matrix = (_round_mantissa(x, dropped_bits)
+                                        for x in (op_a_matrix, op_b_matrix))
+        product = op_a_matrix.astype(np.float64) @ op_b_matrix.astype(np.float64)
+        out = _column_major(dtype, c, ldc, (m, n), 0)
+        out[...] = alpha * product + (beta * out if beta else 0)
+        return 0
+
+
+def _column_major(dtype, pointer: int, ld: int, shape: tuple[int, int], op: int):
+    """The (rows, cols) matrix op(X) over host memory at ``pointer``: X column-major with
+    leading dimension ``ld``, transposed when ``op`` is 1."""
+    rows, cols = shape
+    stored_rows, stored_cols = (cols, rows) if op else (rows, cols)
+    count = (stored_cols - 1) * ld + stored_rows
+    itemsize = np.dtype(dtype).itemsize
+    memory = np.frombuffer((ctypes.c_char * (count * itemsize)).from_address(pointer), dtype)
+    strides = (ld * itemsize, itemsize) if op else (itemsize, ld * itemsize)
+    return np.lib.stride_tricks.as_strided(memory, shape, strides)
+
+
+def _round_mantissa(x, dropped_bits: int):
+    """float32 ``x`` with its lowest ``dropped_bits`` mantissa bits rounded away (to
+    nearest, ties to even), as TF32 (13) and bfloat16 (16) keep them."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    half, keep = 1 << (dropped_bits - 1), ~((1 << dropped_bits) - 1) & 0xFFFFFFFF
+    odd = (bits >> dropped_bits) & 1
+    rounded = ((bits + half - 1 + odd) & keep).astype(np.uint32)
+    return rounded.view(np.float32)
 
 
 @contextlib.contextmanager
@@ -145,9 +219,9 @@ def cupy_backend_on_cpu():
         for name in _BACKEND_MODULES:
             sys.modules.pop(name, None)
         sys.modules["cupy"] = _stand_in()
-        module = importlib.import_module("kernels.cupy_backend")
-        module.gemm = _numpy_gemm
-        yield module.CupyBackend()
+        cublas = importlib.import_module("kernels.cublas")
+        cublas._FUNCTIONS.update(_Cublas().functions())  # instead of loading libcublas
+        yield importlib.import_module("kernels.cupy_backend").CupyBackend()
     finally:
         for name, kept in saved.items():
             if kept is None:

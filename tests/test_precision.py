@@ -100,51 +100,44 @@ def _relative_error(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-@pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("shape", [(128, 512, 2048), (1000, 512, 1004), (7, 33, 65)])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_reduced_precision_products_are_near_float64_and_coarser_than_fp32(shape,
-                                                                          transposed):
-    import cupy as cp
-
+def test_reduced_precision_products_are_near_float64_and_coarser_than_fp32(cupy_backend,
+                                                                          shape, transposed):
     m, k, n = shape
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     want = a.astype(np.float64) @ b.astype(np.float64)
-    da = cp.asarray(a.T.copy()).T if transposed else cp.asarray(a)  # a strided view
+    # a strided view, or not
+    da = cupy_backend.asarray(a.T.copy()).T if transposed else cupy_backend.asarray(a)
     errors = {}
     for precision in PRECISIONS:
-        be = get_backend("cupy").with_precision(precision)
+        be = cupy_backend.with_precision(precision)
         assert be.precision == precision
-        errors[precision] = _relative_error(cp.asnumpy(be.matmul(da, cp.asarray(b))), want)
+        errors[precision] = _relative_error(be.to_numpy(be.matmul(da, be.asarray(b))), want)
     # float32 ~1e-7; TF32 keeps 10 mantissa bits (~1e-3 / sqrt(k)), bfloat16 7 (~1e-2)
     assert errors["fp32"] < 1e-6
     assert 10 * errors["fp32"] < errors["tf32"] < 2e-3
     assert 10 * errors["fp32"] < errors["bf16"] < 1e-2
 
 
-@pytest.mark.gpu
-@gpu
-def test_the_precision_twins_share_one_device_backend():
-    be = get_backend("cupy")
-    bf16 = be.with_precision("bf16")
-    assert bf16 is be.with_precision("bf16") and bf16.with_precision("fp32") is be
-    assert be.precision == "fp32" and bf16.name == "cupy"
+def test_the_precision_twins_share_one_device_backend(cupy_backend):
+    bf16 = cupy_backend.with_precision("bf16")
+    assert bf16 is cupy_backend.with_precision("bf16")
+    assert bf16.with_precision("fp32") is cupy_backend
+    assert cupy_backend.precision == "fp32" and bf16.name == "cupy"
 
 
-@pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize(("precision", "tolerance"), [("tf32", 5e-3), ("bf16", 3e-2)])
 @pytest.mark.parametrize("hidden", [24, 512])
-def test_the_loss_and_gradients_in_reduced_precision_are_near_fp32(precision, tolerance,
-                                                                  hidden):
+def test_the_loss_and_gradients_in_reduced_precision_are_near_fp32(cupy_backend, precision,
+                                                                  tolerance, hidden):
     rng = np.random.default_rng(2)
     features = rng.standard_normal((37, 32)).astype(np.float32)  # N not a tile multiple
     captions = random_captions(rng, 37, vocab_size=40)
-    loss32, grads32 = _model("cupy", "fp32", hidden=hidden).loss(features, captions)
-    loss, grads = _model("cupy", precision, hidden=hidden).loss(features, captions)
+    loss32, grads32 = _model(cupy_backend, "fp32", hidden=hidden).loss(features, captions)
+    loss, grads = _model(cupy_backend, precision, hidden=hidden).loss(features, captions)
     assert abs(loss - loss32) < tolerance * abs(loss32)
     for name, g in grads.items():
         assert g.dtype == np.float32
