@@ -74,16 +74,28 @@ _SIGNATURES["cublasDgemm_v2"] = _SIGNATURES["cublasSgemm_v2"]
 _SIGNATURES["cublasGemmEx"] = [_PTR, _INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _INT, _INT,
                                _PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]
 _FUNCTIONS: dict[str, object] = {}  # filled on first use by _functions()
+_GIVEN_LIBRARY: list[object] = []  # what use_library was given, if anything
+
+
+def use_library(library: object) -> None:
+    """Take the cuBLAS functions this module calls from the attributes of ``library``
+    (as a ctypes.CDLL has them) instead of loading libcublas on the first product: a
+    stand-in, where there is no GPU (tests/cupy_stand_in.py). Call it before the first
+    product."""
+    if _FUNCTIONS:
+        raise RuntimeError("cuBLAS's functions are already loaded: use_library must come "
+                           "before the first product")
+    _GIVEN_LIBRARY[:] = [library]
 
 
 def _functions() -> dict[str, object]:
     """The cuBLAS functions used here, loaded once (on the first product, so importing
     this module needs no library)."""
     if not _FUNCTIONS:
-        lib = _library()
+        lib = _GIVEN_LIBRARY[0] if _GIVEN_LIBRARY else _library()
         for name, argtypes in _SIGNATURES.items():
             function = getattr(lib, name, None)
-            if function is not None:
+            if hasattr(function, "argtypes"):  # a C function, typed once
                 function.argtypes, function.restype = argtypes, _INT
             _FUNCTIONS[name] = function
     return _FUNCTIONS

@@ -143,29 +143,32 @@ class _Cublas:
     _ids = itertools.count(1)
     _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
 
-    def functions(self) -> dict:
-        return {"cublasCreate_v2": self.create, "cublasSetStream_v2": self.ok,
-                "cublasSetMathMode": self.ok, "cublasSetWorkspace_v2": self.ok,
-                "cublasSgemm_v2": self.sgemm, "cublasDgemm_v2": self.dgemm,
-                "cublasGemmEx": self.gemm_ex}
-
-    def create(self, handle_ref) -> int:
+    # Named as cuBLAS names them; each returns a cuBLAS status (0: success).
+    def cublasCreate_v2(self, handle_ref) -> int:
         handle_ref._obj.value = next(self._ids)
         return 0
 
-    def ok(self, *args) -> int:
+    def cublasSetStream_v2(self, handle, stream) -> int:
         return 0
 
-    def sgemm(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> int:
+    def cublasSetMathMode(self, handle, mode) -> int:
+        return 0
+
+    def cublasSetWorkspace_v2(self, handle, pointer, size) -> int:
+        return 0
+
+    def cublasSgemm_v2(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc) -> int:
         return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                           ldc, 0)
 
-    def dgemm(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> int:
+    def cublasDgemm_v2(self, handle, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc) -> int:
         return self._gemm(np.float64, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                           ldc, 0)
 
-    def gemm_ex(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type, ldb,
-                beta, c, c_type, ldc, compute_type, algo) -> int:
+    def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type,
+                     ldb, beta, c, c_type, ldc, compute_type, algo) -> int:
         if (a_type, b_type, c_type) != (0, 0, 0) or compute_type not in self._ROUNDED_BITS:
             return 15  # CUBLAS_STATUS_NOT_SUPPORTED: only what kernels/cublas.py asks
         return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
@@ -219,8 +222,7 @@ def cupy_backend_on_cpu():
         for name in _BACKEND_MODULES:
             sys.modules.pop(name, None)
         sys.modules["cupy"] = _stand_in()
-        cublas = importlib.import_module("kernels.cublas")
-        cublas._FUNCTIONS.update(_Cublas().functions())  # instead of loading libcublas
+        importlib.import_module("kernels.cublas").use_library(_Cublas())
         yield importlib.import_module("kernels.cupy_backend").CupyBackend()
     finally:
         for name, kept in saved.items():
