@@ -5,7 +5,8 @@ then checked against NumPy everywhere, not only where a GPU is lent.
 ``EmulatedModule`` stands where ``cupy.RawModule`` does: the same source (from
 kernels/cuda_sources.py) is compiled by the host's C++ compiler behind a prelude that
 gives CUDA's built-ins a meaning on one host thread. Each thread of a block is a fiber
-(``ucontext``) and the blocks of a grid run one after another, so
+(entered through ``ucontext``, switched by ``_setjmp``/``_longjmp``) and the blocks of a
+grid run one after another, so
 
 - ``__shared__`` is a function-local ``static`` (one block holds it at a time);
 - ``__syncthreads()`` makes a fiber wait until every thread of its block arrives;
@@ -20,12 +21,16 @@ a Python int as int64 and a float as float64, CuPy's rule) and checks each argum
 against its parameter's C type, which CuPy does not: a wrong size or kind, which on a
 GPU silently shifts every later argument, is a TypeError here.
 
+``EmulatedElementwiseKernel`` stands where ``cupy.ElementwiseKernel`` does, its
+operation compiled into a loop over the elements. ``launches`` counts the kernels run.
+
 What it cannot show: speed, races between threads or blocks that a GPU runs at once,
 and the accuracy of the GPU's own exp/tanh (the host's are within a few ulp of them).
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import ctypes
 import hashlib
@@ -46,8 +51,8 @@ PRELUDE = r"""
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <type_traits>
 #include <csetjmp>
+#include <type_traits>
 #include <ucontext.h>
 #include <vector>
 
@@ -233,7 +238,7 @@ _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
             "unsigned long long": np.uint64, "bool": np.bool_}
 _KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
-_BUILD_DIR = Path(tempfile.mkdtemp(prefix="cuda-on-cpu-"))
+_BUILD_DIR: list[Path] = []  # made on the first build, removed when the process ends
 # How many times each kernel ran ("name<type>", or an elementwise kernel's name), so that
 # a test can tell that the backend launched it rather than falling back to NumPy's maths.
 launches: collections.Counter = collections.Counter()
@@ -390,7 +395,10 @@ def build(source: str, expressions: list[str]) -> ctypes.CDLL:
     text = PRELUDE + source + "\n" + "\n".join(stubs) + "\n"
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     if key not in _BUILT:
-        cpp, library = _BUILD_DIR / f"{key}.cpp", _BUILD_DIR / f"{key}.so"
+        if not _BUILD_DIR:
+            _BUILD_DIR.append(Path(tempfile.mkdtemp(prefix="cuda-on-cpu-")))
+            atexit.register(shutil.rmtree, _BUILD_DIR[0], ignore_errors=True)
+        cpp, library = _BUILD_DIR[0] / f"{key}.cpp", _BUILD_DIR[0] / f"{key}.so"
         cpp.write_text(text)
         # No _FORTIFY_SOURCE: its checked longjmp refuses to jump between fiber stacks.
         result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared",
