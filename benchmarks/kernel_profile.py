@@ -32,10 +32,12 @@ from pathlib import Path
 
 from backend import PRECISIONS, BackendUnavailable, get_backend
 from benchmarks.workload import Sizes, library_decode, library_step, synthetic_data
+from kernels.cuda_sources import MODULES
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")  # Chrome-trace "cat" values
-# This library's raw CUDA kernels (kernels/cupy_backend.py) and its ElementwiseKernels.
-OWN_KERNELS = ("lstm_forward", "lstm_backward", "lstm_decode", "caption_")
+# This library's raw CUDA kernels (every one of kernels/cuda_sources.py) and its
+# ElementwiseKernels (named caption_*, in kernels/cupy_backend.py).
+OWN_KERNELS = (*(kernel for _, kernels in MODULES.values() for kernel in kernels), "caption_")
 GROUPS = ("cuBLAS products", "this library's kernels", "CuPy's kernels", "copies and fills",
           "other")
 

@@ -35,6 +35,9 @@ def test_kernels_fall_into_their_groups():
                       "copies and fills", "cuBLAS products", "this library's kernels",
                       "this library's kernels"]
     assert kernel_group(DeviceEvent("void cub::DeviceReduceKernel", "kernel", 0, 1)) == "other"
+    for own in ("void scatter_add_rows<float>(long long const*, ...)",
+                "void argmax_rows<float>(float const*, ...)"):
+        assert kernel_group(DeviceEvent(own, "kernel", 0, 1)) == "this library's kernels"
     assert kernel_group(DeviceEvent("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", "kernel", 0,
                                     1)) == "cuBLAS products"
 
