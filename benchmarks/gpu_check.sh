@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the GPU tests, the device check's table (CuPy vs PyTorch in fp32, tf32 and
-# bf16), the replayed step's kernel profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
+# bf16), the A/Bs of any earlier trees carried (below), the replayed step's kernel
+# profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
 # the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the
 # benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
 # /tmp/gpu_check).
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 # With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
-# .ab-1; carried by the device tool), it ends with each one's step against the next, by
-# name, and the last against this tree (benchmarks/gpu_ab.sh; ~2-3 minutes a pair): one
-# pair per change to measure.
+# .ab-1; carried by the device tool), it measures each one's step against the next, by
+# name, and the last against this tree (benchmarks/gpu_ab.sh; ~2-3 minutes a pair), right
+# after the table: one pair per change to measure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -41,6 +42,14 @@ echo "== the device check"
 timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
 
+# The unmeasured changes, apart, before the re-checks below (a timeout cuts those first).
+shopt -s nullglob
+trees=(.ab-*/ .)  # earlier commits, oldest first by name, then this tree
+for ((i = 0; i + 1 < ${#trees[@]}; i++)); do
+    echo "== the CuPy step of ${trees[i]} against ${trees[i + 1]}, in turns"
+    bash benchmarks/gpu_ab.sh "${trees[i]}" "${trees[i + 1]}"
+done
+
 echo "== the replayed step kernel by kernel (device time per step, busy share of its span)"
 if ! timeout 150 python3 -m benchmarks.kernel_profile --steps 5 --top 12 --greedy 5000 &&
         command -v nsys >/dev/null; then  # PyTorch's profiler saw nothing: Nsight's sums
@@ -65,11 +74,5 @@ echo "== self-critical training on the GPU: the step's split, then 2 epochs from
 timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32
 timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32 \
     --metrics-every 0 --no-report --samples 0 --out /tmp/run-scst 2>&1 | tail -6
-shopt -s nullglob
-trees=(.ab-*/ .)  # earlier commits, oldest first by name, then this tree
-for ((i = 0; i + 1 < ${#trees[@]}; i++)); do
-    echo "== the CuPy step of ${trees[i]} against ${trees[i + 1]}, in turns"
-    bash benchmarks/gpu_ab.sh "${trees[i]}" "${trees[i + 1]}"
-done
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))
