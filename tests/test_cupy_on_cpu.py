@@ -47,13 +47,6 @@ def _odd_batch(rng, N=9, T=7):
     return rng.standard_normal((N, 20)), captions
 
 
-def _models(cupy, dtype, cell):
-    kwargs = dict(input_dim=20, wordvec_dim=6, hidden_dim=10, cell_type=cell, dtype=dtype,
-                  seed=3)
-    return CaptioningRNN(WORDS, backend=NUMPY, **kwargs), CaptioningRNN(WORDS, backend=cupy,
-                                                                        **kwargs)
-
-
 def _models(cupy, dtype=np.float64, cell="lstm"):
     kwargs = dict(input_dim=20, wordvec_dim=6, hidden_dim=10, cell_type=cell, dtype=dtype,
                   seed=3)
