@@ -5,8 +5,8 @@ then checked against NumPy everywhere, not only where a GPU is lent.
 ``EmulatedModule`` stands where ``cupy.RawModule`` does: the same source (from
 kernels/cuda_sources.py) is compiled by the host's C++ compiler behind a prelude that
 gives CUDA's built-ins a meaning on one host thread. Each thread of a block is a fiber
-(entered through ``ucontext``, switched by ``_setjmp``/``_longjmp``) and the blocks of a
-grid run one after another, so
+(entered through ``ucontext``, switched by ``_setjmp``/``_longjmp``), run in a shuffled
+order between barriers, and the blocks of a grid run one after another, so
 
 - ``__shared__`` is a function-local ``static`` (one block holds it at a time);
 - ``__syncthreads()`` makes a fiber wait until every thread of its block arrives;
@@ -24,8 +24,9 @@ GPU silently shifts every later argument, is a TypeError here.
 ``EmulatedElementwiseKernel`` stands where ``cupy.ElementwiseKernel`` does, its
 operation compiled into a loop over the elements. ``launches`` counts the kernels run.
 
-What it cannot show: speed, races between threads or blocks that a GPU runs at once,
-and the accuracy of the GPU's own exp/tanh (the host's are within a few ulp of them).
+What it cannot show: speed, races that a shuffled order does not happen to expose (or
+that need threads truly at once, or two blocks), and the accuracy of the GPU's own
+exp/tanh (the host's are within a few ulp of them).
 """
 
 from __future__ import annotations
@@ -147,12 +148,24 @@ void fiber_main() {  // each fiber runs its thread of every block, one block at 
 }
 
 // Runs one block of ``threads`` fibers to the end; false if they deadlocked.
+// Each pass runs the threads in a new shuffled order, so that a kernel that reads what
+// another thread writes without a barrier between them sees a different answer than on
+// a GPU often enough for a test to catch it, rather than never in thread order.
 bool run_block(Block& b, unsigned threads) {
-    for (unsigned t = 0; t < threads; ++t) b.fibers[t].done = false;
+    static unsigned long long state = 0x9E3779B97F4A7C15ull;  // xorshift64
+    std::vector<unsigned> order(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+        b.fibers[t].done = false;
+        order[t] = t;
+    }
     unsigned live = threads;
     while (live) {
+        for (unsigned i = threads - 1; i > 0; --i) {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            std::swap(order[i], order[state % (i + 1)]);
+        }
         bool resumed = false;
-        for (unsigned t = 0; t < threads; ++t) {
+        for (unsigned t : order) {
             Fiber& f = b.fibers[t];
             if (f.done || (f.barrier && f.barrier->generation == f.generation)) continue;
             b.current = t;

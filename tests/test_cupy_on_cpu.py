@@ -120,11 +120,22 @@ __global__ void divergent_sync(int* out) {
     if (threadIdx.x < 16) __syncthreads();
     out[threadIdx.x] = 1;
 }
+__global__ void block_sum(const float* x, float* out, int synchronised) {
+    __shared__ float values[64];
+    values[threadIdx.x] = x[threadIdx.x];
+    if (synchronised) __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0;
+        for (int i = 0; i < 64; ++i) sum += values[i];
+        out[0] = sum;
+    }
+}
 """
+_TOY_KERNELS = ["fill<float>", "divergent_sync", "block_sum"]
 
 
 def test_the_emulator_refuses_arguments_a_gpu_would_misread():
-    module = EmulatedModule(_TOY, name_expressions=["fill<float>", "divergent_sync"])
+    module = EmulatedModule(_TOY, name_expressions=_TOY_KERNELS)
     fill = module.get_function("fill<float>")
     out = np.zeros(1000, np.float32)
     fill((2,), (128,), (out, np.int64(out.size), np.int32(7)))  # a grid-stride loop
@@ -141,3 +152,18 @@ def test_the_emulator_refuses_arguments_a_gpu_would_misread():
         module.get_function("divergent_sync")((1,), (64,), (np.zeros(64, np.int32),))
     fill((1,), (32,), (out, np.int64(3), np.int32(5)))  # and it goes on working after
     assert out[:4].tolist() == [5, 5, 5, 7]
+
+
+def test_the_emulator_catches_a_missing_barrier():
+    """Threads run in a shuffled order: thread 0 reading its block's shared values
+    without waiting for them is wrong on some launch, as it could be on a GPU."""
+    block_sum = EmulatedModule(_TOY, name_expressions=_TOY_KERNELS).get_function("block_sum")
+    out = np.zeros(1, np.float32)
+    sums = {}
+    for synchronised in (1, 0):
+        sums[synchronised] = []
+        for launch in range(5):  # new values each launch: no earlier one's are left right
+            x = np.arange(64, dtype=np.float32) + 100 * (launch + 10 * synchronised)
+            block_sum((1,), (64,), (x, out, np.int32(synchronised)))
+            sums[synchronised].append(float(out[0]) == float(x.sum()))
+    assert all(sums[1]) and not all(sums[0])
