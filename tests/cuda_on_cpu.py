@@ -364,20 +364,21 @@ class EmulatedModule:
     def __init__(self, code: str, options: tuple = (), name_expressions=()) -> None:
         self.code = code
         self.expressions = list(name_expressions)
+        self.kernels = parameters(code)
         self._library: ctypes.CDLL | None = None
 
     def get_function(self, expression: str) -> EmulatedKernel:
         name, template = _instance(expression)
-        kernels = parameters(self.code)
-        if name not in kernels:
+        if name not in self.kernels:
             raise KeyError(f"no __global__ function {name!r} in this module (it has "
-                           f"{', '.join(kernels)})")
-        if " ".join(expression.split()) not in [" ".join(e.split()) for e in self.expressions]:
+                           f"{', '.join(self.kernels)})")
+        compiled = [" ".join(e.split()) for e in self.expressions]
+        if " ".join(expression.split()) not in compiled:
             raise KeyError(f"{expression!r} is not among this module's name expressions "
                            f"{self.expressions}; CuPy compiles only those")
-        library = self._build()
-        return EmulatedKernel(library, _symbol(self.expressions.index(expression)),
-                              expression, kernels[name], template)
+        index = compiled.index(" ".join(expression.split()))
+        return EmulatedKernel(self._build(), _symbol(index), expression, self.kernels[name],
+                              template)
 
     def _build(self) -> ctypes.CDLL:
         if self._library is None:
