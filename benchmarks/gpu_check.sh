@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
-# network): the GPU tests, the device check's table (CuPy vs PyTorch in fp32, tf32 and
-# bf16), the A/Bs of any earlier trees carried (below), the replayed step's kernel
+# network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the A/Bs
+# of any earlier trees carried (below), the GPU tests, the replayed step's kernel
 # profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
 # the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the
 # benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
@@ -28,16 +28,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
 
-echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
-ignore=()  # test modules whose CPU-only dependencies this machine lacks
-python3 -c "import pycocoevalcap" 2>/dev/null ||
-    { ignore+=(--ignore=tests/test_cider.py); echo "(no pycocoevalcap here: test_cider.py left out)"; }
-python3 -c "import nbformat, nbclient" 2>/dev/null ||
-    { ignore+=(--ignore=tests/test_notebooks.py); echo "(no nbclient here: test_notebooks.py left out)"; }
-timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests "${ignore[@]}" 2>&1 |
-    tee "$out/gpu_tests.log" | tail -30
-tests_rc=${PIPESTATUS[0]}
-
 echo "== the device check"
 timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
@@ -49,6 +39,16 @@ for ((i = 0; i + 1 < ${#trees[@]}; i++)); do
     echo "== the CuPy step of ${trees[i]} against ${trees[i + 1]}, in turns"
     bash benchmarks/gpu_ab.sh "${trees[i]}" "${trees[i + 1]}"
 done
+
+echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
+ignore=()  # test modules whose CPU-only dependencies this machine lacks
+python3 -c "import pycocoevalcap" 2>/dev/null ||
+    { ignore+=(--ignore=tests/test_cider.py); echo "(no pycocoevalcap here: test_cider.py left out)"; }
+python3 -c "import nbformat, nbclient" 2>/dev/null ||
+    { ignore+=(--ignore=tests/test_notebooks.py); echo "(no nbclient here: test_notebooks.py left out)"; }
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests "${ignore[@]}" 2>&1 |
+    tee "$out/gpu_tests.log" | tail -30
+tests_rc=${PIPESTATUS[0]}
 
 echo "== the replayed step kernel by kernel (device time per step, busy share of its span)"
 if ! timeout 150 python3 -m benchmarks.kernel_profile --steps 5 --top 12 --greedy 5000 &&
