@@ -19,9 +19,10 @@ def _call(op: str, *args: Any, outputs: int) -> Any:
     """Run backend method ``op``; when host arrays went to a device backend, bring the
     first ``outputs`` results back to the host (the rest, caches, stay where they are)."""
     be = get_backend()
-    moved = be.xp is not np and any(isinstance(a, np.ndarray) for a in args)
+    on_host = [isinstance(a, np.ndarray) and not be.owns(a) for a in args]
+    moved = any(on_host)
     if moved:
-        args = tuple(be.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
+        args = tuple(be.asarray(a) if h else a for a, h in zip(args, on_host))
     result = getattr(be, op)(*args)
     if not moved:
         return result

@@ -102,7 +102,7 @@ class CaptioningRNN:
         host loss and host gradients; device features leave both on the device.
         """
         be, xp = self.backend, self.backend.xp
-        host = isinstance(features, np.ndarray) and xp is not np
+        host = isinstance(features, np.ndarray) and not be.owns(features)
         p = {k: be.asarray(v) for k, v in self.params.items()}
         on_host = captions if isinstance(captions, np.ndarray) else None
         features, captions = self._check_inputs(features, captions)

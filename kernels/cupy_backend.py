@@ -239,10 +239,13 @@ class CupyBackend(Backend):
 
     def argmax_rows(self, scores, bias):
         """One raw kernel, a warp per row, that adds the bias as it reads each score
-        (no biased copy is written); the base class's two passes for other layouts."""
-        if (scores.ndim != 2 or not _contiguous(scores, bias) or scores.dtype != bias.dtype
+        (no biased copy is written); strided operands are made contiguous for it first,
+        since CuPy's own argmax does not take NumPy's first NaN (the base class's two
+        passes are left to other dtypes and shapes)."""
+        if (scores.ndim != 2 or scores.dtype != bias.dtype
                 or scores.dtype.name not in CTYPES or bias.shape != scores.shape[1:]):
             return super().argmax_rows(scores, bias)
+        scores, bias = cp.ascontiguousarray(scores), cp.ascontiguousarray(bias)
         M, V = scores.shape
         out = cp.empty(M, dtype=cp.int64)
         if M == 0:

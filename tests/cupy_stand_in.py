@@ -39,6 +39,30 @@ class _DeviceArray(np.ndarray):
     def data(self) -> _Memory:
         return _Memory(self.ctypes.data)
 
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufunc, refused as CuPy refuses it where a host array (a plain
+        ``numpy.ndarray``) meets a device array: a TypeError, not a silent product."""
+        outs = kwargs.get("out") or ()
+        host = [i for i, x in enumerate((*inputs, *outs)) if type(x) is np.ndarray]
+        if host:
+            raise TypeError(f"{ufunc.__name__}: operand(s) {host} of {len(inputs)} inputs and "
+                            f"{len(outs)} outputs are numpy.ndarray, mixed with device arrays "
+                            "(CuPy takes device arrays and scalars only)")
+        plain = [x.view(np.ndarray) if isinstance(x, _DeviceArray) else x for x in inputs]
+        if outs:
+            kwargs["out"] = tuple(o.view(np.ndarray) for o in outs)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if outs:
+            return outs[0] if len(outs) == 1 else outs
+        return _as_device(result)
+
+
+def _as_device(result):
+    """``result`` with its plain NumPy arrays (also inside a tuple) made device arrays."""
+    if isinstance(result, tuple):
+        return tuple(_as_device(r) for r in result)
+    return result.view(_DeviceArray) if type(result) is np.ndarray else result
+
 
 class _Memory:
     def __init__(self, ptr: int) -> None:
@@ -48,18 +72,17 @@ class _Memory:
         ctypes.memmove(self.ptr, src, nbytes)
 
 
-# NumPy's functions that make arrays: the stand-in's make device arrays (views of them;
-# slices, ufuncs and the *_like functions keep the subclass by themselves).
-_MAKERS = ("array", "asarray", "ascontiguousarray", "empty", "zeros", "ones", "full",
-           "arange", "concatenate", "stack")
+def _numpy_attribute(name: str):
+    """NumPy's ``name`` as the stand-in's: a function's arrays come back as device arrays
+    (ufuncs, types and constants are NumPy's own)."""
+    value = getattr(np, name)
+    if not callable(value) or isinstance(value, (type, np.ufunc)):
+        return value
 
-
-def _device(make):
-    @functools.wraps(make)
-    def made(*args, **kwargs):
-        result = make(*args, **kwargs)
-        return result.view(_DeviceArray) if type(result) is np.ndarray else result
-    return made
+    @functools.wraps(value)
+    def on_device(*args, **kwargs):
+        return _as_device(value(*args, **kwargs))
+    return on_device
 
 
 class _Stream:
@@ -114,9 +137,7 @@ class _CudaRuntimeError(RuntimeError):
 def _stand_in() -> types.ModuleType:
     """A ``cupy`` module: NumPy's namespace, plus what the backend takes from CuPy."""
     cupy = types.ModuleType("cupy")
-    cupy.__getattr__ = lambda name: getattr(np, name)  # everything else is NumPy's
-    for name in _MAKERS:
-        setattr(cupy, name, _device(getattr(np, name)))
+    cupy.__getattr__ = _numpy_attribute  # everything else is NumPy's
     cupy.ndarray = _DeviceArray
     cupy.__version__ = "stand-in"
     cupy.RawModule = EmulatedModule
