@@ -295,6 +295,13 @@ class Backend:
         a += a_extra
         self.lstm_gates_forward(a, prev_c, a, next_c, next_h, tanh_c)
 
+    def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
+                                  tanh_c):
+        """Extension point: lstm_gates_forward_sum on table[words] + a_extra, the gates
+        written to ``gates``. table (V, 4H), words int64 (N,), the rest (N, ...)."""
+        self.xp.take(table, words, axis=0, out=gates)
+        self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c)
+
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         """Extension point: lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c
         overwrites dnext_c."""
@@ -333,11 +340,14 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def rnn_forward_packed(self, a, h0, Wh, step_rows):
+    def rnn_forward_packed(self, a, h0, Wh, step_rows, words=None):
         """The vanilla RNN's recurrence over packed sequences (see ``packed_steps``)
         from their input projections: a (P, H), x Wx + b of every packed row
         (overwritten: it becomes the pre-activations), h0 (N, H), step_rows (T,) ->
-        (hs (P, H), every packed row's hidden state; cache)."""
+        (hs (P, H), every packed row's hidden state; cache). With ``words`` int (P,),
+        a is a table (V, H) and row p's projection is a[words[p]]."""
+        if words is not None:
+            a = a[words]
         steps = packed_steps(step_rows, len(a), len(h0))
         hs = self.xp.empty_like(a)
         buf = self.xp.empty_like(h0)
@@ -399,25 +409,35 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def lstm_forward_packed(self, a, h0, Wh, step_rows):
+    def lstm_forward_packed(self, a, h0, Wh, step_rows, words=None):
         """The LSTM recurrence over packed sequences (see ``packed_steps``) from their
         input projections: a (P, 4H), x Wx + b of every packed row (overwritten: the
         gates are activated in place in it), h0 (N, H), step_rows (T,) -> (hs (P, H),
-        every packed row's hidden state; cache). The cell state starts at zero."""
+        every packed row's hidden state; cache). The cell state starts at zero.
+        With ``words`` int (P,), a is a table (V, 4H) of every word's projection and
+        packed row p's is a[words[p]], looked up as each step's gates are made (into a
+        fresh (P, 4H) array; the table is left as it is)."""
         xp = self.xp
-        steps = packed_steps(step_rows, len(a), len(h0))
+        P = len(a) if words is None else len(words)
+        steps = packed_steps(step_rows, P, len(h0))
         H = h0.shape[1]
-        hs, cs, tanh_c = (xp.empty((len(a), H), dtype=a.dtype) for _ in range(3))
+        hs, cs, tanh_c = (xp.empty((P, H), dtype=a.dtype) for _ in range(3))
         c0 = xp.zeros_like(h0)
         buf = xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
+        if words is not None:
+            gates, words = xp.empty((P, a.shape[1]), a.dtype), words.astype(np.int64, copy=False)
         prev_h, prev_c = h0, c0
         for rows in steps:
             n = rows.stop - rows.start
             self.matmul(prev_h[:n], Wh, buf[:n])
-            self.lstm_gates_forward_sum(a[rows], buf[:n], prev_c[:n], cs[rows], hs[rows],
-                                        tanh_c[rows])
+            if words is None:
+                self.lstm_gates_forward_sum(a[rows], buf[:n], prev_c[:n], cs[rows], hs[rows],
+                                            tanh_c[rows])
+            else:
+                self.lstm_gates_forward_lookup(a, words[rows], buf[:n], prev_c[:n],
+                                               gates[rows], cs[rows], hs[rows], tanh_c[rows])
             prev_h, prev_c = hs[rows], cs[rows]
-        return hs, (Wh, h0, c0, hs, cs, a, tanh_c, steps)
+        return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps)
 
     def lstm_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the

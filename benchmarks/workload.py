@@ -232,8 +232,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     # The model's own sequence (CaptioningRNN.loss), part by part, on its packed batch.
     h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
     table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
-    a, lookup_cache = be.word_embedding_forward(words, table)
-    h, cache = forward(a, h0, p["Wh"], step_rows)
+    h, cache = forward(table, h0, p["Wh"], step_rows, words)
     _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets, weight,
                                         sizes.N)
     weight_grads()
@@ -253,7 +252,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             be.adam_update(w, grads[k], *states[k], 1, 1e-3, 0.9, 0.999, 1e-8)
 
     def table_grads() -> None:
-        dtable = be.word_embedding_backward(da, lookup_cache)
+        dtable = be.embedding_backward(words, da, len(table))
         be.affine_backward(dtable, table_cache)
         be.matmul(features.T, dh0)
 
@@ -262,7 +261,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             be.affine_forward(features, p["W_proj"], p["b_proj"]),
             be.affine_forward(p["W_embed"], p["Wx"], p["b"])),
         "table lookup + recurrence forward (16 steps)": lambda: forward(
-            be.word_embedding_forward(words, table)[0], h0, p["Wh"], step_rows),
+            table, h0, p["Wh"], step_rows, words),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], targets, weight, sizes.N)[2](),
         "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),

@@ -132,9 +132,9 @@ class CaptioningRNN:
             weight *= caption_weights[packing.caption]
 
         h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
-        a, input_backward = self._input_projections(p, words)
+        a, lookup, input_backward = self._input_projections(p, words)
         forward, backward = self._recurrence()
-        h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows)  # (P, H)
+        h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows, lookup)  # (P, H)
         loss, dh, vocab_weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets,
                                                      weight, N)
         if not grads:
@@ -162,8 +162,10 @@ class CaptioningRNN:
 
     # ------------------------------------------------------------------ helpers
     def _input_projections(self, p, words):
-        """words int (P,) -> (a (P, kH), each packed position's W_embed[w] Wx + b, fresh;
-        a function da (P, kH) -> (dW_embed, dWx, db)).
+        """words int (P,) -> (a, lookup, backward): a (P, kH), each packed position's
+        W_embed[w] Wx + b, fresh, and lookup None; or a the table (V, kH) of every
+        word's projection and lookup ``words``, the rows the recurrence reads from it;
+        backward a function da (P, kH) -> (dW_embed, dWx, db).
 
         The projection depends only on the word, so when the vocabulary has fewer words
         than the batch has positions it is made once per word (V x W x kH multiply-adds,
@@ -173,19 +175,18 @@ class CaptioningRNN:
         be = self.backend
         if self.vocab_size < words.size:
             table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])  # (V, kH)
-            a, lookup_cache = be.word_embedding_forward(words, table)
 
             def backward(da):
-                dtable = be.word_embedding_backward(da, lookup_cache)
+                dtable = be.embedding_backward(words, da, self.vocab_size)
                 return be.affine_backward(dtable, table_cache)
-        else:
-            x, embed_cache = be.word_embedding_forward(words, p["W_embed"])  # (P, W)
-            a, affine_cache = be.affine_forward(x, p["Wx"], p["b"])
+            return table, words, backward
+        x, embed_cache = be.word_embedding_forward(words, p["W_embed"])  # (P, W)
+        a, affine_cache = be.affine_forward(x, p["Wx"], p["b"])
 
-            def backward(da):
-                dx, dWx, db = be.affine_backward(da, affine_cache)
-                return be.word_embedding_backward(dx, embed_cache), dWx, db
-        return a, backward
+        def backward(da):
+            dx, dWx, db = be.affine_backward(da, affine_cache)
+            return be.word_embedding_backward(dx, embed_cache), dWx, db
+        return a, None, backward
 
     def _recurrence(self):
         """The cell's recurrence over packed input projections: (forward, backward)."""

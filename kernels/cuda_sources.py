@@ -16,13 +16,17 @@ CTYPES = {"float32": "float", "float64": "double"}  # dtype name -> the template
 # are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
 GATES_SOURCE = r"""
 template <typename T>
-__global__ void lstm_forward(const T* a, const T* a_extra, int has_extra, const T* prev_c,
-                             T* gates, T* next_c, T* next_h, T* tanh_c, long long NH, int H) {
+__global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
+                             int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
+                             T* tanh_c, long long NH, int H) {
     // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h.
+    // With words (not null), a is a table and row n's pre-activation is its row words[n]
+    // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
-        T ai = a[base], af = a[base + H], ao = a[base + 2 * H], ag = a[base + 3 * H];
+        const T* x = a + (words ? words[n] * 4 * H + j : base);
+        T ai = x[0], af = x[H], ao = x[2 * H], ag = x[3 * H];
         if (has_extra) {
             ai += a_extra[base];
             af += a_extra[base + H];

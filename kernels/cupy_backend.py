@@ -43,6 +43,9 @@ def _contiguous(*arrays) -> bool:
     return all(a.flags.c_contiguous for a in arrays)
 
 
+_NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
+
+
 def _launch(kernel: str, units, *args) -> None:
     """Run a gate kernel over the (N, H) units of the array ``units`` (whose dtype picks
     the kernel); args are those before NH and H."""
@@ -263,8 +266,8 @@ class CupyBackend(Backend):
         if not _contiguous(gates, next_c, next_h, tanh_c):  # the kernel writes flat rows
             return super().lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
-        _launch("lstm_forward", prev_c, a, a, np.int32(0), prev_c, gates, next_c, next_h,
-                tanh_c)
+        _launch("lstm_forward", prev_c, a, _NULL, a, np.int32(0), prev_c, gates, next_c,
+                next_h, tanh_c)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
         if not _contiguous(next_c, next_h):
@@ -277,7 +280,7 @@ class CupyBackend(Backend):
             return super().lstm_decode_gates(hw, table, words, prev_c, next_c, next_h, rows)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         if isinstance(rows, slice) and rows.indices(len(hw))[2] == 1:
-            first, rows_arg = rows.indices(len(hw))[0], np.uint64(0)  # null: first, first+1...
+            first, rows_arg = rows.indices(len(hw))[0], _NULL  # rows first, first+1...
         else:
             if isinstance(rows, slice):
                 rows = cp.arange(*rows.indices(len(hw)))
@@ -298,8 +301,17 @@ class CupyBackend(Backend):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
         if not _contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c):
             return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c)
-        _launch("lstm_forward", prev_c, a, a_extra, np.int32(1), prev_c, a, next_c, next_h,
-                tanh_c)
+        _launch("lstm_forward", prev_c, a, _NULL, a_extra, np.int32(1), prev_c, a, next_c,
+                next_h, tanh_c)
+
+    def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
+                                  tanh_c):
+        if not _contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c):
+            return super().lstm_gates_forward_lookup(table, words, a_extra, prev_c, gates,
+                                                     next_c, next_h, tanh_c)
+        words = cp.ascontiguousarray(words, dtype=cp.int64)
+        _launch("lstm_forward", prev_c, table, words, a_extra, np.int32(1), prev_c, gates,
+                next_c, next_h, tanh_c)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.

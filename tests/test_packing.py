@@ -180,3 +180,30 @@ def test_a_batch_past_the_recordings_capacity_is_recorded_anew_and_trains_alike(
         np.testing.assert_allclose(plain.model.backend.to_numpy(trainer.model.params[name]),
                                    plain.model.backend.to_numpy(value), rtol=1e-9,
                                    atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_the_recurrence_looks_its_inputs_up_in_a_table_as_if_given_them(backend, cell,
+                                                                        dtype):
+    """forward(table, ..., words) computes what forward(table[words], ...) does (the
+    lookup fused into the gates where a backend can), leaves the table as it was, and
+    its cache takes the backward pass alike; H=24 is not a multiple of a warp."""
+    rng = np.random.default_rng(7)
+    step_rows, N, H = (5, 5, 4, 2, 1), 5, 24
+    k = 4 if cell == "lstm" else 1
+    words = rng.integers(0, 9, sum(step_rows))
+    words[:N] = 1  # the <START> rows: one table row read by every caption at once
+    table, h0, Wh = (backend.asarray(rng.standard_normal(shape).astype(dtype))
+                     for shape in ((9, k * H), (N, H), (H, k * H)))
+    forward, backward = ((backend.lstm_forward_packed, backend.lstm_backward_packed)
+                         if cell == "lstm" else
+                         (backend.rnn_forward_packed, backend.rnn_backward_packed))
+    kept = backend.to_numpy(table).copy()
+    looked_up, cache = forward(table, h0, Wh, step_rows, backend.asarray(words))
+    given, given_cache = forward(table[backend.asarray(words)], h0, Wh, step_rows)
+    np.testing.assert_array_equal(backend.to_numpy(table), kept)
+    np.testing.assert_array_equal(backend.to_numpy(looked_up), backend.to_numpy(given))
+    dh = backend.asarray(rng.standard_normal((len(words), H)).astype(dtype))
+    for got, want in zip(backward(dh, cache), backward(dh, given_cache)):
+        np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
