@@ -510,12 +510,17 @@ class Backend:
         loss, dx = self.cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
         return loss, dx.reshape(N, T, V)
 
-    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         """Extension point (the CuPy backend fuses it into one kernel).
 
-        scores (M, V), y int (M,), weight (M,) -> (sum of weighted -log p(y) / n,
-        dscores (M, V)). The gradient reuses one (M, V) buffer: ``scores`` itself when
-        ``overwrite`` allows it, else a new one."""
+        scores (M, V), y int (M,), weight (M,), bias (V,) or None, added to every row of
+        scores first -> (sum of weighted -log p(y) / n, dscores (M, V)). The gradient
+        reuses one (M, V) buffer: ``scores`` itself when ``overwrite`` allows it, else a
+        new one."""
+        if bias is not None and overwrite:
+            scores += bias
+        elif bias is not None:
+            scores, overwrite = scores + bias, True
         probs, picked = self._shifted_exp(scores, y, overwrite)
         return self.finish_cross_entropy(probs, picked, y, weight, n)
 
@@ -550,8 +555,7 @@ class Backend:
         on a GPU) and waited for when it calls.
         """
         scores = self.matmul(h, W_vocab)
-        scores += b_vocab
-        loss, dscores = self.cross_entropy(scores, y, weight, n, overwrite=True)
+        loss, dscores = self.cross_entropy(scores, y, weight, n, overwrite=True, bias=b_vocab)
         dh = self.matmul(dscores, W_vocab.T)
         weight_grads = self.beside(lambda: (self.matmul(h.T, dscores),
                                             self.sum_rows(dscores)))

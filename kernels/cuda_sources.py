@@ -111,13 +111,18 @@ GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_back
 
 XENT_SOURCE = r"""
 template <typename T>
-__global__ void caption_xent(T* scores, const int* y, const T* weight, const T inv_n,
-                             const int V, T* row_loss) {
-    // One block per row: scores[m] becomes the gradient in place; row_loss[m] gets
-    // weight[m] * -log softmax(scores[m])[y[m]] / n.
+__global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
+                             const T inv_n, const int V, T* row_loss) {
+    // One block per row: scores[m] (+ bias, where not null, added as each score is read)
+    // becomes the gradient in place; row_loss[m] gets
+    // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n.
     __shared__ T red[256];
     const int tid = threadIdx.x;
     T* s = scores + (long long)blockIdx.x * V;
+    if (bias) {
+        for (int v = tid; v < V; v += blockDim.x) s[v] += bias[v];
+        __syncthreads();
+    }
     const int target = y[blockIdx.x];
     const T picked = s[target];
     T mx = s[0];

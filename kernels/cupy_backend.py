@@ -323,7 +323,7 @@ class CupyBackend(Backend):
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
                 dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da, dnext_c)
 
-    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False):
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         M, V = scores.shape
         if M == 0:
             return cp.zeros((), dtype=scores.dtype), cp.empty_like(scores)
@@ -331,7 +331,8 @@ class CupyBackend(Backend):
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
         kernel((M,), (_XENT_THREADS,),
-               (grad, cp.ascontiguousarray(y, dtype=cp.int32),
+               (grad, _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
+                cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
                 cp.int32(V), row_loss))
         return row_loss.sum(), grad

@@ -438,6 +438,14 @@ def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend,
     want = textbook.temporal_softmax_loss(*_f64(scores[:, None]), y[:, None],
                                           np.ones((N, 1), bool))
     _close(backend, [loss, dscores], [want[0], want[1][:, 0]], dtype)
+    bias = r(V, scale=3)  # added to every row first: into a copy, or in place
+    want = textbook.temporal_softmax_loss(*_f64((scores + bias)[:, None]), y[:, None],
+                                          np.ones((N, 1), bool))
+    for given, overwrite in ((_strided(backend, scores), False),
+                             (backend.asarray(scores.copy()), True)):
+        got = backend.cross_entropy(given, backend.asarray(y), backend.xp.ones(N, dtype=dtype),
+                                    N, overwrite=overwrite, bias=backend.asarray(bias))
+        _close(backend, list(got), [want[0], want[1][:, 0]], dtype)
 
     w, dw, m, v = r(N, H), r(N, H), r(N, H), np.abs(r(N, H))
     want = textbook.adam(*_f64(w, dw, m, v), 3, 2e-3, 0.8, 0.99, 1e-6)
