@@ -111,6 +111,11 @@ GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_back
 
 XENT_SOURCE = r"""
 template <typename T>
+__device__ T biased(const T* s, const T* bias, int v) {
+    return bias ? s[v] + bias[v] : s[v];
+}
+
+template <typename T>
 __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
                              const T inv_n, const int V, T* row_loss) {
     // One block per row: scores[m] (+ bias, where not null, added as each score is read)
@@ -119,14 +124,10 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
     __shared__ T red[256];
     const int tid = threadIdx.x;
     T* s = scores + (long long)blockIdx.x * V;
-    if (bias) {
-        for (int v = tid; v < V; v += blockDim.x) s[v] += bias[v];
-        __syncthreads();
-    }
     const int target = y[blockIdx.x];
-    const T picked = s[target];
-    T mx = s[0];
-    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, s[v]);
+    const T picked = biased(s, bias, target);
+    T mx = picked;
+    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, biased(s, bias, v));
     red[tid] = mx;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
@@ -136,7 +137,7 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
     mx = red[0];
     __syncthreads();
     T sum = 0;
-    for (int v = tid; v < V; v += blockDim.x) sum += exp(s[v] - mx);
+    for (int v = tid; v < V; v += blockDim.x) sum += exp(biased(s, bias, v) - mx);
     red[tid] = sum;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
@@ -146,7 +147,7 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
     sum = red[0];
     const T w = weight[blockIdx.x] * inv_n;
     const T scale = w / sum;
-    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(s[v] - mx) * scale;
+    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(biased(s, bias, v) - mx) * scale;
     __syncthreads();
     if (tid == 0) {
         s[target] -= w;
