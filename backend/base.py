@@ -101,6 +101,12 @@ class Backend:
     # captioning/training/step.py uses it).
     can_record = False
 
+    # Extension point: a backend whose gate kernel reads each packed row's input
+    # projection from the word table itself (``lstm_gates_forward_lookup``) sets this;
+    # else the rows are copied out of the table once, before the recurrence (on a CPU
+    # that one copy is faster than one per step).
+    looks_rows_up_in_gates = False
+
     # Extension points for data-parallel runs on accelerators (CPU backends have none).
     def device_count(self) -> int:
         """How many devices this backend can compute on here (0: it runs on the host)."""
@@ -415,9 +421,12 @@ class Backend:
         gates are activated in place in it), h0 (N, H), step_rows (T,) -> (hs (P, H),
         every packed row's hidden state; cache). The cell state starts at zero.
         With ``words`` int (P,), a is a table (V, 4H) of every word's projection and
-        packed row p's is a[words[p]], looked up as each step's gates are made (into a
-        fresh (P, 4H) array; the table is left as it is)."""
+        packed row p's is a[words[p]] (the table is left as it is): looked up as each
+        step's gates are made where the backend's gate kernel reads the table
+        (``looks_rows_up_in_gates``), else copied out of it once, first."""
         xp = self.xp
+        if words is not None and not self.looks_rows_up_in_gates:
+            a, words = a[words], None
         P = len(a) if words is None else len(words)
         steps = packed_steps(step_rows, P, len(h0))
         H = h0.shape[1]

@@ -207,3 +207,27 @@ def test_the_recurrence_looks_its_inputs_up_in_a_table_as_if_given_them(backend,
     dh = backend.asarray(rng.standard_normal((len(words), H)).astype(dtype))
     for got, want in zip(backward(dh, cache), backward(dh, given_cache)):
         np.testing.assert_array_equal(backend.to_numpy(got), backend.to_numpy(want))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gates_of_looked_up_rows_are_those_of_the_rows_given(backend, dtype):
+    """lstm_gates_forward_lookup(table, words, ...) as lstm_gates_forward_sum on
+    table[words]; a table that is a strided view too (a backend's other layouts)."""
+    rng = np.random.default_rng(8)
+    N, H = 6, 24
+    wide = rng.standard_normal((9, 8 * H)).astype(dtype)
+    words = backend.asarray(rng.integers(0, 9, N).astype(np.int64))
+    extra, prev_c = (rng.standard_normal(shape).astype(dtype) for shape in ((N, 4 * H), (N, H)))
+    want = [backend.xp.zeros((N, 4 * H), dtype)] + [backend.xp.zeros((N, H), dtype)
+                                                    for _ in range(3)]
+    given = backend.asarray(wide[:, : 4 * H])[words]
+    backend.lstm_gates_forward_sum(given, backend.asarray(extra), backend.asarray(prev_c),
+                                   *want[1:])
+    want[0] = given
+    for table in (backend.asarray(np.ascontiguousarray(wide[:, : 4 * H])),
+                  backend.asarray(wide)[:, : 4 * H]):
+        got = [backend.xp.zeros_like(w) for w in want]
+        backend.lstm_gates_forward_lookup(table, words, backend.asarray(extra),
+                                          backend.asarray(prev_c), *got)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
