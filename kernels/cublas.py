@@ -16,7 +16,9 @@ Reduced precision (``precision`` "tf32" or "bf16", float32 operands only) calls
 ``cublasGemmEx`` with the compute type ``CUBLAS_COMPUTE_32F_FAST_TF32`` or
 ``CUBLAS_COMPUTE_32F_FAST_16BF``: the operands stay float32 in memory, cuBLAS rounds
 them to TF32 or bfloat16 for the tensor cores and accumulates in float32, and the
-result is float32 (cuBLAS docs, "cublasGemmEx", "cublasComputeType_t").
+result is float32 (cuBLAS docs, "cublasGemmEx", "cublasComputeType_t"). The "FAST"
+types allow the conversion rather than require it: on an H200 (CUDA 12, session 11) the
+bf16 products ran as TF32 kernels, at tf32's speed.
 """
 
 from __future__ import annotations
