@@ -25,8 +25,6 @@ if ls .whl/mpich-*.whl .whl/mpi4py-*.whl >/dev/null 2>&1; then
     export PATH="$mpich/bin:$PATH" LD_LIBRARY_PATH="$mpich/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export PYTHONPATH="$PYTHONPATH:/tmp/mpi4py-site"
 fi
-# The device machine runs commands as root, which Open MPI's mpiexec refuses unless told.
-[ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"
 
