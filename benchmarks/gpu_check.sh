@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
-# network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the A/Bs
-# of any earlier trees carried (below), the GPU tests, the replayed step's kernel
-# profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy run on
-# the built-in dataset, then self-critical training on CuPy. Installs nothing. Logs, the
-# benchmark JSON and the two runs' models and logs go to $GPU_OUT (default
-# /tmp/gpu_check).
+# network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the
+# products' floor, the A/Bs of any earlier trees carried (below), the GPU tests, the replayed step's kernel
+# profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy runs on
+# the built-in dataset, then self-critical training on CuPy. Installs nothing. The GPU
+# tests' log, the benchmark JSON and the four runs' parameters go to $GPU_OUT (default
+# /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 # With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
 # .ab-1; carried by the device tool), it measures each one's step against the next, by
@@ -31,6 +31,8 @@ python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy._
 echo "== the device check"
 timeout 200 python3 -m benchmarks.gpu_bench "$@"
 bench_rc=$?
+echo "== the step's products alone, per precision (bf16 operands beside tf32's float32 ones)"
+timeout 60 python3 -m benchmarks.gemm_floor
 
 # The unmeasured changes, apart, before the re-checks below (a timeout cuts those first).
 shopt -s nullglob
@@ -62,20 +64,24 @@ echo "== pytest-benchmark, the CuPy rows (compare with a CPU run: python -m benc
 timeout 120 python3 -m pytest benchmarks -q -p no:cacheprovider -k cupy \
     --benchmark-json="$out/gpu-benchmarks.json" 2>&1 | tail -3
 
-echo "== bf16 against fp32: the default model on the built-in dataset, same seed and epochs"
+echo "== bf16 against fp32: the default model on the built-in dataset, same seed and epochs,"
+echo "   two runs of each (on a GPU one seed's runs differ: the table gradient's atomic sums)"
 for precision in fp32 bf16; do
-    rm -rf "/tmp/run-$precision"
-    timeout 240 python3 -m captioning train --backend cupy --precision "$precision" \
-        --metrics-every 0 --no-report --samples 0 --out "/tmp/run-$precision" 2>&1 | tail -4
-    # The parameters alone (15 MB; best.npz with Adam's state is 45 MB, over what the
-    # device tool brings back): captioning evaluate scores them where pycocoevalcap is.
-    python3 -c "import sys; from captioning.checkpoint import load_model, save_model; save_model(sys.argv[2], load_model(sys.argv[1], backend='numpy'))" \
-        "/tmp/run-$precision/best.npz" "$out/$precision-model.npz"
-    cp "/tmp/run-$precision/train_log.jsonl" "$out/$precision-train_log.jsonl"
+    for run in 1 2; do
+        name="$precision-$run"
+        rm -rf "/tmp/run-$name"
+        timeout 240 python3 -m captioning train --backend cupy --precision "$precision" \
+            --metrics-every 0 --no-report --samples 0 --out "/tmp/run-$name" 2>&1 | tail -2
+        # The parameters alone (15 MB; best.npz with Adam's state is 45 MB, over what the
+        # device tool brings back): `captioning evaluate --checkpoint F --beam 1
+        # --no-meteor` scores them where pycocoevalcap is.
+        python3 -c "import sys; from captioning.checkpoint import load_model, save_model; save_model(sys.argv[2], load_model(sys.argv[1], backend='numpy'))" \
+            "/tmp/run-$name/best.npz" "$out/$name-model.npz"
+    done
 done
-echo "== self-critical training on the GPU: the step's split, then 2 epochs from the fp32 run"
-timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32
-timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32 \
+echo "== self-critical training on the GPU: the step's split, then 2 epochs from an fp32 run"
+timeout 120 python3 -m benchmarks.scst_step --backend cupy --init /tmp/run-fp32-1
+timeout 300 python3 -m captioning train --backend cupy --scst --init /tmp/run-fp32-1 \
     --metrics-every 0 --no-report --samples 0 --out /tmp/run-scst 2>&1 | tail -6
 echo "tests exit $tests_rc, bench exit $bench_rc"
 exit $(( tests_rc || bench_rc ))
