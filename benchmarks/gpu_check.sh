@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the
-# products' floor, the A/Bs of any earlier trees carried (below), the GPU tests, the replayed step's kernel
-# profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy runs on
-# the built-in dataset, then self-critical training on CuPy. Installs nothing. The GPU
+# products' floor, the A/Bs of any earlier trees carried (below), the GPU tests, the
+# replayed step's kernel profile, the CuPy rows of the pytest-benchmark suite, the
+# bf16-vs-fp32 accuracy runs on the built-in dataset, then self-critical training on
+# CuPy. Installs nothing. The GPU
 # tests' log, the benchmark JSON and the four runs' parameters go to $GPU_OUT (default
 # /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
