@@ -4,9 +4,8 @@
 # products' floor, the A/Bs of any earlier trees carried (below), the GPU tests, the
 # replayed step's kernel profile, the CuPy rows of the pytest-benchmark suite, the
 # bf16-vs-fp32 accuracy runs on the built-in dataset, then self-critical training on
-# CuPy. Installs nothing. The GPU
-# tests' log, the benchmark JSON and the four runs' parameters go to $GPU_OUT (default
-# /tmp/gpu_check): six files, 60 MB.
+# CuPy. Installs nothing. The GPU tests' log, the benchmark JSON and the four runs'
+# parameters go to $GPU_OUT (default /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 # With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
 # .ab-1; carried by the device tool), it measures each one's step against the next, by
