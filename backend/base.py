@@ -305,7 +305,7 @@ class Backend:
                                   tanh_c):
         """Extension point: lstm_gates_forward_sum on table[words] + a_extra, the gates
         written to ``gates``. table (V, 4H), words int64 (N,), the rest (N, ...)."""
-        gates[...] = table[words]  # (take's out= buffers a copy: twice the time here)
+        gates[...] = table[words]
         self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
