@@ -18,7 +18,11 @@ Reduced precision (``precision`` "tf32" or "bf16", float32 operands only) calls
 them to TF32 or bfloat16 for the tensor cores and accumulates in float32, and the
 result is float32 (cuBLAS docs, "cublasGemmEx", "cublasComputeType_t"). The "FAST"
 types allow the conversion rather than require it: on an H200 (CUDA 12, session 11) the
-bf16 products ran as TF32 kernels, at tf32's speed.
+bf16 products ran as TF32 kernels, at tf32's speed. Operands stored in bfloat16 (``BF16``
+arrays: the bits, in uint16, as kernels/cuda_sources.py writes them) are multiplied as
+they are, by ``cublasGemmEx`` with ``CUDA_R_16BF`` inputs, float32 accumulation
+(``CUBLAS_COMPUTE_32F``) and a float32 result: the bf16 tensor-core kernels, reading half
+the bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import cupy as cp
 _OP_N, _OP_T = 0, 1
 _GEMM = {"f": "cublasSgemm_v2", "d": "cublasDgemm_v2"}
 _TF32_TENSOR_OP_MATH = 3
-_CUDA_R_32F = 0  # cudaDataType_t
+_CUDA_R_32F, _CUDA_R_16BF = 0, 14  # cudaDataType_t
+_COMPUTE_32F = 68  # cublasComputeType_t: float32 accumulation of any input type
+BF16 = "uint16"  # the dtype of arrays holding bfloat16 operands, as their bits
 _GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS's heuristics pick the kernel
 # precision -> cublasComputeType_t for float32 operands (None: plain cublasSgemm)
 COMPUTE_TYPES = {"fp32": None, "tf32": 77, "bf16": 75}
@@ -157,10 +163,12 @@ def _layout(x) -> tuple[int, int] | None:
 
 def gemm(a, b, out, precision: str = "fp32") -> bool:
     """out (M, N) = a (M, K) @ b (K, N) by one cuBLAS call on the current stream; False
-    (nothing done) when the operands do not suit one: a dtype other than float32 or
-    float64, mixed dtypes, or no unit-stride axis. ``precision`` "tf32" or "bf16"
-    (float32 operands only) multiplies on the tensor cores in that format with float32
-    accumulation; "fp32" is full float32 (or whatever ``CUPY_TF32`` set).
+    (nothing done) when the operands do not suit one: a dtype other than float32,
+    float64 or ``BF16``, mixed dtypes, or no unit-stride axis. ``precision`` "tf32" or
+    "bf16" (float32 operands only) multiplies on the tensor cores in that format with
+    float32 accumulation; "fp32" is full float32 (or whatever ``CUPY_TF32`` set).
+    ``BF16`` operands (both) are multiplied in bfloat16 with float32 accumulation into
+    a float32 ``out``, whatever ``precision`` says.
 
     Row-major C = A B is column-major C^T = B^T A^T, so cuBLAS gets b first.
     """
@@ -168,11 +176,16 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
         raise ValueError(f"unknown precision {precision!r}; expected one of "
                          f"{', '.join(COMPUTE_TYPES)}")
     char = a.dtype.char
-    compute_type = COMPUTE_TYPES[precision]
-    if compute_type is not None and char != "f":
-        raise ValueError(f"precision {precision!r} multiplies float32 operands; "
-                         f"got {a.dtype}")
-    if (char not in _GEMM or b.dtype.char != char or out.dtype.char != char
+    if a.dtype == BF16:
+        compute_type, in_type, out_char = _COMPUTE_32F, _CUDA_R_16BF, "f"
+    else:
+        compute_type, in_type, out_char = COMPUTE_TYPES[precision], _CUDA_R_32F, char
+        if compute_type is not None and char != "f":
+            raise ValueError(f"precision {precision!r} multiplies float32 operands; "
+                             f"got {a.dtype}")
+        if char not in _GEMM:
+            return False
+    if (b.dtype.char != char or out.dtype.char != out_char
             or a.ndim != 2 or b.ndim != 2 or out.ndim != 2):
         return False
     la, lb, lc = _layout(a), _layout(b), _layout(out)
@@ -190,10 +203,10 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
     stream = cp.cuda.get_current_stream().ptr
     handle, f = _handle(stream), _FUNCTIONS
     _check(f["cublasSetStream_v2"](handle, stream), "SetStream")
-    one, zero = _ONE_ZERO_REF[char]
+    one, zero = _ONE_ZERO_REF[out_char]
     if compute_type is not None:
-        _check(f["cublasGemmEx"](handle, lb[0], la[0], n, m, k, one, b.data.ptr, _CUDA_R_32F,
-                                 lb[1], a.data.ptr, _CUDA_R_32F, la[1], zero, out.data.ptr,
+        _check(f["cublasGemmEx"](handle, lb[0], la[0], n, m, k, one, b.data.ptr, in_type,
+                                 lb[1], a.data.ptr, in_type, la[1], zero, out.data.ptr,
                                  _CUDA_R_32F, lc[1], compute_type, _GEMM_DEFAULT), "GemmEx")
         return True
     _check(f[_GEMM[char]](handle, lb[0], la[0], n, m, k, one, b.data.ptr, lb[1], a.data.ptr,

@@ -10,6 +10,26 @@ from __future__ import annotations
 
 CTYPES = {"float32": "float", "float64": "double"}  # dtype name -> the template's T
 
+# bfloat16 as the products' operands (the bf16 twin's ``operand_dtype``): NumPy and CuPy
+# have no bfloat16 dtype, so its values live as their bit patterns in uint16 arrays,
+# the upper half of a float32's bits, rounded to nearest (ties to even); a NaN stays a
+# NaN. Prepended to each module that writes operands.
+BF16_SOURCE = r"""
+__device__ __forceinline__ unsigned short to_bf16(float x) {
+    unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (unsigned short)(bits >> 16);
+}
+
+template <typename T>
+__global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < size;
+         k += (long long)gridDim.x * blockDim.x)
+        out[k] = to_bf16((float)x[k]);
+}
+"""
+
 # The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
 # gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
 # paced by the host's launches, and a raw launch costs the host less. (N, H) operands
@@ -18,8 +38,9 @@ GATES_SOURCE = r"""
 template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
                              int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
-                             T* tanh_c, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h.
+                             T* tanh_c, unsigned short* next_h16, long long NH, int H) {
+    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h,
+    // and h as bfloat16 too where next_h16 is not null (the next products' operand).
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -44,6 +65,7 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* a_extr
         next_c[k] = c;
         tanh_c[k] = tc;
         next_h[k] = og * tc;
+        if (next_h16) next_h16[k] = to_bf16((float)(og * tc));
     }
 }
 
@@ -89,8 +111,10 @@ __global__ void lstm_decode(const T* hw, const T* table, const long long* words,
 template <typename T>
 __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
                               const T* dnext_c, const T* gates, const T* prev_c,
-                              const T* tanh_c, T* da, T* dprev_c, long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c).
+                              const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
+                              long long NH, int H) {
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c),
+    // and da as bfloat16 too where da16 is not null (the products' operand).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
@@ -99,15 +123,24 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
         const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
         const T gg = gates[base + 3 * H], tc = tanh_c[k];
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
-        da[base] = dc * gg * ig * (1 - ig);
-        da[base + H] = dc * prev_c[k] * fg * (1 - fg);
-        da[base + 2 * H] = dnext_h * tc * og * (1 - og);
-        da[base + 3 * H] = dc * ig * (1 - gg * gg);
+        const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
+        const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
+        da[base] = di;
+        da[base + H] = df;
+        da[base + 2 * H] = d_o;
+        da[base + 3 * H] = dg;
+        if (da16) {
+            da16[base] = to_bf16((float)di);
+            da16[base + H] = to_bf16((float)df);
+            da16[base + 2 * H] = to_bf16((float)d_o);
+            da16[base + 3 * H] = to_bf16((float)dg);
+        }
         dprev_c[k] = dc * fg;
     }
 }
 """
-GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward")
+GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward",
+                "round_to_bf16")
 
 XENT_SOURCE = r"""
 template <typename T>
@@ -234,7 +267,7 @@ __global__ void argmax_rows(const T* scores, const T* bias, long long* out, long
 DECODE_KERNELS = ("argmax_rows",)
 
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
-MODULES = {"gates": (GATES_SOURCE, GATE_KERNELS), "xent": (XENT_SOURCE, XENT_KERNELS),
+MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS), "xent": (XENT_SOURCE, XENT_KERNELS),
            "scatter": (SCATTER_SOURCE, SCATTER_KERNELS),
            "decode": (DECODE_SOURCE, DECODE_KERNELS)}
 OPTIONS = ("-std=c++14",)

@@ -10,7 +10,11 @@ backward, greedy decoding's biased argmax (a warp per row), the embedding scatte
 (atomicAdd per run of rows of one word, zero sums skipped), the softmax cross-entropy
 and its gradient (one block per row, in place), and Adam (one kernel per parameter).
 Matrix products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
-``with_precision`` twin, on TF32 or bfloat16 tensor cores.
+``with_precision`` twin, on TF32 or bfloat16 tensor cores. The bf16 twin stores the LSTM
+step's big operands in bfloat16 (``operand_dtype``): Wh, W_vocab, the hidden states and
+the gates' gradient (the last two written by the gate kernels beside their float32
+values) and the scores' gradient, so its products read half the bytes and run on the
+bfloat16 kernels.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels index
 C-contiguous rows: given arrays of another layout, an operation takes the base class's
@@ -27,7 +31,7 @@ import cupy as cp
 import numpy as np
 
 from backend.base import Backend, BackendUnavailable, check_precision
-from kernels.cublas import gemm, give_own_handle
+from kernels.cublas import BF16, gemm, give_own_handle
 from kernels.cuda_graph import GraphRecording
 from kernels.cuda_sources import CTYPES, MODULES, OPTIONS, name_expressions
 
@@ -41,6 +45,13 @@ _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up on
 def _contiguous(*arrays) -> bool:
     """Whether the raw kernels may index all of these as flat C-ordered rows."""
     return all(a.flags.c_contiguous for a in arrays)
+
+
+def _writable_operand(operand, values) -> bool:
+    """Whether a gate kernel can write ``operand``, the copy asked for of ``values``:
+    none asked for (None), or a C-ordered bfloat16 copy of float32 values."""
+    return operand is None or (operand.dtype == BF16 and values.dtype == np.float32
+                               and operand.flags.c_contiguous)
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
@@ -163,25 +174,60 @@ class CupyBackend(Backend):
 
     def with_precision(self, precision: str) -> CupyBackend:
         """A twin of this backend whose float32 products use TF32 or bfloat16 tensor
-        cores (kernels/cublas.py); one twin per precision, made once."""
+        cores (kernels/cublas.py); one twin per precision, made once. The bf16 twin
+        also stores the training step's big operands in bfloat16 (``operand_dtype``)."""
         if check_precision(precision) == self.precision:
             return self
         twins = self.__dict__.setdefault("_twins", {self.precision: self})
         if precision not in twins:
             twin = copy.copy(self)
             twin.precision = precision
+            twin.operand_dtype = np.dtype(BF16) if precision == "bf16" else None
             twins[precision] = twin
         return twins[precision]
+
+    def as_operand(self, x):
+        """A float32 x as this twin stores products' operands: a bfloat16 copy (C order,
+        one kernel) on the bf16 twin; x itself otherwise, and for other dtypes."""
+        if self.operand_dtype is None or x.dtype != np.float32:
+            return x
+        x = cp.ascontiguousarray(x)
+        out = cp.empty(x.shape, self.operand_dtype)
+        if x.size:
+            kernel = _MODULES["gates"].get_function("round_to_bf16<float>")
+            blocks = min(max(-(-x.size // 256), 1), 4096)  # a grid-stride loop covers the rest
+            kernel((blocks,), (256,), (x, out, np.int64(x.size)))
+        return out
 
     def matmul(self, a, b, out=None):
         """By one direct cuBLAS call where the operands suit one (every product of
         training does: 2-D, one unit-stride axis; see kernels/cublas.py) in this
-        backend's precision, else cupy.matmul (full precision)."""
+        backend's precision, else cupy.matmul (full precision). Stored bfloat16
+        operands (``operand_dtype``) give a float32 product, a float32 partner
+        converted first."""
+        if self.operand_dtype is not None and self.operand_dtype in (a.dtype, b.dtype):
+            return self._operand_matmul(self.as_operand(a), self.as_operand(b), out)
         if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype:
             target = cp.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
             if gemm(a, b, target, self.precision if a.dtype == np.float32 else "fp32"):
                 return target
         return super().matmul(a, b, out)
+
+    def _operand_matmul(self, a, b, out):
+        """a (M, K) @ b (K, N), both bfloat16 operands, into a float32 ``out`` (M, N)
+        (made when None): by cuBLAS, through C-ordered copies where a layout does not
+        suit it (cupy.matmul would multiply the bits as integers)."""
+        if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype:
+            raise ValueError(f"bfloat16 products are of two matrices: got {a.dtype} "
+                             f"{a.shape} @ {b.dtype} {b.shape}")
+        target = cp.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
+        if target.dtype != np.float32:
+            raise ValueError(f"a bfloat16 product is written as float32, not {target.dtype}")
+        if not gemm(a, b, target):
+            result = cp.empty(target.shape, np.float32)
+            gemm(cp.ascontiguousarray(a), cp.ascontiguousarray(b), result)
+            target[...] = result
+        return target
 
     def beside(self, work):
         """On this device's second stream, forked from the current one by an event and
@@ -268,7 +314,7 @@ class CupyBackend(Backend):
             return super().lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
         _launch("lstm_forward", prev_c, a, _NULL, a, np.int32(0), prev_c, gates, next_c,
-                next_h, tanh_c)
+                next_h, tanh_c, _NULL)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
         if not _contiguous(next_c, next_h):
@@ -296,33 +342,40 @@ class CupyBackend(Backend):
         dnext_h, dnext_c, gates, prev_c, tanh_c = (
             cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
-                np.int32(0), dnext_c, gates, prev_c, tanh_c, da, dprev_c)
+                np.int32(0), dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
 
-    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c,
+                               h_operand=None):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
-        if not _contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c):
-            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c)
+        if not (_contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c)
+                and _writable_operand(h_operand, a)):
+            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c,
+                                                  h_operand)
         _launch("lstm_forward", prev_c, a, _NULL, a_extra, np.int32(1), prev_c, a, next_c,
-                next_h, tanh_c)
+                next_h, tanh_c, _NULL if h_operand is None else h_operand)
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
-                                  tanh_c):
-        if not _contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c):
+                                  tanh_c, h_operand=None):
+        if not (_contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c)
+                and _writable_operand(h_operand, table)):
             return super().lstm_gates_forward_lookup(table, words, a_extra, prev_c, gates,
-                                                     next_c, next_h, tanh_c)
+                                                     next_c, next_h, tanh_c, h_operand)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         _launch("lstm_forward", prev_c, table, words, a_extra, np.int32(1), prev_c, gates,
-                next_c, next_h, tanh_c)
+                next_c, next_h, tanh_c, _NULL if h_operand is None else h_operand)
 
-    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da,
+                                da_operand=None):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
-        if not _contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+        if not (_contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da)
+                and _writable_operand(da_operand, da)):
             return super().lstm_gates_backward_sum(dh, dh_extra, dnext_c, gates, prev_c,
-                                                   tanh_c, da)
+                                                   tanh_c, da, da_operand)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
-                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da, dnext_c)
+                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da,
+                _NULL if da_operand is None else da_operand, dnext_c)
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         M, V = scores.shape

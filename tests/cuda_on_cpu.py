@@ -71,6 +71,12 @@ template <typename A, typename B> inline auto min(A a, B b) {
     else return a < b ? C(a) : C(b);
 }
 
+inline unsigned int __float_as_uint(float x) {  // the bits, as CUDA's intrinsic gives them
+    unsigned int bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
 struct uint3 { unsigned int x, y, z; };
 typedef uint3 dim3;
 uint3 threadIdx, blockIdx, blockDim, gridDim;  // set by the scheduler for each fiber
@@ -247,7 +253,8 @@ template <typename T> inline T atomicAdd(T* address, T value) {
 
 # C type (as written, without const) -> the NumPy dtype an argument for it must have.
 _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
-            "unsigned int": np.uint32, "unsigned": np.uint32, "long long": np.int64,
+            "unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned": np.uint32,
+            "long long": np.int64,
             "unsigned long long": np.uint64, "bool": np.bool_}
 _KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library

@@ -159,10 +159,17 @@ class _Cublas:
     """The cuBLAS functions kernels/cublas.py calls, on host memory, with its arguments as
     it passes them (handles, column-major operands by pointer and leading dimension,
     alpha and beta by host pointer). GemmEx's TF32 and bfloat16 compute types round the
-    operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider."""
+    operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider;
+    bfloat16 operands (CUDA_R_16BF, their bits in uint16) are widened exactly. Each
+    GemmEx call's input type is kept in ``input_types``, for tests to tell which
+    products read stored bfloat16 operands."""
 
     _ids = itertools.count(1)
     _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
+    _R_32F, _R_16BF, _COMPUTE_32F = 0, 14, 68
+
+    def __init__(self) -> None:
+        self.input_types: list[int] = []
 
     # Named as cuBLAS names them; each returns a cuBLAS status (0: success).
     def cublasCreate_v2(self, handle_ref) -> int:
@@ -190,6 +197,11 @@ class _Cublas:
 
     def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type,
                      ldb, beta, c, c_type, ldc, compute_type, algo) -> int:
+        self.input_types.append(a_type)
+        if (a_type, b_type, c_type) == (self._R_16BF, self._R_16BF, self._R_32F) and (
+                compute_type == self._COMPUTE_32F):
+            return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                              ldc, 0, stored=np.uint16)
         if (a_type, b_type, c_type) != (0, 0, 0) or compute_type not in self._ROUNDED_BITS:
             return 15  # CUBLAS_STATUS_NOT_SUPPORTED: only what kernels/cublas.py asks
         return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
@@ -197,12 +209,16 @@ class _Cublas:
 
     @staticmethod
     def _gemm(dtype, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-              dropped_bits) -> int:
-        """C (m x n) = alpha op(A) (m x k) op(B) (k x n) + beta C, all column-major."""
+              dropped_bits, stored=None) -> int:
+        """C (m x n) = alpha op(A) (m x k) op(B) (k x n) + beta C, all column-major, C
+        of ``dtype``; A and B of ``stored`` (uint16: bfloat16 bits) where given."""
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
         alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
-        op_a_matrix = _column_major(dtype, a, lda, (m, k), op_a)
-        op_b_matrix = _column_major(dtype, b, ldb, (k, n), op_b)
+        op_a_matrix = _column_major(stored or dtype, a, lda, (m, k), op_a)
+        op_b_matrix = _column_major(stored or dtype, b, ldb, (k, n), op_b)
+        if stored is not None:  # bfloat16 is a float32's upper 16 bits
+            op_a_matrix, op_b_matrix = ((x.astype(np.uint32) << 16).view(np.float32)
+                                        for x in (op_a_matrix, op_b_matrix))
         if dropped_bits:
             op_a_matrix, op_b_matrix = (_round_mantissa(x, dropped_bits)
                                         for x in (op_a_matrix, op_b_matrix))
@@ -234,6 +250,9 @@ def _round_mantissa(x, dropped_bits: int):
     return rounded.view(np.float32)
 
 
+cublas: _Cublas | None = None  # the stand-in's cuBLAS, while a stand-in backend is open
+
+
 @contextlib.contextmanager
 def cupy_backend_on_cpu():
     """A CupyBackend over the stand-in, its modules imported afresh for it and dropped
@@ -243,7 +262,9 @@ def cupy_backend_on_cpu():
         for name in _BACKEND_MODULES:
             sys.modules.pop(name, None)
         sys.modules["cupy"] = _stand_in()
-        importlib.import_module("kernels.cublas").use_library(_Cublas())
+        global cublas
+        cublas = _Cublas()
+        importlib.import_module("kernels.cublas").use_library(cublas)
         yield importlib.import_module("kernels.cupy_backend").CupyBackend()
     finally:
         for name, kept in saved.items():

@@ -1,6 +1,7 @@
 """Reduced-precision matrix products (tf32, bf16): refused where they cannot run, close
 to float32 where they can, and never written into a checkpoint."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from backend import PRECISIONS, available_backends, choose_precision, get_backen
 from captioning import CaptioningRNN, CaptioningTrainer
 from captioning.checkpoint import load_model, save_model
 from conftest import random_captions
+from cuda_on_cpu import COMPILER
 
 gpu = pytest.mark.skipif(not available_backends()["cupy"].available,
                          reason=f"cupy unavailable: {available_backends()['cupy'].reason}")
@@ -188,3 +190,108 @@ def test_captioning_a_file_in_tf32_on_the_gpu(tmp_path):
     # change where two are nearly tied, rarely at these sizes.
     same = sum(a["caption"] == b["caption"] for a, b in zip(lines["fp32"], lines["tf32"]))
     assert same >= 40
+
+
+# ---------------------------------------------------------------------- stored bf16 operands
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16's 8 significant bits (to nearest, ties to even),
+    as float64: the reference for normal numbers, infinities and NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    mantissa, exponent = np.frexp(x)
+    return np.ldexp(np.rint(mantissa * 2.0**8) / 2.0**8, exponent)  # rint: ties to even
+
+
+def _widened(bits) -> np.ndarray:
+    """bfloat16 bits (uint16) -> their float32 values."""
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bf16_operands_are_rounded_to_nearest_even(cupy_backend):
+    bf16 = cupy_backend.with_precision("bf16")
+    assert bf16.operand_dtype == np.uint16 and cupy_backend.operand_dtype is None
+    one_ulp = 2.0**-7  # bfloat16's spacing just above 1
+    values = np.array([1.0, 1 + one_ulp / 2, 1 + 3 * one_ulp / 2, 1 + one_ulp / 2 + 2**-20,
+                       -1 - one_ulp / 2, 3.14159265, -2.5e-30, 6.5e37, np.finfo(np.float32).max,
+                       np.inf, -np.inf, 0.0, -0.0, np.nan], dtype=np.float32)
+    spread = np.random.default_rng(4).standard_normal(3000) * 10.0 ** np.arange(-15, 15).repeat(100)
+    values = np.concatenate([values, spread.astype(np.float32)])
+    got = _widened(bf16.to_numpy(bf16.as_operand(bf16.asarray(values.reshape(-1, 2)))))
+    with np.errstate(over="ignore"):  # float32's largest rounds up to 2**128: inf
+        want = _bf16(values).astype(np.float32)
+    np.testing.assert_array_equal(got.reshape(-1), want)
+    assert np.signbit(got.reshape(-1)[12]) and np.isnan(got.reshape(-1)[13])
+    assert got.reshape(-1)[8] == np.inf  # float32's largest rounds up past bfloat16's
+    same = cupy_backend.asarray(values)
+    assert cupy_backend.as_operand(same) is same  # no stored copies in fp32
+
+
+@pytest.mark.parametrize("shape", [(128, 512, 2048), (37, 24, 40)])
+def test_stored_bf16_operands_multiply_as_their_rounded_values(cupy_backend, shape):
+    m, k, n = shape
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    want = _bf16(a) @ _bf16(b)
+    bf16 = cupy_backend.with_precision("bf16")
+    a_op = bf16.as_operand(bf16.asarray(a))
+    b_op_t = bf16.as_operand(bf16.asarray(b.T.copy()))  # stored transposed: a strided view
+    for left, right in ((a_op, b_op_t.T), (a_op, bf16.asarray(b)),  # a float32 partner
+                        (bf16.asarray(a), b_op_t.T)):
+        got = bf16.matmul(left, right)
+        assert got.dtype == np.float32 and got.shape == (m, n)
+        assert _relative_error(bf16.to_numpy(got), want) < 1e-5  # float32 accumulation
+    out = bf16.xp.empty((n, m), np.float32).T  # a strided output takes a copy
+    bf16.matmul(a_op, b_op_t.T, out)
+    assert _relative_error(bf16.to_numpy(out), want) < 1e-5
+    with pytest.raises(ValueError, match="written as float32, not float64"):
+        bf16.matmul(a_op, b_op_t.T, bf16.xp.empty((m, n)))
+
+
+def test_the_gate_kernels_write_the_bf16_copies_they_are_asked_for(cupy_backend):
+    bf16, xp = cupy_backend.with_precision("bf16"), cupy_backend.xp
+    rng = np.random.default_rng(6)
+    N, H = 37, 24
+    a, extra = (bf16.asarray(rng.standard_normal((N, 4 * H)).astype(np.float32))
+                for _ in range(2))
+    prev_c = bf16.asarray(rng.standard_normal((N, H)).astype(np.float32))
+    c, h, tanh_c = (xp.empty((N, H), np.float32) for _ in range(3))
+    h_op = xp.empty((N, H), bf16.operand_dtype)
+    bf16.lstm_gates_forward_sum(a, extra, prev_c, c, h, tanh_c, h_op)
+    np.testing.assert_array_equal(bf16.to_numpy(h_op), bf16.to_numpy(bf16.as_operand(h)))
+    gates = a  # activated in place
+    dh, dh_extra = (bf16.asarray(rng.standard_normal((N, H)).astype(np.float32))
+                    for _ in range(2))
+    for strided in (False, True):  # a strided upstream part takes the base class's passes
+        dnext_c = bf16.asarray(rng.standard_normal((N, H)).astype(np.float32))
+        da = xp.empty((N, 4 * H), np.float32)
+        da_op = xp.empty((N, 4 * H), bf16.operand_dtype)
+        extra_part = xp.asfortranarray(dh_extra) if strided else dh_extra
+        bf16.lstm_gates_backward_sum(dh, extra_part, dnext_c, gates, prev_c, tanh_c, da, da_op)
+        np.testing.assert_array_equal(bf16.to_numpy(da_op), bf16.to_numpy(bf16.as_operand(da)))
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
+                    "kernels on the CPU; apt-get install g++")
+def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives():
+    """On the CPU stand-in, whose cuBLAS rounds float32 operands to bfloat16 inside a
+    "bf16" product (on a GPU, cuBLAS may take TF32 kernels for those instead), storing
+    the operands in bfloat16 must give the same step: the same roundings, made once.
+    And the LSTM step's big products do read stored bfloat16: T recurrent products
+    each way, dWh's, and the vocabulary layer's three."""
+    import cupy_stand_in
+
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((37, 32)).astype(np.float32)
+    captions = random_captions(rng, 37, vocab_size=40)
+    T = captions.shape[1] - 1
+    with cupy_stand_in.cupy_backend_on_cpu() as backend:
+        stored = backend.with_precision("bf16")
+        rounded_inside = copy.copy(stored)
+        rounded_inside.operand_dtype = None
+        cupy_stand_in.cublas.input_types.clear()
+        loss, grads = _model(stored, "bf16").loss(features, captions)
+        assert cupy_stand_in.cublas.input_types.count(14) == 2 * T + 4  # CUDA_R_16BF
+        want_loss, want = _model(rounded_inside, "bf16").loss(features, captions)
+    assert abs(loss - want_loss) < 1e-6 * abs(want_loss)
+    for name, g in grads.items():  # (the emulated scatter's atomics add in shuffled orders)
+        assert _relative_error(g, want[name]) < 1e-6, name
