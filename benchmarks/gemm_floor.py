@@ -10,8 +10,9 @@ step that stored its activations and a weight copy in bfloat16 would multiply), 
 prints per batch and precision the products' time per step and their TFLOP/s. On a GPU
 the products are recorded once as a CUDA graph and replayed, as the library's step is,
 so launch costs do not count. The difference between the tf32 and bf16 rows is what
-storing the products' operands in bfloat16 could save at most (CuPy's cuBLAS computes
-its "bf16" products on float32 operands with TF32 kernels).
+storing the products' operands in bfloat16 could save at most: cuBLAS computes "bf16"
+products of float32 operands with TF32 kernels, so the library's bf16 twin stores the
+LSTM step's big operands in bfloat16 (kernels/cupy_backend.py).
 """
 
 from __future__ import annotations
