@@ -21,13 +21,6 @@ __device__ __forceinline__ unsigned short to_bf16(float x) {
     bits += 0x7fffu + ((bits >> 16) & 1u);
     return (unsigned short)(bits >> 16);
 }
-
-template <typename T>
-__global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < size;
-         k += (long long)gridDim.x * blockDim.x)
-        out[k] = to_bf16((float)x[k]);
-}
 """
 
 # The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
@@ -35,6 +28,14 @@ __global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
 # paced by the host's launches, and a raw launch costs the host less. (N, H) operands
 # are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
 GATES_SOURCE = r"""
+template <typename T>
+__global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
+    // A product's operand stored apart: out = x as bfloat16 (flat, C order).
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < size;
+         k += (long long)gridDim.x * blockDim.x)
+        out[k] = to_bf16((float)x[k]);
+}
+
 template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
                              int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
@@ -139,8 +140,8 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
     }
 }
 """
-GATE_KERNELS = ("lstm_forward", "lstm_forward_halved", "lstm_decode", "lstm_backward",
-                "round_to_bf16")
+GATE_KERNELS = ("round_to_bf16", "lstm_forward", "lstm_forward_halved", "lstm_decode",
+                "lstm_backward")
 
 XENT_SOURCE = r"""
 template <typename T>
@@ -150,9 +151,11 @@ __device__ T biased(const T* s, const T* bias, int v) {
 
 template <typename T>
 __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
-                             const T inv_n, const int V, T* row_loss) {
+                             const T inv_n, const int V, T* row_loss,
+                             unsigned short* grad16) {
     // One block per row: scores[m] (+ bias, where not null, added as each score is read)
-    // becomes the gradient in place; row_loss[m] gets
+    // becomes the gradient, in place, or as bfloat16 into grad16's row m where grad16
+    // is not null (scores are then only read); row_loss[m] gets
     // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n.
     __shared__ T red[256];
     const int tid = threadIdx.x;
@@ -180,12 +183,14 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
     sum = red[0];
     const T w = weight[blockIdx.x] * inv_n;
     const T scale = w / sum;
-    for (int v = tid; v < V; v += blockDim.x) s[v] = exp(biased(s, bias, v) - mx) * scale;
-    __syncthreads();
-    if (tid == 0) {
-        s[target] -= w;
-        row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
+    unsigned short* g16 = grad16 ? grad16 + (long long)blockIdx.x * V : nullptr;
+    for (int v = tid; v < V; v += blockDim.x) {
+        T g = exp(biased(s, bias, v) - mx) * scale;
+        if (v == target) g -= w;
+        if (g16) g16[v] = to_bf16((float)g);
+        else s[v] = g;
     }
+    if (tid == 0) row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
 }
 """
 XENT_KERNELS = ("caption_xent",)
@@ -267,7 +272,8 @@ __global__ void argmax_rows(const T* scores, const T* bias, long long* out, long
 DECODE_KERNELS = ("argmax_rows",)
 
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
-MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS), "xent": (XENT_SOURCE, XENT_KERNELS),
+MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS),
+           "xent": (BF16_SOURCE + XENT_SOURCE, XENT_KERNELS),
            "scatter": (SCATTER_SOURCE, SCATTER_KERNELS),
            "decode": (DECODE_SOURCE, DECODE_KERNELS)}
 OPTIONS = ("-std=c++14",)

@@ -255,7 +255,12 @@ class CupyBackend(Backend):
     def sum_rows(self, x):
         """As ones (1, M) @ x by one cuBLAS call, not in this twin's reduced precision
         (these are bias gradients; only CUPY_TF32=1 makes it TF32, as every float32
-        product), reading x row by row; else cupy's column reduction."""
+        product), reading x row by row; else cupy's column reduction. A stored
+        bfloat16 x (the bf16 twin's scores gradient) is summed in float32 by a bfloat16
+        product with ones (exact in bfloat16)."""
+        if self.operand_dtype is not None and x.dtype == self.operand_dtype:
+            ones = self.as_operand(cp.ones((1, x.shape[0]), dtype=np.float32))
+            return self._operand_matmul(ones, x, None).reshape(-1)
         if x.ndim == 2 and x.dtype in (np.float32, np.float64):
             out = cp.empty((1, x.shape[1]), dtype=x.dtype)
             if gemm(cp.ones((1, x.shape[0]), dtype=x.dtype), x, out, "fp32"):
@@ -377,18 +382,29 @@ class CupyBackend(Backend):
                 dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da,
                 _NULL if da_operand is None else da_operand, dnext_c)
 
-    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
+                      operand: bool = False):
+        """One kernel, a block per row; the bf16 twin, asked for an ``operand``, has it
+        write the gradient as bfloat16 (scores are then only read)."""
         M, V = scores.shape
+        as_bf16 = operand and self.operand_dtype is not None and scores.dtype == np.float32
         if M == 0:
-            return cp.zeros((), dtype=scores.dtype), cp.empty_like(scores)
-        grad = scores if overwrite and scores.flags.c_contiguous else scores.copy(order="C")
+            return cp.zeros((), dtype=scores.dtype), cp.empty(
+                scores.shape, self.operand_dtype if as_bf16 else scores.dtype)
+        if as_bf16:
+            grad = cp.empty(scores.shape, self.operand_dtype)
+            scores = cp.ascontiguousarray(scores)
+        else:
+            grad = (scores if overwrite and scores.flags.c_contiguous
+                    else scores.copy(order="C"))
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
         kernel((M,), (_XENT_THREADS,),
-               (grad, _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
+               (scores if as_bf16 else grad,
+                _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
                 cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
-                cp.int32(V), row_loss))
+                cp.int32(V), row_loss, grad if as_bf16 else _NULL))
         return row_loss.sum(), grad
 
     def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):
