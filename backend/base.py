@@ -32,11 +32,10 @@ a backend calls:
 - ``adam_kernel``: the Adam update once its scalars are known, which both
   ``adam_update`` and ``adam_update_device`` call;
 - ``sum_rows``: the bias gradients' sums over rows;
-- ``operand_dtype`` / ``as_operand``: the dtype the big products' operands are stored
-  in where it is not the arrays' own (bfloat16 on the CuPy backend's bf16 twin): the
-  LSTM loops and the vocabulary layer then keep a copy of each operand in it, written
-  by the kernel that makes the float32 array where the backend's gate kernels can
-  (``h_operand``, ``da_operand``);
+- ``operand_dtype`` / ``as_operand`` / ``widen``: the dtype the big products' float32
+  operands are stored in where it is not their own (bfloat16 on the CuPy backend's bf16
+  twin): the LSTM loops then keep their hidden states and gates' gradients in it (the
+  gate kernels write them so), and the vocabulary layer its operands;
 - ``beside``: work that may overlap what follows it (the vocabulary layer's weight
   gradients, beside the backward recurrence: a second stream on a GPU);
 - ``can_record`` / ``record``: replaying a function's device work (a CUDA graph).
@@ -113,10 +112,11 @@ class Backend:
     looks_rows_up_in_gates = False
 
     # Extension point: the dtype in which the LSTM recurrence and the vocabulary layer
-    # store their products' operands, where not the arrays' own (None: they multiply the
-    # float32 or float64 arrays themselves). A backend that sets it provides
-    # ``as_operand``, a ``matmul`` that takes such operands (and converts a float
-    # partner), and gate kernels that write ``h_operand`` / ``da_operand``.
+    # store the float32 operands of their products (None: they multiply the float32 or
+    # float64 arrays themselves). A backend that sets it provides ``as_operand`` and
+    # ``widen``, a ``matmul`` and ``sum_rows`` that take such operands (converting a
+    # float32 partner; the result is float32), an ``embedding_backward`` that scatters
+    # them, and gate kernels that write them.
     operand_dtype: Any = None
 
     # Extension points for data-parallel runs on accelerators (CPU backends have none).
@@ -157,6 +157,18 @@ class Backend:
     def as_operand(self, x):
         """x as a product's operand is stored (see ``operand_dtype``): x itself here."""
         return x
+
+    def widen(self, x):
+        """A stored operand back as float32 values (x itself here, and for any array
+        that is not one)."""
+        return x
+
+    def stored_dtype(self, dtype: Any) -> Any:
+        """The dtype in which a product operand of ``dtype`` is kept: ``operand_dtype``
+        for float32 where the backend stores operands apart, else ``dtype`` itself."""
+        if self.operand_dtype is not None and np.dtype(dtype) == np.float32:
+            return self.operand_dtype
+        return np.dtype(dtype)
 
     def sum_rows(self, x):
         """x (M, K) -> (K,): the sum over rows (every bias gradient). Extension point: a
@@ -311,31 +323,30 @@ class Backend:
     # Extension points of the recurrences' per-step calls: the pre-activation and the
     # upstream gradient arrive in two parts, so a backend can add them inside its gate
     # kernel (one launch fewer per step each way, which bounds small batches on a GPU).
-    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c,
-                               h_operand=None):
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         """Extension point: lstm_gates_forward on a + a_extra, activating the gates in
-        place in a; next_h also into ``h_operand`` (N, H) of ``operand_dtype`` when
-        given."""
+        place in a. ``next_h`` may be a stored operand (``stored_dtype``): then the
+        state is written as one."""
         a += a_extra
-        self.lstm_gates_forward(a, prev_c, a, next_c, next_h, tanh_c)
-        if h_operand is not None:
-            h_operand[...] = self.as_operand(next_h)
+        h = next_h if next_h.dtype == a.dtype else self.xp.empty(next_h.shape, a.dtype)
+        self.lstm_gates_forward(a, prev_c, a, next_c, h, tanh_c)
+        if h is not next_h:
+            next_h[...] = self.as_operand(h)
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
-                                  tanh_c, h_operand=None):
+                                  tanh_c):
         """Extension point: lstm_gates_forward_sum on table[words] + a_extra, the gates
         written to ``gates``. table (V, 4H), words int64 (N,), the rest (N, ...)."""
         gates[...] = table[words]
-        self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c, h_operand)
+        self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c)
 
-    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da,
-                                da_operand=None):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         """Extension point: lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c
-        overwrites dnext_c; da also into ``da_operand`` (N, 4H) of ``operand_dtype``
-        when given."""
-        self.lstm_gates_backward(dh + dh_extra, dnext_c, gates, prev_c, tanh_c, da, dnext_c)
-        if da_operand is not None:
-            da_operand[...] = self.as_operand(da)
+        overwrites dnext_c. ``da`` may be a stored operand: then it is written as one."""
+        d = da if da.dtype == gates.dtype else self.xp.empty(da.shape, gates.dtype)
+        self.lstm_gates_backward(dh + dh_extra, dnext_c, gates, prev_c, tanh_c, d, dnext_c)
+        if d is not da:
+            da[...] = self.as_operand(d)
 
     # ------------------------------------------------------------------ vanilla RNN
     def rnn_step_forward(self, x, prev_h, Wx, Wh, b):
@@ -430,7 +441,7 @@ class Backend:
         a, x_tm = self._project_inputs(x, Wx, b)  # (T*N, 4H)
         N, T = x.shape[:2]
         hs, cache = self.lstm_forward_packed(a, h0, Wh, (N,) * T)
-        return hs.reshape(T, N, -1).transpose(1, 0, 2), (x_tm, Wx, cache)
+        return self.widen(hs).reshape(T, N, -1).transpose(1, 0, 2), (x_tm, Wx, cache)
 
     def lstm_backward(self, dh, cache):
         """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
@@ -448,43 +459,43 @@ class Backend:
         packed row p's is a[words[p]] (the table is left as it is): looked up as each
         step's gates are made where the backend's gate kernel reads the table
         (``looks_rows_up_in_gates``), else copied out of it once, first.
-        Where the backend stores operands apart (``operand_dtype``), the products read
-        a copy of Wh and h0 made once and one of each state its gate kernel writes."""
+        Where the backend stores float32 operands apart (``stored_dtype``), hs are
+        stored so (the gate kernels write them so), and the products read a copy of Wh
+        and of h0 made once."""
         xp = self.xp
         if words is not None and not self.looks_rows_up_in_gates:
             a, words = a[words], None
         P = len(a) if words is None else len(words)
         steps = packed_steps(step_rows, P, len(h0))
         H = h0.shape[1]
-        hs, cs, tanh_c = (xp.empty((P, H), dtype=a.dtype) for _ in range(3))
-        hs_op = hs if self.operand_dtype is None else xp.empty((P, H), self.operand_dtype)
-        Wh_op, h0_op = self.as_operand(Wh), self.as_operand(h0)
-        c0 = xp.zeros_like(h0)
+        cs, tanh_c = (xp.empty((P, H), dtype=a.dtype) for _ in range(2))
+        hs = xp.empty((P, H), dtype=self.stored_dtype(a.dtype))
+        if hs.dtype != a.dtype:
+            Wh, h0 = self.as_operand(Wh), self.as_operand(h0)
+        c0 = xp.zeros((len(h0), H), dtype=a.dtype)
         buf = xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
         if words is not None:
             gates, words = xp.empty((P, a.shape[1]), a.dtype), words.astype(np.int64, copy=False)
-        prev_h, prev_c = h0_op, c0
+        prev_h, prev_c = h0, c0
         for rows in steps:
             n = rows.stop - rows.start
-            self.matmul(prev_h[:n], Wh_op, buf[:n])
-            h_operand = None if hs_op is hs else hs_op[rows]
+            self.matmul(prev_h[:n], Wh, buf[:n])
             if words is None:
                 self.lstm_gates_forward_sum(a[rows], buf[:n], prev_c[:n], cs[rows], hs[rows],
-                                            tanh_c[rows], h_operand)
+                                            tanh_c[rows])
             else:
                 self.lstm_gates_forward_lookup(a, words[rows], buf[:n], prev_c[:n],
-                                               gates[rows], cs[rows], hs[rows], tanh_c[rows],
-                                               h_operand)
-            prev_h, prev_c = hs_op[rows], cs[rows]
-        return hs, (Wh_op, h0_op, c0, hs_op, cs, a if words is None else gates, tanh_c, steps)
+                                               gates[rows], cs[rows], hs[rows], tanh_c[rows])
+            prev_h, prev_c = hs[rows], cs[rows]
+        return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps)
 
     def lstm_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the
-        gradient of lstm_forward_packed's input projections; dh0 (N, H); dWh (H, 4H)."""
-        Wh, h0, c0, hs, cs, gates, tanh_c, steps = cache  # Wh, h0, hs as operands
+        gradient of lstm_forward_packed's input projections (stored as the forward's hs
+        were: ``stored_dtype``); dh0 (N, H); dWh (H, 4H)."""
+        Wh, h0, c0, hs, cs, gates, tanh_c, steps = cache  # Wh, h0 stored as hs are
         xp = self.xp
-        da = xp.empty_like(gates)
-        da_op = da if self.operand_dtype is None else xp.empty(da.shape, self.operand_dtype)
+        da = xp.empty(gates.shape, dtype=hs.dtype)
         dnext_h = xp.zeros_like(c0)  # rows past a step's count stay zero
         dnext_c = xp.zeros_like(c0)
         for t in reversed(range(len(steps))):
@@ -492,10 +503,9 @@ class Backend:
             n = rows.stop - rows.start
             prev_c = cs[steps[t - 1]][:n] if t else c0[:n]
             self.lstm_gates_backward_sum(dh[rows], dnext_h[:n], dnext_c[:n], gates[rows],
-                                          prev_c, tanh_c[rows], da[rows],
-                                          None if da_op is da else da_op[rows])
-            self.matmul(da_op[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self._recurrent_grad(da_op, h0, hs, steps)
+                                          prev_c, tanh_c[rows], da[rows])
+            self.matmul(da[rows], Wh.T, dnext_h[:n])
+        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):

@@ -21,6 +21,13 @@ __device__ __forceinline__ unsigned short to_bf16(float x) {
     bits += 0x7fffu + ((bits >> 16) & 1u);
     return (unsigned short)(bits >> 16);
 }
+
+// A value read for a sum: float and double as they are, bfloat16 bits widened (exact).
+__device__ __forceinline__ float widened(unsigned short bits) {
+    return __uint_as_float((unsigned int)bits << 16);
+}
+__device__ __forceinline__ float widened(float x) { return x; }
+__device__ __forceinline__ double widened(double x) { return x; }
 """
 
 # The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
@@ -40,8 +47,9 @@ template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
                              int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
                              T* tanh_c, unsigned short* next_h16, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, h,
-    // and h as bfloat16 too where next_h16 is not null (the next products' operand).
+    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, and h
+    // into next_h, or as bfloat16 into next_h16 (the products' stored operand): one of
+    // the two is null.
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -65,8 +73,8 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* a_extr
         const T tc = tanh(c);
         next_c[k] = c;
         tanh_c[k] = tc;
-        next_h[k] = og * tc;
-        if (next_h16) next_h16[k] = to_bf16((float)(og * tc));
+        if (next_h) next_h[k] = og * tc;
+        else next_h16[k] = to_bf16((float)(og * tc));
     }
 }
 
@@ -114,8 +122,9 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
                               long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> da, dprev_c (may be dnext_c),
-    // and da as bfloat16 too where da16 is not null (the products' operand).
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> dprev_c (may be dnext_c), and
+    // da, or da as bfloat16 into da16 (the products' stored operand): one of the two is
+    // null.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
@@ -126,11 +135,12 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
         const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
         const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
-        da[base] = di;
-        da[base + H] = df;
-        da[base + 2 * H] = d_o;
-        da[base + 3 * H] = dg;
-        if (da16) {
+        if (da) {
+            da[base] = di;
+            da[base + H] = df;
+            da[base + 2 * H] = d_o;
+            da[base + 3 * H] = dg;
+        } else {
             da16[base] = to_bf16((float)di);
             da16[base + H] = to_bf16((float)df);
             da16[base + 2 * H] = to_bf16((float)d_o);
@@ -196,9 +206,9 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
 XENT_KERNELS = ("caption_xent",)
 
 SCATTER_SOURCE = r"""
-template <typename T>
-__global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
-                                 long long rows, int D, long long V, int rows_per_thread) {
+template <typename T, typename S>
+__device__ void scatter_rows(const long long* idx, const S* values, T* out, long long rows,
+                             int D, long long V, int rows_per_thread) {
     // out[idx[r], j] += values[r, j] (out (V, D), values (rows, D), C-contiguous; a
     // negative index counts from the end, as in np.add.at).
     // Thread (row block b, column j) walks rows b*R .. b*R+R-1 of column j (R =
@@ -220,13 +230,27 @@ __global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
                 word = w;
                 sum = 0;
             }
-            sum += values[r * D + j];
+            sum += widened(values[r * D + j]);
         }
         if (sum != 0) atomicAdd(out + word * D + j, sum);
     }
 }
+
+template <typename T>
+__global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
+                                 long long rows, int D, long long V, int rows_per_thread) {
+    scatter_rows(idx, values, out, rows, D, V, rows_per_thread);
+}
+
+template <typename T>
+__global__ void scatter_add_bf16_rows(const long long* idx, const unsigned short* values,
+                                      T* out, long long rows, int D, long long V,
+                                      int rows_per_thread) {
+    // The same, of stored bfloat16 values (a gradient kept as a products' operand).
+    scatter_rows(idx, values, out, rows, D, V, rows_per_thread);
+}
 """
-SCATTER_KERNELS = ("scatter_add_rows",)
+SCATTER_KERNELS = ("scatter_add_rows", "scatter_add_bf16_rows")
 
 DECODE_SOURCE = r"""
 template <typename T>
@@ -274,7 +298,7 @@ DECODE_KERNELS = ("argmax_rows",)
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
 MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS),
            "xent": (BF16_SOURCE + XENT_SOURCE, XENT_KERNELS),
-           "scatter": (SCATTER_SOURCE, SCATTER_KERNELS),
+           "scatter": (BF16_SOURCE + SCATTER_SOURCE, SCATTER_KERNELS),
            "decode": (DECODE_SOURCE, DECODE_KERNELS)}
 OPTIONS = ("-std=c++14",)
 

@@ -11,10 +11,10 @@ backward, greedy decoding's biased argmax (a warp per row), the embedding scatte
 and its gradient (one block per row, in place), and Adam (one kernel per parameter).
 Matrix products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
 ``with_precision`` twin, on TF32 or bfloat16 tensor cores. The bf16 twin stores the LSTM
-step's big operands in bfloat16 (``operand_dtype``): Wh, W_vocab, the hidden states and
-the gates' gradient (the last two written by the gate kernels beside their float32
-values) and the scores' gradient, so its products read half the bytes and run on the
-bfloat16 kernels.
+step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab, and the
+hidden states, the gates' gradient and the scores' gradient as their kernels write them
+(in bfloat16 only), so its products read half the bytes and run on the bfloat16
+kernels, and the scatter of the gates' gradient reads half as much.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels index
 C-contiguous rows: given arrays of another layout, an operation takes the base class's
@@ -47,11 +47,16 @@ def _contiguous(*arrays) -> bool:
     return all(a.flags.c_contiguous for a in arrays)
 
 
-def _writable_operand(operand, values) -> bool:
-    """Whether a gate kernel can write ``operand``, the copy asked for of ``values``:
-    none asked for (None), or a C-ordered bfloat16 copy of float32 values."""
-    return operand is None or (operand.dtype == BF16 and values.dtype == np.float32
-                               and operand.flags.c_contiguous)
+def _writable(out, values) -> bool:
+    """Whether a gate kernel computing in ``values``' dtype can write ``out``: of that
+    dtype, or a stored bfloat16 operand of float32 values."""
+    return out.dtype == values.dtype or (out.dtype == BF16 and values.dtype == np.float32)
+
+
+def _pointers(out) -> tuple:
+    """The gate kernels' two pointers for one result: (out, null) for a float array,
+    (null, out) for a stored bfloat16 one."""
+    return (_NULL, out) if out.dtype == BF16 else (out, _NULL)
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
@@ -189,7 +194,7 @@ class CupyBackend(Backend):
     def as_operand(self, x):
         """A float32 x as this twin stores products' operands: a bfloat16 copy (C order,
         one kernel) on the bf16 twin; x itself otherwise, and for other dtypes."""
-        if self.operand_dtype is None or x.dtype != np.float32:
+        if self.stored_dtype(x.dtype) == x.dtype:
             return x
         x = cp.ascontiguousarray(x)
         out = cp.empty(x.shape, self.operand_dtype)
@@ -198,6 +203,12 @@ class CupyBackend(Backend):
             blocks = min(max(-(-x.size // 256), 1), 4096)  # a grid-stride loop covers the rest
             kernel((blocks,), (256,), (x, out, np.int64(x.size)))
         return out
+
+    def widen(self, x):
+        """A stored bfloat16 x as float32 (exact); x itself if it is not one."""
+        if x.dtype != BF16 or self.operand_dtype is None:
+            return x
+        return (x.astype(cp.uint32) << 16).view(cp.float32)
 
     def matmul(self, a, b, out=None):
         """By one direct cuBLAS call where the operands suit one (every product of
@@ -270,11 +281,16 @@ class CupyBackend(Backend):
     def embedding_backward(self, idx, dout, vocab_size: int):
         """One raw kernel (kernels/cuda_sources.py, ``scatter_add_rows``) that sums each
         thread's run of rows naming the same word before its atomicAdd and skips zero
-        sums; ``cupy.add.at`` where dout is not C-contiguous."""
+        sums; ``cupy.add.at`` where dout is not C-contiguous. A stored bfloat16 dout
+        (the bf16 twin's gates' gradient) is summed into float32 by
+        ``scatter_add_bf16_rows``."""
         D = dout.shape[-1]
-        dW = cp.zeros((vocab_size, D), dtype=dout.dtype)
+        stored = dout.dtype == BF16
+        if stored:
+            dout = cp.ascontiguousarray(dout)
+        dW = cp.zeros((vocab_size, D), dtype=np.float32 if stored else dout.dtype)
         rows = idx.size
-        if not dout.flags.c_contiguous or dout.dtype.name not in CTYPES:
+        if not dout.flags.c_contiguous or (dout.dtype.name not in CTYPES and not stored):
             cp.add.at(dW, idx.reshape(-1), dout.reshape(-1, D))
             return dW
         if dout.size != rows * D:
@@ -283,7 +299,7 @@ class CupyBackend(Backend):
         if rows == 0 or D == 0:
             return dW
         kernel = _MODULES["scatter"].get_function(
-            f"scatter_add_rows<{CTYPES[dout.dtype.name]}>")
+            f"scatter_add_{'bf16_' if stored else ''}rows<{CTYPES[dW.dtype.name]}>")
         per_thread = _SCATTER_ROWS_PER_THREAD
         threads = -(-rows // per_thread) * D
         blocks = min(max(-(-threads // 256), 1), 8192)  # a grid-stride loop covers the rest
@@ -349,38 +365,36 @@ class CupyBackend(Backend):
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
                 np.int32(0), dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
 
-    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c,
-                               h_operand=None):
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
         if not (_contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c)
-                and _writable_operand(h_operand, a)):
-            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c,
-                                                  h_operand)
-        _launch("lstm_forward", prev_c, a, _NULL, a_extra, np.int32(1), prev_c, a, next_c,
-                next_h, tanh_c, _NULL if h_operand is None else h_operand)
+                and _writable(next_h, a)):
+            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c)
+        h, h16 = _pointers(next_h)
+        _launch("lstm_forward", prev_c, a, _NULL, a_extra, np.int32(1), prev_c, a, next_c, h,
+                tanh_c, h16)
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
-                                  tanh_c, h_operand=None):
+                                  tanh_c):
         if not (_contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c)
-                and _writable_operand(h_operand, table)):
+                and _writable(next_h, table)):
             return super().lstm_gates_forward_lookup(table, words, a_extra, prev_c, gates,
-                                                     next_c, next_h, tanh_c, h_operand)
+                                                     next_c, next_h, tanh_c)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
+        h, h16 = _pointers(next_h)
         _launch("lstm_forward", prev_c, table, words, a_extra, np.int32(1), prev_c, gates,
-                next_c, next_h, tanh_c, _NULL if h_operand is None else h_operand)
+                next_c, h, tanh_c, h16)
 
-    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da,
-                                da_operand=None):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
         if not (_contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da)
-                and _writable_operand(da_operand, da)):
+                and _writable(da, gates)):
             return super().lstm_gates_backward_sum(dh, dh_extra, dnext_c, gates, prev_c,
-                                                   tanh_c, da, da_operand)
+                                                   tanh_c, da)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
-                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, da,
-                _NULL if da_operand is None else da_operand, dnext_c)
+                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, *_pointers(da), dnext_c)
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
                       operand: bool = False):

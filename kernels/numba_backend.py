@@ -186,14 +186,12 @@ class NumbaBackend(NumpyBackend):
         np.tanh(next_c, out=tanh_c)
         np.multiply(gates[:, 2 * H : 3 * H], tanh_c, out=next_h)
 
-    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c,
-                               h_operand=None):
+    def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # The training recurrence's forward step, one pass in float32 (the rational tanh);
         # float64, and arrays the kernel cannot index as rows, take NumPy's passes.
         arrays = (a, a_extra, prev_c, next_c, next_h, tanh_c)
-        if (a.dtype != np.float32 or not all(x.flags.c_contiguous for x in arrays)
-                or h_operand is not None):
-            return super().lstm_gates_forward_sum(*arrays, h_operand)
+        if a.dtype != np.float32 or not all(x.flags.c_contiguous for x in arrays):
+            return super().lstm_gates_forward_sum(*arrays)
         _lstm_forward_sum32(*arrays)
 
     def lstm_decode_gates(self, hw, table, words, prev_c, next_c, next_h, rows):

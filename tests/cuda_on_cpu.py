@@ -76,6 +76,11 @@ inline unsigned int __float_as_uint(float x) {  // the bits, as CUDA's intrinsic
     std::memcpy(&bits, &x, sizeof bits);
     return bits;
 }
+inline float __uint_as_float(unsigned int bits) {
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
 
 struct uint3 { unsigned int x, y, z; };
 typedef uint3 dim3;

@@ -77,6 +77,7 @@ def test_every_cuda_module_compiles(module, arch):
 @needs_nvrtc
 def test_a_kernel_that_does_not_build_is_reported():
     source, kernels = MODULES["scatter"]
-    broken = source.replace("sum += values[r * D + j];", "sum += value[r * D + j];")
+    broken = source.replace("widened(values[r * D + j])", "widened(value[r * D + j])")
+    assert broken != source
     status, log = compile_log(broken, "scatter", name_expressions(kernels), ARCHITECTURES[-1])
     assert status != 0 and 'identifier "value" is undefined' in log
