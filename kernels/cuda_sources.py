@@ -295,11 +295,53 @@ __global__ void argmax_rows(const T* scores, const T* bias, long long* out, long
 """
 DECODE_KERNELS = ("argmax_rows",)
 
+# Adam over several parameters in one launch (Backend.adam_update_device_many): each
+# tensor's four arrays by address and its size, as plain arguments (a recorded step's
+# gradients are made inside the recording, so no table of them can be uploaded first).
+ADAM_TENSORS = 8  # per launch; a longer list takes several
+_ADAM_PARAMS = ",\n    ".join(
+    f"unsigned long long w{i}, unsigned long long dw{i}, unsigned long long m{i}, "
+    f"unsigned long long v{i}, long long n{i}" for i in range(ADAM_TENSORS))
+_ADAM_LISTS = "\n    ".join(
+    f"const unsigned long long {name}[{ADAM_TENSORS}] = "
+    f"{{{', '.join(f'{name}{i}' for i in range(ADAM_TENSORS))}}};"
+    for name in ("w", "dw", "m", "v"))
+ADAM_SOURCE = f"""
+template <typename T>
+__global__ void adam_many(const T* hyper, int count,
+    {_ADAM_PARAMS}) {{
+    // Tensor s (s < count) of w, dw, m, v (C-contiguous, n elements) takes the Adam step
+    // with hyper's row s: (step size, eps_hat, beta1, beta2), as caption_adam_device.
+    {_ADAM_LISTS}
+    const long long sizes[{ADAM_TENSORS}] = {{{", ".join(f"n{i}" for i in range(ADAM_TENSORS))}}};
+    long long ends[{ADAM_TENSORS}];
+    long long total = 0;
+    for (int s = 0; s < {ADAM_TENSORS}; ++s) ends[s] = total += s < count ? sizes[s] : 0;
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < total;
+         k += (long long)gridDim.x * blockDim.x) {{
+        int s = 0;
+        while (k >= ends[s]) ++s;
+        const long long e = k - (s ? ends[s - 1] : 0);
+        const T step = hyper[4 * s], eps_hat = hyper[4 * s + 1];
+        const T beta1 = hyper[4 * s + 2], beta2 = hyper[4 * s + 3];
+        const T g = ((const T*)dw[s])[e];
+        T* mp = (T*)m[s] + e;
+        T* vp = (T*)v[s] + e;
+        const T mk = beta1 * *mp + (1 - beta1) * g;
+        const T vk = beta2 * *vp + (1 - beta2) * g * g;
+        *mp = mk;
+        *vp = vk;
+        ((T*)w[s])[e] -= step * mk / (sqrt(vk) + eps_hat);
+    }}
+}}
+"""
+ADAM_KERNELS = ("adam_many",)
+
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
 MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS),
            "xent": (BF16_SOURCE + XENT_SOURCE, XENT_KERNELS),
            "scatter": (BF16_SOURCE + SCATTER_SOURCE, SCATTER_KERNELS),
-           "decode": (DECODE_SOURCE, DECODE_KERNELS)}
+           "decode": (DECODE_SOURCE, DECODE_KERNELS), "adam": (ADAM_SOURCE, ADAM_KERNELS)}
 OPTIONS = ("-std=c++14",)
 
 
