@@ -44,12 +44,58 @@ __global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
 }
 
 template <typename T>
+__device__ __forceinline__ void cell_forward(T ai, T af, T ao, T ag, long long base,
+                                             long long k, int H, const T* prev_c, T* gates,
+                                             T* next_c, T* next_h, T* tanh_c,
+                                             unsigned short* next_h16) {
+    // Unit k (row n, unit j; base = n * 4H + j) from its four pre-activations: the gates
+    // into gates, c, tanh(c), and h into next_h, or as bfloat16 into next_h16 (the
+    // products' stored operand): one of the two is null.
+    const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
+    const T gg = tanh(ag);
+    gates[base] = ig;
+    gates[base + H] = fg;
+    gates[base + 2 * H] = og;
+    gates[base + 3 * H] = gg;
+    const T c = fg * prev_c[k] + ig * gg;
+    const T tc = tanh(c);
+    next_c[k] = c;
+    tanh_c[k] = tc;
+    if (next_h) next_h[k] = og * tc;
+    else next_h16[k] = to_bf16((float)(og * tc));
+}
+
+template <typename T>
+__device__ __forceinline__ void cell_backward(T dnext_h, long long base, long long k, int H,
+                                              const T* dnext_c, const T* gates,
+                                              const T* prev_c, const T* tanh_c, T* da,
+                                              unsigned short* da16, T* dprev_c) {
+    // Unit k's gradient from dnext_h: dprev_c (may be dnext_c), and da, or da as
+    // bfloat16 into da16 (the products' stored operand): one of the two is null.
+    const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
+    const T gg = gates[base + 3 * H], tc = tanh_c[k];
+    const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
+    const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
+    const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
+    if (da) {
+        da[base] = di;
+        da[base + H] = df;
+        da[base + 2 * H] = d_o;
+        da[base + 3 * H] = dg;
+    } else {
+        da16[base] = to_bf16((float)di);
+        da16[base + H] = to_bf16((float)df);
+        da16[base + 2 * H] = to_bf16((float)d_o);
+        da16[base + 3 * H] = to_bf16((float)dg);
+    }
+    dprev_c[k] = dc * fg;
+}
+
+template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
                              int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
                              T* tanh_c, unsigned short* next_h16, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, and h
-    // into next_h, or as bfloat16 into next_h16 (the products' stored operand): one of
-    // the two is null.
+    // Pre-activation a (+ a_extra, the recurrent product) -> cell_forward; gates may be a.
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -63,18 +109,8 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* a_extr
             ao += a_extra[base + 2 * H];
             ag += a_extra[base + 3 * H];
         }
-        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
-        const T gg = tanh(ag);
-        gates[base] = ig;
-        gates[base + H] = fg;
-        gates[base + 2 * H] = og;
-        gates[base + 3 * H] = gg;
-        const T c = fg * prev_c[k] + ig * gg;
-        const T tc = tanh(c);
-        next_c[k] = c;
-        tanh_c[k] = tc;
-        if (next_h) next_h[k] = og * tc;
-        else next_h16[k] = to_bf16((float)(og * tc));
+        cell_forward(ai, af, ao, ag, base, k, H, prev_c, gates, next_c, next_h, tanh_c,
+                     next_h16);
     }
 }
 
@@ -122,36 +158,120 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
                               long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> dprev_c (may be dnext_c), and
-    // da, or da as bfloat16 into da16 (the products' stored operand): one of the two is
-    // null.
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> cell_backward.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         T dnext_h = dh[n * dh_ld + j];
         if (has_extra) dnext_h += dh_extra[k];
-        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-        const T gg = gates[base + 3 * H], tc = tanh_c[k];
-        const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
-        const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
-        const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
-        if (da) {
-            da[base] = di;
-            da[base + H] = df;
-            da[base + 2 * H] = d_o;
-            da[base + 3 * H] = dg;
-        } else {
-            da16[base] = to_bf16((float)di);
-            da16[base + H] = to_bf16((float)df);
-            da16[base + 2 * H] = to_bf16((float)d_o);
-            da16[base + 3 * H] = to_bf16((float)dg);
+        cell_backward(dnext_h, base, k, H, dnext_c, gates, prev_c, tanh_c, da, da16, dprev_c);
+    }
+}
+
+// Small batches' time steps, product and cell in one kernel
+// (Backend.lstm_recurrent_forward and lstm_recurrent_backward): a block takes STEP_ROWS
+// rows and STEP_UNITS hidden units, all four gates of each, so that the cell's maths
+// follows its products in registers. The products stream through shared memory STEP_K
+// at a time; each thread keeps two rows of its unit. One-dimensional grid: block b is
+// unit block b % ceil(H / STEP_UNITS) of row block b / ceil(H / STEP_UNITS). 256
+// threads.
+#define STEP_ROWS 32
+#define STEP_UNITS 16
+#define STEP_K 32
+
+template <typename T>
+__global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
+                                       const long long* words, const T* prev_c, T* gates,
+                                       T* next_c, T* next_h, T* tanh_c, int n, int H) {
+    // Pre-activations prev_h (n, H) Wh (H, 4H) + a's row (a (n, 4H), or with words a
+    // table (V, 4H) read at row words[r]) -> cell_forward; gates may be a.
+    __shared__ T h_tile[STEP_K][STEP_ROWS + 1];   // k-major: a row's values are a column
+    __shared__ T w_tile[STEP_K][4 * STEP_UNITS];  // gate g's units at g * STEP_UNITS
+    const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
+    const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
+    const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
+    const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
+    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (int k0 = 0; k0 < H; k0 += STEP_K) {
+        for (int e = threadIdx.x; e < STEP_ROWS * STEP_K; e += blockDim.x) {
+            const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
+            h_tile[e % STEP_K][e / STEP_K] = r < n && k < H ? prev_h[(long long)r * H + k] : 0;
         }
-        dprev_c[k] = dc * fg;
+        for (int e = threadIdx.x; e < STEP_K * 4 * STEP_UNITS; e += blockDim.x) {
+            const int k = k0 + e / (4 * STEP_UNITS), c = e % (4 * STEP_UNITS);
+            const int j = unit0 + c % STEP_UNITS;
+            w_tile[e / (4 * STEP_UNITS)][c] =
+                k < H && j < H ? Wh[(long long)k * 4 * H + (c / STEP_UNITS) * H + j] : 0;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < STEP_K; ++kk) {
+            const T h0 = h_tile[kk][2 * pair], h1 = h_tile[kk][2 * pair + 1];
+            for (int g = 0; g < 4; ++g) {
+                const T w = w_tile[kk][g * STEP_UNITS + u];
+                acc[0][g] += h0 * w;
+                acc[1][g] += h1 * w;
+            }
+        }
+        __syncthreads();
+    }
+    const int j = unit0 + u;
+    for (int i = 0; i < 2; ++i) {
+        const long long r = row0 + 2 * pair + i;
+        if (r >= n || j >= H) continue;
+        const long long base = r * 4 * H + j, k = r * H + j;
+        const T* x = a + (words ? words[r] * 4 * H + j : base);
+        cell_forward(x[0] + acc[i][0], x[H] + acc[i][1], x[2 * H] + acc[i][2],
+                     x[3 * H] + acc[i][3], base, k, H, prev_c, gates, next_c, next_h, tanh_c,
+                     (unsigned short*)nullptr);
+    }
+}
+
+template <typename T>
+__global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* Wh,
+                                        const T* dh, long long dh_ld, const T* dnext_c,
+                                        const T* gates, const T* prev_c, const T* tanh_c,
+                                        T* da, T* dprev_c, int n, int H) {
+    // dnext_h = dh + da_next (n_next, 4H) Wh^T, the next step's gradient carried back
+    // (rows from n_next on carry none; da_next may be null: none at all) ->
+    // cell_backward, for n rows.
+    __shared__ T d_tile[STEP_K][STEP_ROWS + 1];   // k-major, as h_tile above
+    __shared__ T w_tile[STEP_K][STEP_UNITS + 1];  // Wh's rows (units) as columns
+    const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
+    const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
+    const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
+    const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
+    const int K = 4 * H;
+    T acc[2] = {0, 0};
+    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
+        for (int e = threadIdx.x; e < STEP_ROWS * STEP_K; e += blockDim.x) {
+            const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
+            d_tile[e % STEP_K][e / STEP_K] =
+                r < n_next && k < K ? da_next[(long long)r * K + k] : 0;
+        }
+        for (int e = threadIdx.x; e < STEP_UNITS * STEP_K; e += blockDim.x) {
+            const int j = unit0 + e / STEP_K, k = k0 + e % STEP_K;
+            w_tile[e % STEP_K][e / STEP_K] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < STEP_K; ++kk) {
+            const T w = w_tile[kk][u];
+            acc[0] += d_tile[kk][2 * pair] * w;
+            acc[1] += d_tile[kk][2 * pair + 1] * w;
+        }
+        __syncthreads();
+    }
+    const int j = unit0 + u;
+    for (int i = 0; i < 2; ++i) {
+        const long long r = row0 + 2 * pair + i;
+        if (r >= n || j >= H) continue;
+        cell_backward(dh[r * dh_ld + j] + acc[i], r * 4 * H + j, r * H + j, H, dnext_c, gates,
+                      prev_c, tanh_c, da, (unsigned short*)nullptr, dprev_c);
     }
 }
 """
 GATE_KERNELS = ("round_to_bf16", "lstm_forward", "lstm_forward_halved", "lstm_decode",
-                "lstm_backward")
+                "lstm_backward", "lstm_recurrent_forward", "lstm_recurrent_backward")
+STEP_ROWS, STEP_UNITS, STEP_THREADS = 32, 16, 256  # as the #defines above
 
 XENT_SOURCE = r"""
 template <typename T>
