@@ -638,7 +638,9 @@ class Backend:
         batch's caption count) -> (loss = sum of weight * -log p(y) / n, dh (M, H),
         weight_grads), where weight_grads() returns (dW_vocab (H, V), db_vocab (V,)):
         they are issued ``beside`` what the caller does next (the backward recurrence,
-        on a GPU) and waited for when it calls.
+        on a GPU) and waited for when it calls. Where the backend stores operands apart
+        (``operand_dtype``), h may be stored so (the LSTM loop's states are), and the
+        products read stored copies of everything else too.
         """
         h_op, W_op = self.as_operand(h), self.as_operand(W_vocab)
         scores = self.matmul(h_op, W_op)
