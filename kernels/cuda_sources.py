@@ -233,15 +233,19 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
                                         T* da, T* dprev_c, int n, int H) {
     // dnext_h = dh + da_next (n_next, 4H) Wh^T, the next step's gradient carried back
     // (rows from n_next on carry none; da_next may be null: none at all) ->
-    // cell_backward, for n rows.
+    // cell_backward, for n rows. The product's K (4H) is long and its output short, so
+    // the block's threads split K four ways (every fourth k of a tile), each keeping
+    // 2 rows x 4 units, and add their four partial tiles before the cell.
     __shared__ T d_tile[STEP_K][STEP_ROWS + 1];   // k-major, as h_tile above
     __shared__ T w_tile[STEP_K][STEP_UNITS + 1];  // Wh's rows (units) as columns
+    __shared__ T partial[4][STEP_ROWS][STEP_UNITS];
     const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
     const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
     const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
-    const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
+    const int part = threadIdx.x / 64, lane = threadIdx.x % 64;
+    const int r0 = (lane / 4) * 2, u0 = (lane % 4) * 4;  // 16 x 2 rows, 4 x 4 units
     const int K = 4 * H;
-    T acc[2] = {0, 0};
+    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
         for (int e = threadIdx.x; e < STEP_ROWS * STEP_K; e += blockDim.x) {
             const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
@@ -253,19 +257,28 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
             w_tile[e % STEP_K][e / STEP_K] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
         }
         __syncthreads();
-        for (int kk = 0; kk < STEP_K; ++kk) {
-            const T w = w_tile[kk][u];
-            acc[0] += d_tile[kk][2 * pair] * w;
-            acc[1] += d_tile[kk][2 * pair + 1] * w;
+        for (int kk = part; kk < STEP_K; kk += 4) {
+            const T d0 = d_tile[kk][r0], d1 = d_tile[kk][r0 + 1];
+            for (int q = 0; q < 4; ++q) {
+                const T w = w_tile[kk][u0 + q];
+                acc[0][q] += d0 * w;
+                acc[1][q] += d1 * w;
+            }
         }
         __syncthreads();
     }
-    const int j = unit0 + u;
-    for (int i = 0; i < 2; ++i) {
-        const long long r = row0 + 2 * pair + i;
+    for (int i = 0; i < 2; ++i)
+        for (int q = 0; q < 4; ++q) partial[part][r0 + i][u0 + q] = acc[i][q];
+    __syncthreads();
+    for (int o = threadIdx.x; o < STEP_ROWS * STEP_UNITS; o += blockDim.x) {
+        const int rr = o / STEP_UNITS, uu = o % STEP_UNITS;
+        const long long r = row0 + rr;
+        const int j = unit0 + uu;
         if (r >= n || j >= H) continue;
-        cell_backward(dh[r * dh_ld + j] + acc[i], r * 4 * H + j, r * H + j, H, dnext_c, gates,
-                      prev_c, tanh_c, da, (unsigned short*)nullptr, dprev_c);
+        const T carried = partial[0][rr][uu] + partial[1][rr][uu] + partial[2][rr][uu] +
+                          partial[3][rr][uu];
+        cell_backward(dh[r * dh_ld + j] + carried, r * 4 * H + j, r * H + j, H, dnext_c,
+                      gates, prev_c, tanh_c, da, (unsigned short*)nullptr, dprev_c);
     }
 }
 """
