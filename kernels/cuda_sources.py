@@ -172,12 +172,13 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
 // (Backend.lstm_recurrent_forward and lstm_recurrent_backward): a block takes STEP_ROWS
 // rows and STEP_UNITS hidden units, all four gates of each, so that the cell's maths
 // follows its products in registers. The products stream through shared memory STEP_K
-// at a time; each thread keeps two rows of its unit. One-dimensional grid: block b is
-// unit block b % ceil(H / STEP_UNITS) of row block b / ceil(H / STEP_UNITS). 256
-// threads.
+// at a time, the next tile read into registers while the current one is multiplied.
+// One-dimensional grid: block b is unit block b % ceil(H / STEP_UNITS) of row block
+// b / ceil(H / STEP_UNITS); STEP_THREADS threads a block, exactly.
 #define STEP_ROWS 32
 #define STEP_UNITS 16
 #define STEP_K 32
+#define STEP_THREADS 256
 
 template <typename T>
 __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
@@ -191,19 +192,36 @@ __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
     const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
     const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
     const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
-    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    for (int k0 = 0; k0 < H; k0 += STEP_K) {
-        for (int e = threadIdx.x; e < STEP_ROWS * STEP_K; e += blockDim.x) {
+    constexpr int h_loads = STEP_ROWS * STEP_K / STEP_THREADS;
+    constexpr int w_loads = STEP_K * 4 * STEP_UNITS / STEP_THREADS;
+    T h_next[h_loads], w_next[w_loads];
+    const auto fetch = [&](int k0) {  // tile k0 into registers
+        for (int i = 0; i < h_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
             const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
-            h_tile[e % STEP_K][e / STEP_K] = r < n && k < H ? prev_h[(long long)r * H + k] : 0;
+            h_next[i] = r < n && k < H ? prev_h[(long long)r * H + k] : 0;
         }
-        for (int e = threadIdx.x; e < STEP_K * 4 * STEP_UNITS; e += blockDim.x) {
+        for (int i = 0; i < w_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
             const int k = k0 + e / (4 * STEP_UNITS), c = e % (4 * STEP_UNITS);
             const int j = unit0 + c % STEP_UNITS;
-            w_tile[e / (4 * STEP_UNITS)][c] =
-                k < H && j < H ? Wh[(long long)k * 4 * H + (c / STEP_UNITS) * H + j] : 0;
+            w_next[i] = k < H && j < H ? Wh[(long long)k * 4 * H + (c / STEP_UNITS) * H + j]
+                                       : 0;
+        }
+    };
+    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    fetch(0);
+    for (int k0 = 0; k0 < H; k0 += STEP_K) {
+        for (int i = 0; i < h_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
+            h_tile[e % STEP_K][e / STEP_K] = h_next[i];
+        }
+        for (int i = 0; i < w_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
+            w_tile[e / (4 * STEP_UNITS)][e % (4 * STEP_UNITS)] = w_next[i];
         }
         __syncthreads();
+        if (k0 + STEP_K < H) fetch(k0 + STEP_K);  // in flight while this tile multiplies
         for (int kk = 0; kk < STEP_K; ++kk) {
             const T h0 = h_tile[kk][2 * pair], h1 = h_tile[kk][2 * pair + 1];
             for (int g = 0; g < 4; ++g) {
@@ -245,18 +263,34 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
     const int part = threadIdx.x / 64, lane = threadIdx.x % 64;
     const int r0 = (lane / 4) * 2, u0 = (lane % 4) * 4;  // 16 x 2 rows, 4 x 4 units
     const int K = 4 * H;
-    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
-        for (int e = threadIdx.x; e < STEP_ROWS * STEP_K; e += blockDim.x) {
+    constexpr int d_loads = STEP_ROWS * STEP_K / STEP_THREADS;
+    constexpr int w_loads = STEP_UNITS * STEP_K / STEP_THREADS;
+    T d_next[d_loads], w_next[w_loads];
+    const auto fetch = [&](int k0) {  // tile k0 into registers
+        for (int i = 0; i < d_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
             const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
-            d_tile[e % STEP_K][e / STEP_K] =
-                r < n_next && k < K ? da_next[(long long)r * K + k] : 0;
+            d_next[i] = r < n_next && k < K ? da_next[(long long)r * K + k] : 0;
         }
-        for (int e = threadIdx.x; e < STEP_UNITS * STEP_K; e += blockDim.x) {
+        for (int i = 0; i < w_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
             const int j = unit0 + e / STEP_K, k = k0 + e % STEP_K;
-            w_tile[e % STEP_K][e / STEP_K] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
+            w_next[i] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
+        }
+    };
+    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    if (da_next) fetch(0);
+    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
+        for (int i = 0; i < d_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
+            d_tile[e % STEP_K][e / STEP_K] = d_next[i];
+        }
+        for (int i = 0; i < w_loads; ++i) {
+            const int e = threadIdx.x + i * STEP_THREADS;
+            w_tile[e % STEP_K][e / STEP_K] = w_next[i];
         }
         __syncthreads();
+        if (k0 + STEP_K < K) fetch(k0 + STEP_K);  // in flight while this tile multiplies
         for (int kk = part; kk < STEP_K; kk += 4) {
             const T d0 = d_tile[kk][r0], d1 = d_tile[kk][r0 + 1];
             for (int q = 0; q < 4; ++q) {
