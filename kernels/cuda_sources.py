@@ -179,6 +179,28 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
 #define STEP_UNITS 16
 #define STEP_K 32
 #define STEP_THREADS 256
+#define STEP_ROW_LOADS (STEP_ROWS * STEP_K / STEP_THREADS)
+
+template <typename T>
+__device__ __forceinline__ void fetch_rows(const T* x, int rows, int cols, int row0, int k0,
+                                           T* out) {
+    // This thread's share of the STEP_ROWS x STEP_K tile at (row0, k0) of x (rows, cols;
+    // row-major; zero outside it) into registers, read along the rows.
+    for (int i = 0; i < STEP_ROW_LOADS; ++i) {
+        const int e = threadIdx.x + i * STEP_THREADS;
+        const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
+        out[i] = r < rows && k < cols ? x[(long long)r * cols + k] : 0;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void stage_rows(const T* values, T (*tile)[STEP_ROWS + 1]) {
+    // What fetch_rows read, into the k-major tile (a row's values are a column).
+    for (int i = 0; i < STEP_ROW_LOADS; ++i) {
+        const int e = threadIdx.x + i * STEP_THREADS;
+        tile[e % STEP_K][e / STEP_K] = values[i];
+    }
+}
 
 template <typename T>
 __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
@@ -192,15 +214,10 @@ __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
     const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
     const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
     const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
-    constexpr int h_loads = STEP_ROWS * STEP_K / STEP_THREADS;
     constexpr int w_loads = STEP_K * 4 * STEP_UNITS / STEP_THREADS;
-    T h_next[h_loads], w_next[w_loads];
+    T h_next[STEP_ROW_LOADS], w_next[w_loads];
     const auto fetch = [&](int k0) {  // tile k0 into registers
-        for (int i = 0; i < h_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
-            h_next[i] = r < n && k < H ? prev_h[(long long)r * H + k] : 0;
-        }
+        fetch_rows(prev_h, n, H, row0, k0, h_next);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             const int k = k0 + e / (4 * STEP_UNITS), c = e % (4 * STEP_UNITS);
@@ -212,10 +229,7 @@ __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
     T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     fetch(0);
     for (int k0 = 0; k0 < H; k0 += STEP_K) {
-        for (int i = 0; i < h_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            h_tile[e % STEP_K][e / STEP_K] = h_next[i];
-        }
+        stage_rows(h_next, h_tile);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             w_tile[e / (4 * STEP_UNITS)][e % (4 * STEP_UNITS)] = w_next[i];
@@ -263,15 +277,10 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
     const int part = threadIdx.x / 64, lane = threadIdx.x % 64;
     const int r0 = (lane / 4) * 2, u0 = (lane % 4) * 4;  // 16 x 2 rows, 4 x 4 units
     const int K = 4 * H;
-    constexpr int d_loads = STEP_ROWS * STEP_K / STEP_THREADS;
     constexpr int w_loads = STEP_UNITS * STEP_K / STEP_THREADS;
-    T d_next[d_loads], w_next[w_loads];
+    T d_next[STEP_ROW_LOADS], w_next[w_loads];
     const auto fetch = [&](int k0) {  // tile k0 into registers
-        for (int i = 0; i < d_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
-            d_next[i] = r < n_next && k < K ? da_next[(long long)r * K + k] : 0;
-        }
+        fetch_rows(da_next, n_next, K, row0, k0, d_next);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             const int j = unit0 + e / STEP_K, k = k0 + e % STEP_K;
@@ -281,10 +290,7 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
     T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     if (da_next) fetch(0);
     for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
-        for (int i = 0; i < d_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            d_tile[e % STEP_K][e / STEP_K] = d_next[i];
-        }
+        stage_rows(d_next, d_tile);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             w_tile[e % STEP_K][e / STEP_K] = w_next[i];
