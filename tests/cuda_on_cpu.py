@@ -259,8 +259,7 @@ template <typename T> inline T atomicAdd(T* address, T value) {
 # C type (as written, without const) -> the NumPy dtype an argument for it must have.
 _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
             "unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned": np.uint32,
-            "long long": np.int64,
-            "unsigned long long": np.uint64, "bool": np.bool_}
+            "long long": np.int64, "unsigned long long": np.uint64, "bool": np.bool_}
 _KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
 _BUILD_DIR: list[Path] = []  # made on the first build, removed when the process ends

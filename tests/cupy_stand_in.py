@@ -250,23 +250,25 @@ def _round_mantissa(x, dropped_bits: int):
     return rounded.view(np.float32)
 
 
-cublas: _Cublas | None = None  # the stand-in's cuBLAS, while a stand-in backend is open
+cublas: _Cublas | None = None  # the open stand-in backend's cuBLAS (the innermost one)
 
 
 @contextlib.contextmanager
 def cupy_backend_on_cpu():
     """A CupyBackend over the stand-in, its modules imported afresh for it and dropped
     after, so that nothing else in the process sees the stand-in."""
+    global cublas
     saved = {name: sys.modules.get(name) for name in ("cupy", *_BACKEND_MODULES)}
+    outer_cublas = cublas
     try:
         for name in _BACKEND_MODULES:
             sys.modules.pop(name, None)
         sys.modules["cupy"] = _stand_in()
-        global cublas
         cublas = _Cublas()
         importlib.import_module("kernels.cublas").use_library(cublas)
         yield importlib.import_module("kernels.cupy_backend").CupyBackend()
     finally:
+        cublas = outer_cublas
         for name, kept in saved.items():
             if kept is None:
                 sys.modules.pop(name, None)
