@@ -171,34 +171,34 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
 // Small batches' time steps, product and cell in one kernel
 // (Backend.lstm_recurrent_forward and lstm_recurrent_backward): a block takes STEP_ROWS
 // rows and STEP_UNITS hidden units, all four gates of each, so that the cell's maths
-// follows its products in registers. The products stream through shared memory STEP_K
+// follows its products in registers. The products stream through shared memory a K tile
 // at a time, the next tile read into registers while the current one is multiplied.
 // One-dimensional grid: block b is unit block b % ceil(H / STEP_UNITS) of row block
 // b / ceil(H / STEP_UNITS); STEP_THREADS threads a block, exactly.
 #define STEP_ROWS 32
 #define STEP_UNITS 16
-#define STEP_K 32
+#define STEP_K 32       // the forward's K (H) a tile
+#define STEP_K_BACK 64  // the backward's (4H: fewer, fuller tiles between barriers)
 #define STEP_THREADS 256
-#define STEP_ROW_LOADS (STEP_ROWS * STEP_K / STEP_THREADS)
 
-template <typename T>
+template <int KT, typename T>
 __device__ __forceinline__ void fetch_rows(const T* x, int rows, int cols, int row0, int k0,
                                            T* out) {
-    // This thread's share of the STEP_ROWS x STEP_K tile at (row0, k0) of x (rows, cols;
+    // This thread's share of the STEP_ROWS x KT tile at (row0, k0) of x (rows, cols;
     // row-major; zero outside it) into registers, read along the rows.
-    for (int i = 0; i < STEP_ROW_LOADS; ++i) {
+    for (int i = 0; i < STEP_ROWS * KT / STEP_THREADS; ++i) {
         const int e = threadIdx.x + i * STEP_THREADS;
-        const int r = row0 + e / STEP_K, k = k0 + e % STEP_K;
+        const int r = row0 + e / KT, k = k0 + e % KT;
         out[i] = r < rows && k < cols ? x[(long long)r * cols + k] : 0;
     }
 }
 
-template <typename T>
+template <int KT, typename T>
 __device__ __forceinline__ void stage_rows(const T* values, T (*tile)[STEP_ROWS + 1]) {
     // What fetch_rows read, into the k-major tile (a row's values are a column).
-    for (int i = 0; i < STEP_ROW_LOADS; ++i) {
+    for (int i = 0; i < STEP_ROWS * KT / STEP_THREADS; ++i) {
         const int e = threadIdx.x + i * STEP_THREADS;
-        tile[e % STEP_K][e / STEP_K] = values[i];
+        tile[e % KT][e / KT] = values[i];
     }
 }
 
@@ -215,9 +215,9 @@ __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
     const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
     const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
     constexpr int w_loads = STEP_K * 4 * STEP_UNITS / STEP_THREADS;
-    T h_next[STEP_ROW_LOADS], w_next[w_loads];
+    T h_next[STEP_ROWS * STEP_K / STEP_THREADS], w_next[w_loads];
     const auto fetch = [&](int k0) {  // tile k0 into registers
-        fetch_rows(prev_h, n, H, row0, k0, h_next);
+        fetch_rows<STEP_K>(prev_h, n, H, row0, k0, h_next);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             const int k = k0 + e / (4 * STEP_UNITS), c = e % (4 * STEP_UNITS);
@@ -229,7 +229,7 @@ __global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
     T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     fetch(0);
     for (int k0 = 0; k0 < H; k0 += STEP_K) {
-        stage_rows(h_next, h_tile);
+        stage_rows<STEP_K>(h_next, h_tile);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
             w_tile[e / (4 * STEP_UNITS)][e % (4 * STEP_UNITS)] = w_next[i];
@@ -268,8 +268,8 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
     // cell_backward, for n rows. The product's K (4H) is long and its output short, so
     // the block's threads split K four ways (every fourth k of a tile), each keeping
     // 2 rows x 4 units, and add their four partial tiles before the cell.
-    __shared__ T d_tile[STEP_K][STEP_ROWS + 1];   // k-major, as h_tile above
-    __shared__ T w_tile[STEP_K][STEP_UNITS + 1];  // Wh's rows (units) as columns
+    __shared__ T d_tile[STEP_K_BACK][STEP_ROWS + 1];   // k-major, as h_tile above
+    __shared__ T w_tile[STEP_K_BACK][STEP_UNITS + 1];  // Wh's rows (units) as columns
     __shared__ T partial[4][STEP_ROWS][STEP_UNITS];
     const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
     const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
@@ -277,27 +277,27 @@ __global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* W
     const int part = threadIdx.x / 64, lane = threadIdx.x % 64;
     const int r0 = (lane / 4) * 2, u0 = (lane % 4) * 4;  // 16 x 2 rows, 4 x 4 units
     const int K = 4 * H;
-    constexpr int w_loads = STEP_UNITS * STEP_K / STEP_THREADS;
-    T d_next[STEP_ROW_LOADS], w_next[w_loads];
+    constexpr int w_loads = STEP_UNITS * STEP_K_BACK / STEP_THREADS;
+    T d_next[STEP_ROWS * STEP_K_BACK / STEP_THREADS], w_next[w_loads];
     const auto fetch = [&](int k0) {  // tile k0 into registers
-        fetch_rows(da_next, n_next, K, row0, k0, d_next);
+        fetch_rows<STEP_K_BACK>(da_next, n_next, K, row0, k0, d_next);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
-            const int j = unit0 + e / STEP_K, k = k0 + e % STEP_K;
+            const int j = unit0 + e / STEP_K_BACK, k = k0 + e % STEP_K_BACK;
             w_next[i] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
         }
     };
     T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     if (da_next) fetch(0);
-    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K) {
-        stage_rows(d_next, d_tile);
+    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K_BACK) {
+        stage_rows<STEP_K_BACK>(d_next, d_tile);
         for (int i = 0; i < w_loads; ++i) {
             const int e = threadIdx.x + i * STEP_THREADS;
-            w_tile[e % STEP_K][e / STEP_K] = w_next[i];
+            w_tile[e % STEP_K_BACK][e / STEP_K_BACK] = w_next[i];
         }
         __syncthreads();
-        if (k0 + STEP_K < K) fetch(k0 + STEP_K);  // in flight while this tile multiplies
-        for (int kk = part; kk < STEP_K; kk += 4) {
+        if (k0 + STEP_K_BACK < K) fetch(k0 + STEP_K_BACK);  // in flight while this multiplies
+        for (int kk = part; kk < STEP_K_BACK; kk += 4) {
             const T d0 = d_tile[kk][r0], d1 = d_tile[kk][r0 + 1];
             for (int q = 0; q < 4; ++q) {
                 const T w = w_tile[kk][u0 + q];
