@@ -13,7 +13,7 @@ CTYPES = {"float32": "float", "float64": "double"}  # dtype name -> the template
 # bfloat16 as the products' operands (the bf16 twin's ``operand_dtype``): NumPy and CuPy
 # have no bfloat16 dtype, so its values live as their bit patterns in uint16 arrays,
 # the upper half of a float32's bits, rounded to nearest (ties to even); a NaN stays a
-# NaN. Prepended to each module that writes operands.
+# NaN. Prepended to each module that writes or reads them.
 BF16_SOURCE = r"""
 __device__ __forceinline__ unsigned short to_bf16(float x) {
     unsigned int bits = __float_as_uint(x);

@@ -78,6 +78,12 @@ def _step_blocks(n: int, H: int) -> int:
     return max(-(-n // STEP_ROWS), 1) * -(-H // STEP_UNITS)
 
 
+def _grid(items: int, most: int = 4096) -> int:
+    """Blocks of 256 threads for a grid-stride kernel over ``items``: one each, up to
+    ``most`` (the loop covers the rest), and at least one."""
+    return min(max(-(-items // 256), 1), most)
+
+
 def _launch(kernel: str, units, *args) -> None:
     """Run a gate kernel over the (N, H) units of the array ``units`` (whose dtype picks
     the kernel); args are those before NH and H."""
@@ -85,8 +91,7 @@ def _launch(kernel: str, units, *args) -> None:
     if key not in _FUNCTIONS:
         _FUNCTIONS[key] = _MODULES["gates"].get_function(f"{kernel}<{CTYPES[key[1]]}>")
     N, H = units.shape
-    blocks = min(max(-(-N * H // 256), 1), 4096)  # a grid-stride loop covers the rest
-    _FUNCTIONS[key]((blocks,), (256,), (*args, np.int64(N * H), np.int32(H)))
+    _FUNCTIONS[key]((_grid(N * H),), (256,), (*args, np.int64(N * H), np.int32(H)))
 
 
 _TANH_BACKWARD = cp.ElementwiseKernel(
@@ -220,8 +225,7 @@ class CupyBackend(Backend):
         out = cp.empty(x.shape, self.operand_dtype)
         if x.size:
             kernel = _MODULES["gates"].get_function("round_to_bf16<float>")
-            blocks = min(max(-(-x.size // 256), 1), 4096)  # a grid-stride loop covers the rest
-            kernel((blocks,), (256,), (x, out, np.int64(x.size)))
+            kernel((_grid(x.size),), (256,), (x, out, np.int64(x.size)))
         return out
 
     def widen(self, x):
@@ -322,10 +326,9 @@ class CupyBackend(Backend):
             f"scatter_add_{'bf16_' if stored else ''}rows<{CTYPES[dW.dtype.name]}>")
         per_thread = _SCATTER_ROWS_PER_THREAD
         threads = -(-rows // per_thread) * D
-        blocks = min(max(-(-threads // 256), 1), 8192)  # a grid-stride loop covers the rest
-        kernel((blocks,), (256,), (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64),
-                                   dout, dW, np.int64(rows), np.int32(D),
-                                   np.int64(vocab_size), np.int32(per_thread)))
+        kernel((_grid(threads, 8192),), (256,),
+               (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64), dout, dW,
+                np.int64(rows), np.int32(D), np.int64(vocab_size), np.int32(per_thread)))
         return dW
 
     def argmax_rows(self, scores, bias):
@@ -506,5 +509,4 @@ class CupyBackend(Backend):
             for _ in range(ADAM_TENSORS - len(group)):
                 args += [_NULL] * 4 + [np.int64(0)]
             total = sum(w.size for w, *_ in group)
-            blocks = min(max(-(-total // 256), 1), 4096)  # a grid-stride loop covers the rest
-            kernel((blocks,), (256,), (hyper[first:], np.int32(len(group)), *args))
+            kernel((_grid(total),), (256,), (hyper[first:], np.int32(len(group)), *args))
