@@ -44,58 +44,12 @@ __global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
 }
 
 template <typename T>
-__device__ __forceinline__ void cell_forward(T ai, T af, T ao, T ag, long long base,
-                                             long long k, int H, const T* prev_c, T* gates,
-                                             T* next_c, T* next_h, T* tanh_c,
-                                             unsigned short* next_h16) {
-    // Unit k (row n, unit j; base = n * 4H + j) from its four pre-activations: the gates
-    // into gates, c, tanh(c), and h into next_h, or as bfloat16 into next_h16 (the
-    // products' stored operand): one of the two is null.
-    const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
-    const T gg = tanh(ag);
-    gates[base] = ig;
-    gates[base + H] = fg;
-    gates[base + 2 * H] = og;
-    gates[base + 3 * H] = gg;
-    const T c = fg * prev_c[k] + ig * gg;
-    const T tc = tanh(c);
-    next_c[k] = c;
-    tanh_c[k] = tc;
-    if (next_h) next_h[k] = og * tc;
-    else next_h16[k] = to_bf16((float)(og * tc));
-}
-
-template <typename T>
-__device__ __forceinline__ void cell_backward(T dnext_h, long long base, long long k, int H,
-                                              const T* dnext_c, const T* gates,
-                                              const T* prev_c, const T* tanh_c, T* da,
-                                              unsigned short* da16, T* dprev_c) {
-    // Unit k's gradient from dnext_h: dprev_c (may be dnext_c), and da, or da as
-    // bfloat16 into da16 (the products' stored operand): one of the two is null.
-    const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-    const T gg = gates[base + 3 * H], tc = tanh_c[k];
-    const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
-    const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
-    const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
-    if (da) {
-        da[base] = di;
-        da[base + H] = df;
-        da[base + 2 * H] = d_o;
-        da[base + 3 * H] = dg;
-    } else {
-        da16[base] = to_bf16((float)di);
-        da16[base + H] = to_bf16((float)df);
-        da16[base + 2 * H] = to_bf16((float)d_o);
-        da16[base + 3 * H] = to_bf16((float)dg);
-    }
-    dprev_c[k] = dc * fg;
-}
-
-template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
                              int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
                              T* tanh_c, unsigned short* next_h16, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> cell_forward; gates may be a.
+    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, and h
+    // into next_h, or as bfloat16 into next_h16 (the products' stored operand): one of
+    // the two is null.
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -109,8 +63,18 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* a_extr
             ao += a_extra[base + 2 * H];
             ag += a_extra[base + 3 * H];
         }
-        cell_forward(ai, af, ao, ag, base, k, H, prev_c, gates, next_c, next_h, tanh_c,
-                     next_h16);
+        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
+        const T gg = tanh(ag);
+        gates[base] = ig;
+        gates[base + H] = fg;
+        gates[base + 2 * H] = og;
+        gates[base + 3 * H] = gg;
+        const T c = fg * prev_c[k] + ig * gg;
+        const T tc = tanh(c);
+        next_c[k] = c;
+        tanh_c[k] = tc;
+        if (next_h) next_h[k] = og * tc;
+        else next_h16[k] = to_bf16((float)(og * tc));
     }
 }
 
@@ -158,173 +122,36 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, i
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
                               long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> cell_backward.
+    // dnext_h = dh (+ dh_extra, the carried gradient) -> dprev_c (may be dnext_c), and
+    // da, or da as bfloat16 into da16 (the products' stored operand): one of the two is
+    // null.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         T dnext_h = dh[n * dh_ld + j];
         if (has_extra) dnext_h += dh_extra[k];
-        cell_backward(dnext_h, base, k, H, dnext_c, gates, prev_c, tanh_c, da, da16, dprev_c);
-    }
-}
-
-// Small batches' time steps, product and cell in one kernel
-// (Backend.lstm_recurrent_forward and lstm_recurrent_backward): a block takes STEP_ROWS
-// rows and STEP_UNITS hidden units, all four gates of each, so that the cell's maths
-// follows its products in registers. The products stream through shared memory a K tile
-// at a time, the next tile read into registers while the current one is multiplied.
-// One-dimensional grid: block b is unit block b % ceil(H / STEP_UNITS) of row block
-// b / ceil(H / STEP_UNITS); STEP_THREADS threads a block, exactly.
-#define STEP_ROWS 32
-#define STEP_UNITS 16
-#define STEP_K 32       // the forward's K (H) a tile
-#define STEP_K_BACK 64  // the backward's (4H: fewer, fuller tiles between barriers)
-#define STEP_THREADS 256
-
-template <int KT, typename T>
-__device__ __forceinline__ void fetch_rows(const T* x, int rows, int cols, int row0, int k0,
-                                           T* out) {
-    // This thread's share of the STEP_ROWS x KT tile at (row0, k0) of x (rows, cols;
-    // row-major; zero outside it) into registers, read along the rows.
-    for (int i = 0; i < STEP_ROWS * KT / STEP_THREADS; ++i) {
-        const int e = threadIdx.x + i * STEP_THREADS;
-        const int r = row0 + e / KT, k = k0 + e % KT;
-        out[i] = r < rows && k < cols ? x[(long long)r * cols + k] : 0;
-    }
-}
-
-template <int KT, typename T>
-__device__ __forceinline__ void stage_rows(const T* values, T (*tile)[STEP_ROWS + 1]) {
-    // What fetch_rows read, into the k-major tile (a row's values are a column).
-    for (int i = 0; i < STEP_ROWS * KT / STEP_THREADS; ++i) {
-        const int e = threadIdx.x + i * STEP_THREADS;
-        tile[e % KT][e / KT] = values[i];
-    }
-}
-
-template <typename T>
-__global__ void lstm_recurrent_forward(const T* prev_h, const T* Wh, const T* a,
-                                       const long long* words, const T* prev_c, T* gates,
-                                       T* next_c, T* next_h, T* tanh_c, int n, int H) {
-    // Pre-activations prev_h (n, H) Wh (H, 4H) + a's row (a (n, 4H), or with words a
-    // table (V, 4H) read at row words[r]) -> cell_forward; gates may be a.
-    __shared__ T h_tile[STEP_K][STEP_ROWS + 1];   // k-major: a row's values are a column
-    __shared__ T w_tile[STEP_K][4 * STEP_UNITS];  // gate g's units at g * STEP_UNITS
-    const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
-    const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
-    const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
-    const int u = threadIdx.x % STEP_UNITS, pair = threadIdx.x / STEP_UNITS;
-    constexpr int w_loads = STEP_K * 4 * STEP_UNITS / STEP_THREADS;
-    T h_next[STEP_ROWS * STEP_K / STEP_THREADS], w_next[w_loads];
-    const auto fetch = [&](int k0) {  // tile k0 into registers
-        fetch_rows<STEP_K>(prev_h, n, H, row0, k0, h_next);
-        for (int i = 0; i < w_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            const int k = k0 + e / (4 * STEP_UNITS), c = e % (4 * STEP_UNITS);
-            const int j = unit0 + c % STEP_UNITS;
-            w_next[i] = k < H && j < H ? Wh[(long long)k * 4 * H + (c / STEP_UNITS) * H + j]
-                                       : 0;
+        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
+        const T gg = gates[base + 3 * H], tc = tanh_c[k];
+        const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
+        const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
+        const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);
+        if (da) {
+            da[base] = di;
+            da[base + H] = df;
+            da[base + 2 * H] = d_o;
+            da[base + 3 * H] = dg;
+        } else {
+            da16[base] = to_bf16((float)di);
+            da16[base + H] = to_bf16((float)df);
+            da16[base + 2 * H] = to_bf16((float)d_o);
+            da16[base + 3 * H] = to_bf16((float)dg);
         }
-    };
-    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    fetch(0);
-    for (int k0 = 0; k0 < H; k0 += STEP_K) {
-        stage_rows<STEP_K>(h_next, h_tile);
-        for (int i = 0; i < w_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            w_tile[e / (4 * STEP_UNITS)][e % (4 * STEP_UNITS)] = w_next[i];
-        }
-        __syncthreads();
-        if (k0 + STEP_K < H) fetch(k0 + STEP_K);  // in flight while this tile multiplies
-        for (int kk = 0; kk < STEP_K; ++kk) {
-            const T h0 = h_tile[kk][2 * pair], h1 = h_tile[kk][2 * pair + 1];
-            for (int g = 0; g < 4; ++g) {
-                const T w = w_tile[kk][g * STEP_UNITS + u];
-                acc[0][g] += h0 * w;
-                acc[1][g] += h1 * w;
-            }
-        }
-        __syncthreads();
-    }
-    const int j = unit0 + u;
-    for (int i = 0; i < 2; ++i) {
-        const long long r = row0 + 2 * pair + i;
-        if (r >= n || j >= H) continue;
-        const long long base = r * 4 * H + j, k = r * H + j;
-        const T* x = a + (words ? words[r] * 4 * H + j : base);
-        cell_forward(x[0] + acc[i][0], x[H] + acc[i][1], x[2 * H] + acc[i][2],
-                     x[3 * H] + acc[i][3], base, k, H, prev_c, gates, next_c, next_h, tanh_c,
-                     (unsigned short*)nullptr);
-    }
-}
-
-template <typename T>
-__global__ void lstm_recurrent_backward(const T* da_next, int n_next, const T* Wh,
-                                        const T* dh, long long dh_ld, const T* dnext_c,
-                                        const T* gates, const T* prev_c, const T* tanh_c,
-                                        T* da, T* dprev_c, int n, int H) {
-    // dnext_h = dh + da_next (n_next, 4H) Wh^T, the next step's gradient carried back
-    // (rows from n_next on carry none; da_next may be null: none at all) ->
-    // cell_backward, for n rows. The product's K (4H) is long and its output short, so
-    // the block's threads split K four ways (every fourth k of a tile), each keeping
-    // 2 rows x 4 units, and add their four partial tiles before the cell.
-    __shared__ T d_tile[STEP_K_BACK][STEP_ROWS + 1];   // k-major, as h_tile above
-    __shared__ T w_tile[STEP_K_BACK][STEP_UNITS + 1];  // Wh's rows (units) as columns
-    __shared__ T partial[4][STEP_ROWS][STEP_UNITS];
-    const int unit_blocks = (H + STEP_UNITS - 1) / STEP_UNITS;
-    const int row0 = (blockIdx.x / unit_blocks) * STEP_ROWS;
-    const int unit0 = (blockIdx.x % unit_blocks) * STEP_UNITS;
-    const int part = threadIdx.x / 64, lane = threadIdx.x % 64;
-    const int r0 = (lane / 4) * 2, u0 = (lane % 4) * 4;  // 16 x 2 rows, 4 x 4 units
-    const int K = 4 * H;
-    constexpr int w_loads = STEP_UNITS * STEP_K_BACK / STEP_THREADS;
-    T d_next[STEP_ROWS * STEP_K_BACK / STEP_THREADS], w_next[w_loads];
-    const auto fetch = [&](int k0) {  // tile k0 into registers
-        fetch_rows<STEP_K_BACK>(da_next, n_next, K, row0, k0, d_next);
-        for (int i = 0; i < w_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            const int j = unit0 + e / STEP_K_BACK, k = k0 + e % STEP_K_BACK;
-            w_next[i] = j < H && k < K ? Wh[(long long)j * K + k] : 0;
-        }
-    };
-    T acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-    if (da_next) fetch(0);
-    for (int k0 = 0; da_next && k0 < K; k0 += STEP_K_BACK) {
-        stage_rows<STEP_K_BACK>(d_next, d_tile);
-        for (int i = 0; i < w_loads; ++i) {
-            const int e = threadIdx.x + i * STEP_THREADS;
-            w_tile[e % STEP_K_BACK][e / STEP_K_BACK] = w_next[i];
-        }
-        __syncthreads();
-        if (k0 + STEP_K_BACK < K) fetch(k0 + STEP_K_BACK);  // in flight while this multiplies
-        for (int kk = part; kk < STEP_K_BACK; kk += 4) {
-            const T d0 = d_tile[kk][r0], d1 = d_tile[kk][r0 + 1];
-            for (int q = 0; q < 4; ++q) {
-                const T w = w_tile[kk][u0 + q];
-                acc[0][q] += d0 * w;
-                acc[1][q] += d1 * w;
-            }
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 2; ++i)
-        for (int q = 0; q < 4; ++q) partial[part][r0 + i][u0 + q] = acc[i][q];
-    __syncthreads();
-    for (int o = threadIdx.x; o < STEP_ROWS * STEP_UNITS; o += blockDim.x) {
-        const int rr = o / STEP_UNITS, uu = o % STEP_UNITS;
-        const long long r = row0 + rr;
-        const int j = unit0 + uu;
-        if (r >= n || j >= H) continue;
-        const T carried = partial[0][rr][uu] + partial[1][rr][uu] + partial[2][rr][uu] +
-                          partial[3][rr][uu];
-        cell_backward(dh[r * dh_ld + j] + carried, r * 4 * H + j, r * H + j, H, dnext_c,
-                      gates, prev_c, tanh_c, da, (unsigned short*)nullptr, dprev_c);
+        dprev_c[k] = dc * fg;
     }
 }
 """
 GATE_KERNELS = ("round_to_bf16", "lstm_forward", "lstm_forward_halved", "lstm_decode",
-                "lstm_backward", "lstm_recurrent_forward", "lstm_recurrent_backward")
-STEP_ROWS, STEP_UNITS, STEP_THREADS = 32, 16, 256  # as the #defines above
+                "lstm_backward")
 
 XENT_SOURCE = r"""
 template <typename T>

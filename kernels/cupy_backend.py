@@ -25,7 +25,6 @@ whole training step from a CUDA graph (kernels/cuda_graph.py).
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import cupy as cp
@@ -34,16 +33,7 @@ import numpy as np
 from backend.base import Backend, BackendUnavailable, check_precision
 from kernels.cublas import BF16, gemm, give_own_handle
 from kernels.cuda_graph import GraphRecording
-from kernels.cuda_sources import (
-    ADAM_TENSORS,
-    CTYPES,
-    MODULES,
-    OPTIONS,
-    STEP_ROWS,
-    STEP_THREADS,
-    STEP_UNITS,
-    name_expressions,
-)
+from kernels.cuda_sources import ADAM_TENSORS, CTYPES, MODULES, OPTIONS, name_expressions
 
 # One compiled module per source of kernels/cuda_sources.py (compiled on first use).
 _MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
@@ -70,12 +60,6 @@ def _pointers(out) -> tuple:
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
-
-
-def _step_blocks(n: int, H: int) -> int:
-    """The fused recurrent kernels' grid: a block per STEP_ROWS rows and STEP_UNITS
-    units (kernels/cuda_sources.py)."""
-    return max(-(-n // STEP_ROWS), 1) * -(-H // STEP_UNITS)
 
 
 def _grid(items: int, most: int = 4096) -> int:
@@ -113,10 +97,6 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     + _ADAM_BODY, "caption_adam_device")
 
 _XENT_THREADS = 256
-# Steps of at most this many rows take the fused recurrent kernels (product and cell in
-# one, full float32 or float64): there cuBLAS's products leave most of the GPU idle and
-# each step's two launches cost more than the cell's own work.
-_FUSED_STEP_ROWS = 256
 _ARGMAX_THREADS = 256  # 8 rows a block, a warp each
 # Rows one scatter thread walks down its column: long enough that the <START> rows of a
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
@@ -407,46 +387,6 @@ class CupyBackend(Backend):
         h, h16 = _pointers(next_h)
         _launch("lstm_forward", prev_c, table, words, a_extra, np.int32(1), prev_c, gates,
                 next_c, h, tanh_c, h16)
-
-    def _fuses_step(self, n: int, *arrays) -> bool:
-        """Whether a step of n rows over ``arrays`` takes the fused recurrent kernels:
-        a small batch, products in full precision (not this twin's TF32 or bfloat16,
-        nor CUPY_TF32's), float arrays of one dtype, each C-contiguous (None: absent)."""
-        present = [a for a in arrays if a is not None]
-        return (n <= _FUSED_STEP_ROWS and self.precision == "fp32"
-                and os.environ.get("CUPY_TF32") != "1"
-                and present[0].dtype.name in CTYPES
-                and all(a.dtype == present[0].dtype for a in present)
-                and _contiguous(*present))
-
-    def lstm_recurrent_forward(self, prev_h, Wh, a, words, prev_c, gates, next_c, next_h,
-                               tanh_c, buf):
-        n, H = prev_c.shape
-        if not self._fuses_step(n, prev_h, Wh, a, prev_c, gates, next_c, next_h, tanh_c):
-            return super().lstm_recurrent_forward(prev_h, Wh, a, words, prev_c, gates, next_c,
-                                                  next_h, tanh_c, buf)
-        if words is not None:
-            words = cp.ascontiguousarray(words, dtype=cp.int64)
-        kernel = _MODULES["gates"].get_function(
-            f"lstm_recurrent_forward<{CTYPES[a.dtype.name]}>")
-        kernel((_step_blocks(n, H),), (STEP_THREADS,),
-               (prev_h, Wh, a, _NULL if words is None else words, prev_c, gates, next_c,
-                next_h, tanh_c, np.int32(n), np.int32(H)))
-
-    def lstm_recurrent_backward(self, da_next, Wh, dh, dnext_h, dnext_c, gates, prev_c,
-                                tanh_c, da):
-        n, H = prev_c.shape
-        if not (self._fuses_step(n, da_next, Wh, dnext_c, gates, prev_c, tanh_c, da)
-                and dh.dtype == da.dtype and dh.strides[1] == dh.itemsize):
-            return super().lstm_recurrent_backward(da_next, Wh, dh, dnext_h, dnext_c, gates,
-                                                   prev_c, tanh_c, da)
-        kernel = _MODULES["gates"].get_function(
-            f"lstm_recurrent_backward<{CTYPES[da.dtype.name]}>")
-        kernel((_step_blocks(n, H),), (STEP_THREADS,),
-               (_NULL if da_next is None else da_next,
-                np.int32(0 if da_next is None else len(da_next)), Wh, dh,
-                np.int64(dh.strides[0] // dh.itemsize), dnext_c, gates, prev_c, tanh_c, da,
-                dnext_c, np.int32(n), np.int32(H)))
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.

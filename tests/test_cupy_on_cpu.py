@@ -57,10 +57,10 @@ def _models(cupy, dtype=np.float64, cell="lstm"):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_step_and_decoding_launch_every_kernel_of_the_backend(cupy, dtype):
     """Every raw kernel of kernels/cuda_sources.py and every elementwise kernel runs in
-    the losses (the bf16 twin's too), greedy, beam and sampled decoding, the single
-    step, and Adam: no fallback bypasses one. (Only float32 is stored as bfloat16: the
-    double instances of the kernels for stored operands are compiled with their
-    modules, and never launched.)"""
+    the losses (the bf16 twin's too), greedy, beam and sampled decoding, and Adam: no
+    fallback bypasses one. (Only float32 is stored as bfloat16: the double instances of
+    the kernels for stored operands are compiled with their modules, and never
+    launched.)"""
     features, captions = _odd_batch(np.random.default_rng(6))
     features = features.astype(dtype)
     _, lstm = _models(cupy, dtype)
@@ -77,13 +77,6 @@ def test_a_step_and_decoding_launch_every_kernel_of_the_backend(cupy, dtype):
         lstm.sample(features, 9)
         beam_decode(lstm, features, 3, 9)
         sample_decode(lstm, features, 9, temperature=1.0, seed=0)
-    # the cell alone: the exercise's single step (the loops above take the fused steps)
-    rng = np.random.default_rng(7)
-    x, h, c = (cupy.asarray(rng.standard_normal((3, d)), dtype) for d in (5, 10, 10))
-    Wx, Wh = (cupy.asarray(rng.standard_normal((d, 40)), dtype) for d in (5, 10))
-    step_h, step_c, cache = cupy.lstm_step_forward(x, h, c, Wx, Wh,
-                                                   cupy.asarray(np.zeros(40), dtype))
-    cupy.lstm_step_backward(step_h, step_c, cache)
     # decoding takes the halved cell alone only for rows of another layout
     cell = np.zeros((2, 10), dtype)
     cupy.lstm_gates_forward_halved(np.ones((2, 40), dtype), cell, cell, np.empty_like(cell))

@@ -231,29 +231,3 @@ def test_the_gates_of_looked_up_rows_are_those_of_the_rows_given(backend, dtype)
                                           backend.asarray(prev_c), *got)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("lookup", [False, True])
-@pytest.mark.parametrize(("N", "H"), [(70, 40), (300, 24)])
-def test_the_gpu_steps_fused_or_not_follow_numpy(cupy_backend, dtype, lookup, N, H):
-    """The LSTM's packed loops on the CuPy backend against NumPy's: 70 rows take the
-    fused recurrent kernels (product and cell in one; 70 and 40 are not multiples of
-    their 32 x 16 tiles), 300 rows the cuBLAS product and the cell kernel apart."""
-    rng = np.random.default_rng(13)
-    step_rows = (N, N, N - 3, N // 2, 7, 1)
-    P, V = sum(step_rows), 11
-    words = rng.integers(0, V, P)
-    table = rng.standard_normal((V if lookup else P, 4 * H)).astype(dtype)
-    h0, Wh = (rng.standard_normal(s).astype(dtype) / 3 for s in ((N, H), (H, 4 * H)))
-    dh = rng.standard_normal((P, H)).astype(dtype)
-    results = {}
-    for be in (get_backend("numpy"), cupy_backend):
-        hs, cache = be.lstm_forward_packed(be.asarray(table.copy()), be.asarray(h0),
-                                           be.asarray(Wh), step_rows,
-                                           be.asarray(words) if lookup else None)
-        grads = be.lstm_backward_packed(be.asarray(dh), cache)
-        results[be.name] = [be.to_numpy(x) for x in (hs, *grads)]
-    tolerance = 1e-4 if dtype == np.float32 else 1e-10
-    for got, want in zip(results["cupy"], results["numpy"]):
-        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
