@@ -97,6 +97,9 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     + _ADAM_BODY, "caption_adam_device")
 
 _XENT_THREADS = 256
+# Elements an adam_many thread updates, about: few enough that every SM fills, enough that
+# each block amortises picking its tensor.
+_ADAM_ITEMS_PER_THREAD = 4
 _ARGMAX_THREADS = 256  # 8 rows a block, a warp each
 # Rows one scatter thread walks down its column: long enough that the <START> rows of a
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
@@ -443,10 +446,11 @@ class CupyBackend(Backend):
         kernel = _MODULES["adam"].get_function(f"adam_many<{CTYPES[dtype.name]}>")
         for first in range(0, len(tensors), ADAM_TENSORS):
             group = tensors[first:first + ADAM_TENSORS]
-            args = []
+            args, blocks = [], 0
             for w, dw, m, v in group:
-                args += [np.uint64(a.data.ptr) for a in (w, dw, m, v)] + [np.int64(w.size)]
+                blocks += _grid(-(-w.size // _ADAM_ITEMS_PER_THREAD))
+                args += [np.uint64(a.data.ptr) for a in (w, dw, m, v)]
+                args += [np.int64(w.size), np.int32(blocks)]
             for _ in range(ADAM_TENSORS - len(group)):
-                args += [_NULL] * 4 + [np.int64(0)]
-            total = sum(w.size for w, *_ in group)
-            kernel((_grid(total),), (256,), (hyper[first:], np.int32(len(group)), *args))
+                args += [_NULL] * 4 + [np.int64(0), np.int32(blocks)]
+            kernel((blocks,), (256,), (hyper[first:], np.int32(len(group)), *args))
