@@ -160,47 +160,52 @@ __device__ T biased(const T* s, const T* bias, int v) {
 }
 
 template <typename T>
+__device__ T warp_max(T x) {  // every lane gets the warp's largest x
+    for (int offset = 16; offset > 0; offset >>= 1)
+        x = max(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+
+template <typename T>
+__device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
+    for (int offset = 16; offset > 0; offset >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+template <typename T>
 __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
-                             const T inv_n, const int V, T* row_loss,
+                             const T inv_n, const int V, const long long M, T* row_loss,
                              unsigned short* grad16) {
-    // One block per row: scores[m] (+ bias, where not null, added as each score is read)
-    // becomes the gradient, in place, or as bfloat16 into grad16's row m where grad16
-    // is not null (scores are then only read); row_loss[m] gets
-    // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n.
-    __shared__ T red[256];
-    const int tid = threadIdx.x;
-    T* s = scores + (long long)blockIdx.x * V;
-    const int target = y[blockIdx.x];
-    const T picked = biased(s, bias, target);
-    T mx = picked;
-    for (int v = tid; v < V; v += blockDim.x) mx = max(mx, biased(s, bias, v));
-    red[tid] = mx;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] = max(red[tid], red[tid + k]);
-        __syncthreads();
+    // One warp per row m of scores (M, V): scores[m] (+ bias, where not null, added as
+    // each score is read) becomes the gradient, in place, or as bfloat16 into grad16's
+    // row m where grad16 is not null (scores are then only read); row_loss[m] gets
+    // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's reductions need no
+    // barrier: a block per row spent most of its time at 16 of them.
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long m = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; m < M;
+         m += warps) {
+        T* s = scores + m * V;
+        const int target = y[m];
+        const T picked = biased(s, bias, target);
+        T mx = picked;
+        for (int v = lane; v < V; v += 32) mx = max(mx, biased(s, bias, v));
+        mx = warp_max(mx);
+        T sum = 0;
+        for (int v = lane; v < V; v += 32) sum += exp(biased(s, bias, v) - mx);
+        sum = warp_sum(sum);
+        const T w = weight[m] * inv_n;
+        const T scale = w / sum;
+        unsigned short* g16 = grad16 ? grad16 + m * V : nullptr;
+        for (int v = lane; v < V; v += 32) {
+            T g = exp(biased(s, bias, v) - mx) * scale;
+            if (v == target) g -= w;
+            if (g16) g16[v] = to_bf16((float)g);
+            else s[v] = g;
+        }
+        if (lane == 0) row_loss[m] = w * (log(sum) - (picked - mx));
     }
-    mx = red[0];
-    __syncthreads();
-    T sum = 0;
-    for (int v = tid; v < V; v += blockDim.x) sum += exp(biased(s, bias, v) - mx);
-    red[tid] = sum;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] += red[tid + k];
-        __syncthreads();
-    }
-    sum = red[0];
-    const T w = weight[blockIdx.x] * inv_n;
-    const T scale = w / sum;
-    unsigned short* g16 = grad16 ? grad16 + (long long)blockIdx.x * V : nullptr;
-    for (int v = tid; v < V; v += blockDim.x) {
-        T g = exp(biased(s, bias, v) - mx) * scale;
-        if (v == target) g -= w;
-        if (g16) g16[v] = to_bf16((float)g);
-        else s[v] = g;
-    }
-    if (tid == 0) row_loss[blockIdx.x] = w * (log(sum) - (picked - mx));
 }
 """
 XENT_KERNELS = ("caption_xent",)

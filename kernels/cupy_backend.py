@@ -68,6 +68,15 @@ def _grid(items: int, most: int = 4096) -> int:
     return min(max(-(-items // 256), 1), most)
 
 
+_ROW_THREADS = 256  # the warp-per-row kernels' blocks: 8 rows each
+
+
+def _row_grid(rows: int) -> int:
+    """Blocks of _ROW_THREADS for a kernel that gives each of ``rows`` rows a warp, up to
+    8192 (a grid-stride loop covers the rest), and at least one."""
+    return min(max(-(-rows // (_ROW_THREADS // 32)), 1), 8192)
+
+
 def _launch(kernel: str, units, *args) -> None:
     """Run a gate kernel over the (N, H) units of the array ``units`` (whose dtype picks
     the kernel); args are those before NH and H."""
@@ -96,11 +105,9 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     "const T step = hyper[0], eps_hat = hyper[1], beta1 = hyper[2], beta2 = hyper[3];"
     + _ADAM_BODY, "caption_adam_device")
 
-_XENT_THREADS = 256
 # Elements an adam_many thread updates, about: few enough that every SM fills, enough that
 # each block amortises picking its tensor.
 _ADAM_ITEMS_PER_THREAD = 4
-_ARGMAX_THREADS = 256  # 8 rows a block, a warp each
 # Rows one scatter thread walks down its column: long enough that the <START> rows of a
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
 # enough that 16,384 x 2,048 still makes a million threads.
@@ -328,9 +335,7 @@ class CupyBackend(Backend):
         if M == 0:
             return out
         kernel = _MODULES["decode"].get_function(f"argmax_rows<{CTYPES[scores.dtype.name]}>")
-        warps_per_block = _ARGMAX_THREADS // 32
-        blocks = min(-(-M // warps_per_block), 8192)  # a grid-stride loop covers the rest
-        kernel((blocks,), (_ARGMAX_THREADS,), (scores, bias, out, np.int64(M), np.int32(V)))
+        kernel((_row_grid(M),), (_ROW_THREADS,), (scores, bias, out, np.int64(M), np.int32(V)))
         return out
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
@@ -404,7 +409,7 @@ class CupyBackend(Backend):
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
                       operand: bool = False):
-        """One kernel, a block per row; the bf16 twin, asked for an ``operand``, has it
+        """One kernel, a warp per row; the bf16 twin, asked for an ``operand``, has it
         write the gradient as bfloat16 (scores are then only read)."""
         M, V = scores.shape
         as_bf16 = operand and self.operand_dtype is not None and scores.dtype == np.float32
@@ -419,12 +424,12 @@ class CupyBackend(Backend):
                     else scores.copy(order="C"))
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
-        kernel((M,), (_XENT_THREADS,),
+        kernel((_row_grid(M),), (_ROW_THREADS,),
                (scores if as_bf16 else grad,
                 _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
                 cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
-                cp.int32(V), row_loss, grad if as_bf16 else _NULL))
+                cp.int32(V), np.int64(M), row_loss, grad if as_bf16 else _NULL))
         return row_loss.sum(), grad
 
     def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):

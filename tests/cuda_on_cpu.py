@@ -10,8 +10,8 @@ order between barriers, and the blocks of a grid run one after another, so
 
 - ``__shared__`` is a function-local ``static`` (one block holds it at a time);
 - ``__syncthreads()`` makes a fiber wait until every thread of its block arrives;
-- ``__shfl_down_sync`` exchanges values through the warp's slots between two waits of
-  its 32 threads;
+- ``__shfl_down_sync`` and ``__shfl_xor_sync`` exchange values through the warp's slots
+  between two waits of its 32 threads;
 - ``atomicAdd`` is a plain add (one fiber runs at a time);
 - a block whose threads can never all meet at a barrier (a ``__syncthreads`` that not
   every thread reaches) fails the launch with an error instead of hanging.
@@ -245,6 +245,21 @@ inline T __shfl_down_sync(unsigned, T value, unsigned offset, int width = warpSi
     T out = value;
     if (lane + offset < std::min<unsigned>(width, b.warps[warp].needed))
         std::memcpy(&out, &b.slots[tid + offset], sizeof(T));
+    emu::wait_at(b.warps[warp]);
+    return out;
+}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T value, int lane_mask, int width = warpSize) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
+    emu::Block& b = *emu::block;
+    const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    std::memcpy(&b.slots[tid], &value, sizeof(T));
+    emu::wait_at(b.warps[warp]);
+    T out = value;
+    const unsigned from = lane ^ lane_mask;  // within the lane's own group of width lanes
+    if (from / width == lane / width && from < b.warps[warp].needed)
+        std::memcpy(&out, &b.slots[32 * warp + from], sizeof(T));
     emu::wait_at(b.warps[warp]);
     return out;
 }
