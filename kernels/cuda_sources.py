@@ -36,11 +36,13 @@ __device__ __forceinline__ double widened(double x) { return x; }
 # are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
 GATES_SOURCE = r"""
 template <typename T>
-__global__ void round_to_bf16(const T* x, unsigned short* out, long long size) {
-    // A product's operand stored apart: out = x as bfloat16 (flat, C order).
+__global__ void round_to_bf16(const T* x, unsigned short* out, long long size, int cols,
+                              long long out_pitch) {
+    // A product's operand stored apart: out = x as bfloat16, x C-contiguous rows of cols
+    // values, out's rows out_pitch elements apart.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < size;
          k += (long long)gridDim.x * blockDim.x)
-        out[k] = to_bf16((float)x[k]);
+        out[k / cols * out_pitch + k % cols] = to_bf16((float)x[k]);
 }
 
 template <typename T>
@@ -176,10 +178,11 @@ __device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
 template <typename T>
 __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
                              const T inv_n, const int V, const long long M, T* row_loss,
-                             unsigned short* grad16) {
+                             unsigned short* grad16, const long long grad16_pitch) {
     // One warp per row m of scores (M, V): scores[m] (+ bias, where not null, added as
     // each score is read) becomes the gradient, in place, or as bfloat16 into grad16's
-    // row m where grad16 is not null (scores are then only read); row_loss[m] gets
+    // row m (rows grad16_pitch elements apart) where grad16 is not null (scores are then
+    // only read); row_loss[m] gets
     // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's reductions need no
     // barrier: a block per row spent most of its time at 16 of them.
     const int lane = threadIdx.x % 32;
@@ -197,7 +200,7 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
         sum = warp_sum(sum);
         const T w = weight[m] * inv_n;
         const T scale = w / sum;
-        unsigned short* g16 = grad16 ? grad16 + m * V : nullptr;
+        unsigned short* g16 = grad16 ? grad16 + m * grad16_pitch : nullptr;
         for (int v = lane; v < V; v += 32) {
             T g = exp(biased(s, bias, v) - mx) * scale;
             if (v == target) g -= w;

@@ -68,6 +68,30 @@ def _grid(items: int, most: int = 4096) -> int:
     return min(max(-(-items // 256), 1), most)
 
 
+# A stored operand's rows start at least 16 bytes (8 bfloat16 values) apart: cuBLAS picks
+# its tensor-core kernels by its operands' alignment, and rows of V = 1,004 values (2,008
+# bytes) gave the vocabulary's three products 2-value-aligned ones, at 231 us of the
+# N=1024 bf16 step (session 13's profile).
+_OPERAND_ROW_ALIGN = 8
+
+
+def _empty_operand(shape: tuple[int, ...]) -> cp.ndarray:
+    """An uninitialised bfloat16 operand (``BF16`` bits) of ``shape``: where it is 2-D, a
+    view of rows padded to a multiple of _OPERAND_ROW_ALIGN values."""
+    if len(shape) != 2:
+        return cp.empty(shape, BF16)
+    rows, cols = shape
+    pitch = -(-cols // _OPERAND_ROW_ALIGN) * _OPERAND_ROW_ALIGN
+    return cp.empty((rows, pitch), BF16)[:, :cols]
+
+
+def _row_pitch(x) -> int:
+    """Elements from one row of x to the next (x 2-D with unit-stride rows, else C order)."""
+    if x.ndim == 2:
+        return x.strides[0] // x.itemsize
+    return x.shape[-1] if x.ndim else 1
+
+
 _ROW_THREADS = 256  # the warp-per-row kernels' blocks: 8 rows each
 
 
@@ -207,15 +231,18 @@ class CupyBackend(Backend):
         return twins[precision]
 
     def as_operand(self, x):
-        """A float32 x as this twin stores products' operands: a bfloat16 copy (C order,
-        one kernel) on the bf16 twin; x itself otherwise, and for other dtypes."""
+        """A float32 x as this twin stores products' operands: a bfloat16 copy (one
+        kernel; a matrix's rows padded to 16 bytes, ``_empty_operand``) on the bf16
+        twin; x itself otherwise, and for other dtypes."""
         if self.stored_dtype(x.dtype) == x.dtype:
             return x
         x = cp.ascontiguousarray(x)
-        out = cp.empty(x.shape, self.operand_dtype)
+        out = _empty_operand(x.shape)
         if x.size:
             kernel = _MODULES["gates"].get_function("round_to_bf16<float>")
-            kernel((_grid(x.size),), (256,), (x, out, np.int64(x.size)))
+            kernel((_grid(x.size),), (256,), (x, out, np.int64(x.size),
+                                              np.int32(_row_pitch(x)),
+                                              np.int64(_row_pitch(out))))
         return out
 
     def widen(self, x):
@@ -417,7 +444,7 @@ class CupyBackend(Backend):
             return cp.zeros((), dtype=scores.dtype), cp.empty(
                 scores.shape, self.operand_dtype if as_bf16 else scores.dtype)
         if as_bf16:
-            grad = cp.empty(scores.shape, self.operand_dtype)
+            grad = _empty_operand(scores.shape)
             scores = cp.ascontiguousarray(scores)
         else:
             grad = (scores if overwrite and scores.flags.c_contiguous
@@ -429,7 +456,8 @@ class CupyBackend(Backend):
                 _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
                 cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
-                cp.int32(V), np.int64(M), row_loss, grad if as_bf16 else _NULL))
+                cp.int32(V), np.int64(M), row_loss, grad if as_bf16 else _NULL,
+                np.int64(_row_pitch(grad) if as_bf16 else 0)))
         return row_loss.sum(), grad
 
     def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):

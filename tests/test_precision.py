@@ -225,8 +225,10 @@ def test_bf16_operands_are_rounded_to_nearest_even(cupy_backend):
     assert cupy_backend.as_operand(same) is same  # no stored copies in fp32
 
 
-@pytest.mark.parametrize("shape", [(128, 512, 2048), (37, 24, 40)])
+@pytest.mark.parametrize("shape", [(128, 512, 2048), (37, 24, 40), (7, 21, 1004)])
 def test_stored_bf16_operands_multiply_as_their_rounded_values(cupy_backend, shape):
+    """Stored operands are matrices whose rows start 16 bytes apart (cuBLAS's aligned
+    kernels), whatever their width; they multiply as their rounded values."""
     m, k, n = shape
     rng = np.random.default_rng(5)
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -235,6 +237,8 @@ def test_stored_bf16_operands_multiply_as_their_rounded_values(cupy_backend, sha
     bf16 = cupy_backend.with_precision("bf16")
     a_op = bf16.as_operand(bf16.asarray(a))
     b_op_t = bf16.as_operand(bf16.asarray(b.T.copy()))  # stored transposed: a strided view
+    assert a_op.shape == (m, k) and b_op_t.shape == (n, k)
+    assert a_op.strides[0] % 16 == 0 and b_op_t.strides[0] % 16 == 0
     for left, right in ((a_op, b_op_t.T), (a_op, bf16.asarray(b)),  # a float32 partner
                         (bf16.asarray(a), b_op_t.T)):
         got = bf16.matmul(left, right)
@@ -331,6 +335,7 @@ def test_the_softmax_writes_its_gradient_as_a_bf16_operand_when_asked(cupy_backe
     loss32, grad32 = bf16.cross_entropy(bf16.asarray(scores.copy()), *args, 5,
                                         overwrite=True, bias=bf16.asarray(bias))
     assert grad16.dtype == bf16.operand_dtype and grad32.dtype == np.float32
+    assert grad16.strides[0] % 16 == 0  # rows aligned for cuBLAS, as as_operand's
     assert float(loss16) == float(loss32)
     np.testing.assert_array_equal(bf16.to_numpy(grad16),
                                   bf16.to_numpy(bf16.as_operand(grad32)))
