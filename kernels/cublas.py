@@ -79,6 +79,10 @@ _SIGNATURES = {  # name -> argument types; every function returns a status (int)
                        _PTR, _PTR, _INT],
 }
 _SIGNATURES["cublasDgemm_v2"] = _SIGNATURES["cublasSgemm_v2"]
+_LONG = ctypes.c_longlong
+_SIGNATURES["cublasSgemmStridedBatched"] = [_PTR, _INT, _INT, _INT, _INT, _INT, _PTR, _PTR,
+                                            _INT, _LONG, _PTR, _INT, _LONG, _PTR, _PTR, _INT,
+                                            _LONG, _INT]
 _SIGNATURES["cublasGemmEx"] = [_PTR, _INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _INT, _INT,
                                _PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]
 _FUNCTIONS: dict[str, object] = {}  # filled on first use by _functions()
@@ -211,4 +215,39 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
         return True
     _check(f[_GEMM[char]](handle, lb[0], la[0], n, m, k, one, b.data.ptr, lb[1], a.data.ptr,
                        la[1], zero, out.data.ptr, lc[1]), "gemm")
+    return True
+
+
+def gemm_parts(a, b, parts) -> bool:
+    """parts (S, M, N) = the S products a[:, Ks] @ b[Ks, :] of a (M, K) @ b (K, N), Ks
+    the s-th of S equal chunks of K (S divides K): the product split along K, whose sum
+    is a @ b, by one strided-batched cuBLAS call on the current stream. Why: a product
+    of few output tiles (a small batch's recurrent step) leaves most SMs idle, and S
+    parts make S times the blocks. float32 in full precision (whatever ``CUPY_TF32``
+    set) only: False (nothing done) for other dtypes or layouts."""
+    if not (a.dtype == b.dtype == parts.dtype == "float32" and a.ndim == b.ndim == 2
+            and parts.ndim == 3):
+        return False
+    (m, k), n, count = a.shape, b.shape[1], parts.shape[0]
+    if b.shape[0] != k or parts.shape[1:] != (m, n) or count == 0 or k % count:
+        raise ValueError(f"{parts.shape[0]} parts of shapes {a.shape} @ {b.shape} into "
+                         f"{parts.shape}: expected (M, K) @ (K, N) into (S, M, N), S "
+                         f"dividing K")
+    la, lb, lc = _layout(a), _layout(b), _layout(parts[0])
+    size = a.itemsize
+    if (la is None or lb is None or lc is None or lc[0] != _OP_N
+            or parts.strides[0] % size or m == 0 or n == 0):
+        return False
+    chunk = k // count
+    stream = cp.cuda.get_current_stream().ptr
+    handle = _handle(stream)
+    _check(_functions()["cublasSetStream_v2"](handle, stream), "SetStream")
+    one, zero = _ONE_ZERO_REF["f"]
+    # Column-major, as gemm: cuBLAS gets b first; a part's chunk starts `chunk` steps
+    # down K, which is b's first axis and a's second.
+    _check(_FUNCTIONS["cublasSgemmStridedBatched"](
+        handle, lb[0], la[0], n, m, chunk, one,
+        b.data.ptr, lb[1], chunk * (b.strides[0] // size),
+        a.data.ptr, la[1], chunk * (a.strides[1] // size), zero,
+        parts.data.ptr, lc[1], parts.strides[0] // size, count), "SgemmStridedBatched")
     return True

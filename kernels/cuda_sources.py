@@ -45,11 +45,23 @@ __global__ void round_to_bf16(const T* x, unsigned short* out, long long size, i
         out[k / cols * out_pitch + k % cols] = to_bf16((float)x[k]);
 }
 
+// The recurrent product a gate kernel adds, "extra": parts (0 for none) arrays of
+// extra_rows C-contiguous rows, extra_stride elements apart, whose sum is the product (a
+// product split along K has several; rows from extra_rows on have none).
 template <typename T>
-__global__ void lstm_forward(const T* a, const long long* words, const T* a_extra,
-                             int has_extra, const T* prev_c, T* gates, T* next_c, T* next_h,
+__device__ __forceinline__ T extra_sum(const T* extra, int parts, long long stride,
+                                       long long at) {
+    T sum = extra[at];
+    for (int p = 1; p < parts; ++p) sum += extra[p * stride + at];
+    return sum;
+}
+
+template <typename T>
+__global__ void lstm_forward(const T* a, const long long* words, const T* extra,
+                             int extra_parts, long long extra_stride, long long extra_rows,
+                             const T* prev_c, T* gates, T* next_c, T* next_h,
                              T* tanh_c, unsigned short* next_h16, long long NH, int H) {
-    // Pre-activation a (+ a_extra, the recurrent product) -> gates (may be a), c, and h
+    // Pre-activation a (+ extra, the recurrent product) -> gates (may be a), c, and h
     // into next_h, or as bfloat16 into next_h16 (the products' stored operand): one of
     // the two is null.
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
@@ -59,11 +71,11 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* a_extr
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         const T* x = a + (words ? words[n] * 4 * H + j : base);
         T ai = x[0], af = x[H], ao = x[2 * H], ag = x[3 * H];
-        if (has_extra) {
-            ai += a_extra[base];
-            af += a_extra[base + H];
-            ao += a_extra[base + 2 * H];
-            ag += a_extra[base + 3 * H];
+        if (extra_parts && n < extra_rows) {
+            ai += extra_sum(extra, extra_parts, extra_stride, base);
+            af += extra_sum(extra, extra_parts, extra_stride, base + H);
+            ao += extra_sum(extra, extra_parts, extra_stride, base + 2 * H);
+            ag += extra_sum(extra, extra_parts, extra_stride, base + 3 * H);
         }
         const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
         const T gg = tanh(ag);
@@ -120,18 +132,20 @@ __global__ void lstm_decode(const T* hw, const T* table, const long long* words,
 }
 
 template <typename T>
-__global__ void lstm_backward(const T* dh, long long dh_ld, const T* dh_extra, int has_extra,
+__global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra, int extra_parts,
+                              long long extra_stride, long long extra_rows,
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
                               long long NH, int H) {
-    // dnext_h = dh (+ dh_extra, the carried gradient) -> dprev_c (may be dnext_c), and
-    // da, or da as bfloat16 into da16 (the products' stored operand): one of the two is
-    // null.
+    // dnext_h = dh (+ extra, the gradient carried back by the recurrent product) ->
+    // dprev_c (may be dnext_c), and da, or da as bfloat16 into da16 (the products'
+    // stored operand): one of the two is null.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         T dnext_h = dh[n * dh_ld + j];
-        if (has_extra) dnext_h += dh_extra[k];
+        if (extra_parts && n < extra_rows)
+            dnext_h += extra_sum(extra, extra_parts, extra_stride, k);
         const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
         const T gg = gates[base + 3 * H], tc = tanh_c[k];
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);

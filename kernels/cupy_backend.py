@@ -31,7 +31,7 @@ import cupy as cp
 import numpy as np
 
 from backend.base import Backend, BackendUnavailable, check_precision
-from kernels.cublas import BF16, gemm, give_own_handle
+from kernels.cublas import BF16, gemm, gemm_parts, give_own_handle
 from kernels.cuda_graph import GraphRecording
 from kernels.cuda_sources import ADAM_TENSORS, CTYPES, MODULES, OPTIONS, name_expressions
 
@@ -60,6 +60,48 @@ def _pointers(out) -> tuple:
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
+
+
+def _whole(extra, rows: int):
+    """A recurrent product given as (S, m, k) parts (``_addend``) as one (rows, k) array,
+    zeros from row m on, for the base class's gate methods; an (m, k) one as it is."""
+    if extra.ndim == 2:
+        return extra
+    whole = cp.zeros((rows, extra.shape[2]), extra.dtype)
+    whole[:extra.shape[1]] = extra.sum(axis=0)
+    return whole
+
+
+_SM_COUNTS: dict[int, int] = {}  # device id -> its multiprocessors
+_SPLIT_TILE = 64  # cuBLAS's float32 kernels tile these small products 64 x 64 (or more)
+_SPLIT_MIN_K = 256  # the least depth of a part of a split product
+
+
+def _split_count(rows: int, cols: int, depth: int) -> int:
+    """How many parts along K a float32 product (rows, depth) @ (depth, cols) is split
+    into (cublas.gemm_parts): doubled while its blocks, one per 64 x 64 output tile, do
+    not cover the GPU's multiprocessors, each part at least _SPLIT_MIN_K deep; 1 for
+    a product that fills the GPU (a batch of 1,024 captions' steps)."""
+    device = cp.cuda.runtime.getDevice()
+    if device not in _SM_COUNTS:
+        _SM_COUNTS[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
+    blocks = -(-rows // _SPLIT_TILE) * -(-cols // _SPLIT_TILE)
+    parts = 1
+    while (blocks * parts < _SM_COUNTS[device] and depth % (2 * parts) == 0
+           and depth // (2 * parts) >= _SPLIT_MIN_K):
+        parts *= 2
+    return parts
+
+
+def _addend(extra) -> tuple:
+    """The gate kernels' four arguments for the recurrent product they add (``extra``
+    in kernels/cuda_sources.py): None for none, an (m, k) array, or (S, m, k) parts of a
+    product split along K (C-contiguous), whose sum is the product."""
+    if extra is None:
+        return _NULL, np.int32(0), np.int64(0), np.int64(0)
+    parts = extra if extra.ndim == 3 else extra[None]
+    return (parts, np.int32(len(parts)), np.int64(parts.strides[0] // parts.itemsize),
+            np.int64(parts.shape[1]))
 
 
 def _grid(items: int, most: int = 4096) -> int:
@@ -372,7 +414,7 @@ class CupyBackend(Backend):
         if not _contiguous(gates, next_c, next_h, tanh_c):  # the kernel writes flat rows
             return super().lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
-        _launch("lstm_forward", prev_c, a, _NULL, a, np.int32(0), prev_c, gates, next_c,
+        _launch("lstm_forward", prev_c, a, _NULL, *_addend(None), prev_c, gates, next_c,
                 next_h, tanh_c, _NULL)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
@@ -400,39 +442,77 @@ class CupyBackend(Backend):
                                                dprev_c)
         dnext_h, dnext_c, gates, prev_c, tanh_c = (
             cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
-        _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), dnext_h,
-                np.int32(0), dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
+        _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), *_addend(None),
+                dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
+
+    def lstm_recurrent_forward(self, prev_h, Wh, a, words, prev_c, gates, next_c, next_h,
+                               tanh_c, buf):
+        """A small step's product in parts along K (``_split_product``), which the gate
+        kernel adds; the base class's product and cell otherwise."""
+        parts = self._split_product(prev_h, Wh)
+        if parts is None:
+            return super().lstm_recurrent_forward(prev_h, Wh, a, words, prev_c, gates,
+                                                  next_c, next_h, tanh_c, buf)
+        if words is None:
+            self.lstm_gates_forward_sum(a, parts, prev_c, next_c, next_h, tanh_c)
+        else:
+            self.lstm_gates_forward_lookup(a, words, parts, prev_c, gates, next_c, next_h,
+                                           tanh_c)
+
+    def lstm_recurrent_backward(self, da_next, Wh, dh, dnext_h, dnext_c, gates, prev_c,
+                                tanh_c, da):
+        """As lstm_recurrent_forward: the carried gradient's product in parts where the
+        step is small (dnext_h is then not written)."""
+        parts = None if da_next is None else self._split_product(da_next, Wh.T)
+        if parts is None:
+            return super().lstm_recurrent_backward(da_next, Wh, dh, dnext_h, dnext_c, gates,
+                                                   prev_c, tanh_c, da)
+        self.lstm_gates_backward_sum(dh, parts, dnext_c, gates, prev_c, tanh_c, da)
+
+    def _split_product(self, x, w):
+        """x (m, K) @ w (K, n) as (S, m, n) parts along K (S from ``_split_count``), or
+        None where it is not split: a product that fills the GPU, one that is not
+        float32 in full precision (TF32's and bfloat16's kernels differ, and cuBLAS
+        splits those itself), or operands cuBLAS cannot take."""
+        if self.precision != "fp32" or x.dtype != np.float32:
+            return None
+        count = _split_count(x.shape[0], w.shape[1], x.shape[1])
+        if count == 1:
+            return None
+        parts = cp.empty((count, x.shape[0], w.shape[1]), np.float32)
+        return parts if gemm_parts(x, w, parts) else None
 
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
         if not (_contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c)
                 and _writable(next_h, a)):
-            return super().lstm_gates_forward_sum(a, a_extra, prev_c, next_c, next_h, tanh_c)
+            return super().lstm_gates_forward_sum(a, _whole(a_extra, len(a)), prev_c, next_c,
+                                                  next_h, tanh_c)
         h, h16 = _pointers(next_h)
-        _launch("lstm_forward", prev_c, a, _NULL, a_extra, np.int32(1), prev_c, a, next_c, h,
+        _launch("lstm_forward", prev_c, a, _NULL, *_addend(a_extra), prev_c, a, next_c, h,
                 tanh_c, h16)
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
                                   tanh_c):
         if not (_contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c)
                 and _writable(next_h, table)):
-            return super().lstm_gates_forward_lookup(table, words, a_extra, prev_c, gates,
-                                                     next_c, next_h, tanh_c)
+            return super().lstm_gates_forward_lookup(table, words, _whole(a_extra, len(words)),
+                                                     prev_c, gates, next_c, next_h, tanh_c)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         h, h16 = _pointers(next_h)
-        _launch("lstm_forward", prev_c, table, words, a_extra, np.int32(1), prev_c, gates,
+        _launch("lstm_forward", prev_c, table, words, *_addend(a_extra), prev_c, gates,
                 next_c, h, tanh_c, h16)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
         if not (_contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da)
                 and _writable(da, gates)):
-            return super().lstm_gates_backward_sum(dh, dh_extra, dnext_c, gates, prev_c,
-                                                   tanh_c, da)
+            return super().lstm_gates_backward_sum(dh, _whole(dh_extra, len(dh)), dnext_c,
+                                                   gates, prev_c, tanh_c, da)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
-                dh_extra, np.int32(1), dnext_c, gates, prev_c, tanh_c, *_pointers(da), dnext_c)
+                *_addend(dh_extra), dnext_c, gates, prev_c, tanh_c, *_pointers(da), dnext_c)
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
                       operand: bool = False):

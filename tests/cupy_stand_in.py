@@ -148,7 +148,8 @@ def _stand_in() -> types.ModuleType:
     cupy.cuda = types.SimpleNamespace(
         runtime=runtime, Stream=_Stream, Event=_Event,
         get_current_stream=lambda: _Stream.current,
-        Device=lambda index=0: types.SimpleNamespace(use=lambda: None),
+        Device=lambda index=0: types.SimpleNamespace(
+            use=lambda: None, attributes={"MultiProcessorCount": 132}),  # an H100's
         MemoryPool=lambda: types.SimpleNamespace(malloc=None),
         memory=types.SimpleNamespace(Memory=lambda size: types.SimpleNamespace(ptr=0)),
         using_allocator=lambda allocator=None: contextlib.nullcontext())
@@ -162,7 +163,8 @@ class _Cublas:
     operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider;
     bfloat16 operands (CUDA_R_16BF, their bits in uint16) are widened exactly. Each
     GemmEx call's input type is kept in ``input_types``, for tests to tell which
-    products read stored bfloat16 operands."""
+    products read stored bfloat16 operands, and each strided-batched call's count in
+    ``batch_counts``."""
 
     _ids = itertools.count(1)
     _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
@@ -170,6 +172,7 @@ class _Cublas:
 
     def __init__(self) -> None:
         self.input_types: list[int] = []
+        self.batch_counts: list[int] = []  # each strided-batched call's count
 
     # Named as cuBLAS names them; each returns a cuBLAS status (0: success).
     def cublasCreate_v2(self, handle_ref) -> int:
@@ -194,6 +197,16 @@ class _Cublas:
                        ldc) -> int:
         return self._gemm(np.float64, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                           ldc, 0)
+
+    def cublasSgemmStridedBatched(self, handle, op_a, op_b, m, n, k, alpha, a, lda,
+                                  stride_a, b, ldb, stride_b, beta, c, ldc, stride_c,
+                                  count) -> int:
+        self.batch_counts.append(count)
+        size = np.dtype(np.float32).itemsize
+        for i in range(count):
+            self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a + i * stride_a * size, lda,
+                       b + i * stride_b * size, ldb, beta, c + i * stride_c * size, ldc, 0)
+        return 0
 
     def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type,
                      ldb, beta, c, c_type, ldc, compute_type, algo) -> int:

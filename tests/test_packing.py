@@ -231,3 +231,47 @@ def test_the_gates_of_looked_up_rows_are_those_of_the_rows_given(backend, dtype)
                                           backend.asarray(prev_c), *got)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+
+
+def _packed_lstm(be, N, H, lookup, dtype=np.float32):
+    """The packed LSTM's forward and backward on ``be`` over steps of N, N, N-3, N//2, 7
+    and 1 rows (fixed random inputs) -> hs, da, dh0, dWh on the host."""
+    rng = np.random.default_rng(13)
+    step_rows = (N, N, N - 3, N // 2, 7, 1)
+    P, V = sum(step_rows), 11
+    words = rng.integers(0, V, P)
+    table = rng.standard_normal((V if lookup else P, 4 * H)).astype(dtype)
+    h0, Wh = (rng.standard_normal(s).astype(dtype) / 3 for s in ((N, H), (H, 4 * H)))
+    dh = rng.standard_normal((P, H)).astype(dtype)
+    hs, cache = be.lstm_forward_packed(be.asarray(table), be.asarray(h0), be.asarray(Wh),
+                                       step_rows, be.asarray(words) if lookup else None)
+    grads = be.lstm_backward_packed(be.asarray(dh), cache)
+    return [be.to_numpy(x) for x in (hs, *grads)]
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize(("N", "H"), [(70, 512), (300, 24)])
+def test_the_gpu_steps_split_or_not_follow_numpy(cupy_backend, lookup, N, H):
+    """The LSTM's packed loops on the CuPy backend against NumPy's, in float32: steps of
+    at most 70 rows of 512 units take their recurrent products in parts along K, which
+    the gate kernels add (on a GPU of 132 multiprocessors); 300 rows of 24 do not."""
+    want = _packed_lstm(get_backend("numpy"), N, H, lookup)
+    for got, expected in zip(_packed_lstm(cupy_backend, N, H, lookup), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected).max())
+
+
+def test_small_float32_steps_split_their_products_to_fill_the_gpu():
+    """On a GPU of 132 multiprocessors, a step of at most 70 rows and 512 units (64 x 64
+    output tiles: 2 x 32 forward, 2 x 8 backward) multiplies in 2 parts of K = 512
+    forward and 8 of K = 2,048 backward (each part 256 deep at least), one cuBLAS call
+    each; the last product (dh0) and every TF32 product whole."""
+    import cupy_stand_in
+
+    with cupy_stand_in.cupy_backend_on_cpu() as backend:
+        cupy_stand_in.cublas.batch_counts.clear()
+        _packed_lstm(backend, 70, 512, lookup=True)
+        assert cupy_stand_in.cublas.batch_counts == [2] * 6 + [8] * 5
+        cupy_stand_in.cublas.batch_counts.clear()
+        _packed_lstm(backend.with_precision("tf32"), 70, 512, lookup=True)
+        assert cupy_stand_in.cublas.batch_counts == []
