@@ -8,9 +8,9 @@
 # parameters go to $GPU_OUT (default /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 # With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
-# .ab-1; carried by the device tool), it measures each one's step against the next, by
-# name, and the last against this tree (benchmarks/gpu_ab.sh; ~2-3 minutes a pair), right
-# after the table: one pair per change to measure.
+# .ab-1; carried by the device tool), it measures their steps and this tree's in turns,
+# oldest first by name (benchmarks/gpu_ab.sh; ~20 s a tree), right after the table: one
+# tree per change to measure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -36,11 +36,11 @@ timeout 60 python3 -m benchmarks.gemm_floor
 
 # The unmeasured changes, apart, before the re-checks below (a timeout cuts those first).
 shopt -s nullglob
-trees=(.ab-*/ .)  # earlier commits, oldest first by name, then this tree
-for ((i = 0; i + 1 < ${#trees[@]}; i++)); do
-    echo "== the CuPy step of ${trees[i]} against ${trees[i + 1]}, in turns"
-    bash benchmarks/gpu_ab.sh "${trees[i]}" "${trees[i + 1]}"
-done
+trees=(.ab-*/)  # earlier commits, oldest first by name; then this tree
+if [ ${#trees[@]} -gt 0 ]; then
+    echo "== the CuPy step of ${trees[*]} and this tree, in turns"
+    bash benchmarks/gpu_ab.sh "${trees[@]}" .
+fi
 
 echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
 ignore=()  # test modules whose CPU-only dependencies this machine lacks
