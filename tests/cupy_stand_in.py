@@ -134,6 +134,19 @@ class _CudaRuntimeError(RuntimeError):
     pass
 
 
+def _uninitialised(make):
+    """NumPy's ``empty`` or ``empty_like`` whose arrays hold all-ones bytes (NaN floats,
+    -1 integers), as a GPU's reused memory holds anything: a kernel that reads what it
+    did not write fails the tests here, instead of reading the zeros fresh host pages
+    often hold."""
+    @functools.wraps(make)
+    def uninitialised(*args, **kwargs):
+        out = make(*args, **kwargs)
+        ctypes.memset(out.ctypes.data, 0xFF, out.nbytes)
+        return out.view(_DeviceArray)
+    return uninitialised
+
+
 def _stand_in() -> types.ModuleType:
     """A ``cupy`` module: NumPy's namespace, plus what the backend takes from CuPy."""
     cupy = types.ModuleType("cupy")
@@ -143,6 +156,7 @@ def _stand_in() -> types.ModuleType:
     cupy.RawModule = EmulatedModule
     cupy.ElementwiseKernel = EmulatedElementwiseKernel
     cupy.asnumpy = lambda a, *args, **kwargs: np.asarray(a)
+    cupy.empty, cupy.empty_like = _uninitialised(np.empty), _uninitialised(np.empty_like)
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
                                     CUDARuntimeError=_CudaRuntimeError)
     cupy.cuda = types.SimpleNamespace(
@@ -162,9 +176,9 @@ class _Cublas:
     alpha and beta by host pointer). GemmEx's TF32 and bfloat16 compute types round the
     operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider;
     bfloat16 operands (CUDA_R_16BF, their bits in uint16) are widened exactly. Each
-    GemmEx call's input type is kept in ``input_types``, for tests to tell which
-    products read stored bfloat16 operands, and each strided-batched call's count in
-    ``batch_counts``."""
+    GemmEx call's input type is kept in ``input_types`` and its (m, n, k) in ``shapes``,
+    for tests to tell which products read stored bfloat16 operands, and each
+    strided-batched call's count in ``batch_counts``."""
 
     _ids = itertools.count(1)
     _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
@@ -172,6 +186,7 @@ class _Cublas:
 
     def __init__(self) -> None:
         self.input_types: list[int] = []
+        self.shapes: list[tuple[int, int, int]] = []  # each GemmEx call's (m, n, k)
         self.batch_counts: list[int] = []  # each strided-batched call's count
 
     # Named as cuBLAS names them; each returns a cuBLAS status (0: success).
@@ -211,6 +226,7 @@ class _Cublas:
     def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type,
                      ldb, beta, c, c_type, ldc, compute_type, algo) -> int:
         self.input_types.append(a_type)
+        self.shapes.append((m, n, k))
         if (a_type, b_type, c_type) == (self._R_16BF, self._R_16BF, self._R_32F) and (
                 compute_type == self._COMPUTE_32F):
             return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
