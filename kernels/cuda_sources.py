@@ -36,13 +36,16 @@ __device__ __forceinline__ double widened(double x) { return x; }
 # are C-contiguous; ``dh`` may be a strided (N, H) view (row stride dh_ld elements).
 GATES_SOURCE = r"""
 template <typename T>
-__global__ void round_to_bf16(const T* x, unsigned short* out, long long size, int cols,
-                              long long out_pitch) {
-    // A product's operand stored apart: out = x as bfloat16, x C-contiguous rows of cols
-    // values, out's rows out_pitch elements apart.
-    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < size;
-         k += (long long)gridDim.x * blockDim.x)
-        out[k / cols * out_pitch + k % cols] = to_bf16((float)x[k]);
+__global__ void round_to_bf16(const T* x, unsigned short* out, long long rows, int cols,
+                              int out_cols) {
+    // A product's operand stored apart: out (rows, out_cols) = x (rows, cols), both
+    // C-contiguous, as bfloat16, and zeros in out's columns from cols on.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < rows * out_cols;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long r = k / out_cols;
+        const int c = k % out_cols;
+        out[k] = c < cols ? to_bf16((float)x[r * cols + c]) : (unsigned short)0;
+    }
 }
 
 // The recurrent product a gate kernel adds, "extra": parts (0 for none) arrays of
@@ -190,20 +193,21 @@ __device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
 }
 
 template <typename T>
-__global__ void caption_xent(T* scores, const T* bias, const int* y, const T* weight,
-                             const T inv_n, const int V, const long long M, T* row_loss,
-                             unsigned short* grad16, const long long grad16_pitch) {
-    // One warp per row m of scores (M, V): scores[m] (+ bias, where not null, added as
-    // each score is read) becomes the gradient, in place, or as bfloat16 into grad16's
-    // row m (rows grad16_pitch elements apart) where grad16 is not null (scores are then
-    // only read); row_loss[m] gets
+__global__ void caption_xent(T* scores, const long long scores_pitch, const T* bias,
+                             const int* y, const T* weight, const T inv_n, const int V,
+                             const long long M, T* row_loss, unsigned short* grad16,
+                             const int grad16_cols) {
+    // One warp per row m of scores (M, V; rows scores_pitch elements apart): scores[m]
+    // (+ bias, where not null, added as each score is read) becomes the gradient, in
+    // place, or as bfloat16 into grad16's row m (M, grad16_cols >= V, zeros past V)
+    // where grad16 is not null (scores are then only read); row_loss[m] gets
     // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's reductions need no
     // barrier: a block per row spent most of its time at 16 of them.
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
     for (long long m = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; m < M;
          m += warps) {
-        T* s = scores + m * V;
+        T* s = scores + m * scores_pitch;
         const int target = y[m];
         const T picked = biased(s, bias, target);
         T mx = picked;
@@ -214,13 +218,15 @@ __global__ void caption_xent(T* scores, const T* bias, const int* y, const T* we
         sum = warp_sum(sum);
         const T w = weight[m] * inv_n;
         const T scale = w / sum;
-        unsigned short* g16 = grad16 ? grad16 + m * grad16_pitch : nullptr;
+        unsigned short* g16 = grad16 ? grad16 + m * grad16_cols : nullptr;
         for (int v = lane; v < V; v += 32) {
             T g = exp(biased(s, bias, v) - mx) * scale;
             if (v == target) g -= w;
             if (g16) g16[v] = to_bf16((float)g);
             else s[v] = g;
         }
+        if (g16)
+            for (int v = V + lane; v < grad16_cols; v += 32) g16[v] = 0;
         if (lane == 0) row_loss[m] = w * (log(sum) - (picked - mx));
     }
 }

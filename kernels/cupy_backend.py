@@ -112,28 +112,26 @@ def _grid(items: int, most: int = 4096) -> int:
     return min(max(-(-items // 256), 1), most)
 
 
-# A stored operand's rows start at least 16 bytes (8 bfloat16 values) apart: cuBLAS picks
-# its tensor-core kernels by its operands' alignment, and rows of V = 1,004 values (2,008
-# bytes) gave the vocabulary's three products 2-value-aligned ones, at 231 us of the
-# N=1024 bf16 step (session 13's profile).
-_OPERAND_ROW_ALIGN = 8
+# The bf16 twin pads its vocabulary to a multiple of this many words in the stored
+# operands of the vocabulary layer: cuBLAS picks its bfloat16 kernels by how the
+# operands' widths align, and 1,004 words gave the layer's three products
+# 2-value-aligned kernels, 227 us of the N=1024 bf16 step (session 13's profile); their
+# rows' pitch alone, padded, changed nothing.
+_WORDS_ALIGN = 8
 
 
-def _empty_operand(shape: tuple[int, ...]) -> cp.ndarray:
-    """An uninitialised bfloat16 operand (``BF16`` bits) of ``shape``: where it is 2-D, a
-    view of rows padded to a multiple of _OPERAND_ROW_ALIGN values."""
-    if len(shape) != 2:
-        return cp.empty(shape, BF16)
-    rows, cols = shape
-    pitch = -(-cols // _OPERAND_ROW_ALIGN) * _OPERAND_ROW_ALIGN
-    return cp.empty((rows, pitch), BF16)[:, :cols]
-
-
-def _row_pitch(x) -> int:
-    """Elements from one row of x to the next (x 2-D with unit-stride rows, else C order)."""
-    if x.ndim == 2:
-        return x.strides[0] // x.itemsize
-    return x.shape[-1] if x.ndim else 1
+def _rounded(x, out_cols: int | None = None) -> cp.ndarray:
+    """float32 x as bfloat16 (``BF16`` bits, C order, one kernel); a matrix (rows, cols)
+    widened to (rows, out_cols) with zeros where out_cols is given."""
+    x = cp.ascontiguousarray(x)
+    cols = x.shape[-1] if x.ndim else 1
+    out_cols = cols if out_cols is None else out_cols
+    out = cp.empty(x.shape[:-1] + (out_cols,) if x.ndim else (), BF16)
+    if out.size:
+        kernel = _MODULES["gates"].get_function("round_to_bf16<float>")
+        kernel((_grid(out.size),), (256,), (x, out, np.int64(x.size // max(cols, 1)),
+                                            np.int32(cols), np.int32(out_cols)))
+    return out
 
 
 _ROW_THREADS = 256  # the warp-per-row kernels' blocks: 8 rows each
@@ -273,18 +271,10 @@ class CupyBackend(Backend):
 
     def as_operand(self, x):
         """A float32 x as this twin stores products' operands: a bfloat16 copy (one
-        kernel; a matrix's rows padded to 16 bytes, ``_empty_operand``) on the bf16
-        twin; x itself otherwise, and for other dtypes."""
+        kernel) on the bf16 twin; x itself otherwise, and for other dtypes."""
         if self.stored_dtype(x.dtype) == x.dtype:
             return x
-        x = cp.ascontiguousarray(x)
-        out = _empty_operand(x.shape)
-        if x.size:
-            kernel = _MODULES["gates"].get_function("round_to_bf16<float>")
-            kernel((_grid(x.size),), (256,), (x, out, np.int64(x.size),
-                                              np.int32(_row_pitch(x)),
-                                              np.int64(_row_pitch(out))))
-        return out
+        return _rounded(x)
 
     def widen(self, x):
         """A stored bfloat16 x as float32 (exact); x itself if it is not one."""
@@ -515,29 +505,61 @@ class CupyBackend(Backend):
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
                       operand: bool = False):
-        """One kernel, a warp per row; the bf16 twin, asked for an ``operand``, has it
-        write the gradient as bfloat16 (scores are then only read)."""
-        M, V = scores.shape
+        """One kernel, a warp per row (``_softmax_loss``); the bf16 twin, asked for an
+        ``operand``, has it write the gradient as bfloat16 (scores are then only
+        read)."""
         as_bf16 = operand and self.operand_dtype is not None and scores.dtype == np.float32
-        if M == 0:
-            return cp.zeros((), dtype=scores.dtype), cp.empty(
-                scores.shape, self.operand_dtype if as_bf16 else scores.dtype)
-        if as_bf16:
-            grad = _empty_operand(scores.shape)
-            scores = cp.ascontiguousarray(scores)
-        else:
+        return self._softmax_loss(scores, y, weight, n, bias, overwrite,
+                                  scores.shape[1] if as_bf16 else None)
+
+    def _softmax_loss(self, scores, y, weight, n: int, bias, overwrite: bool,
+                      stored_cols: int | None):
+        """cross_entropy's kernel. stored_cols None: the gradient in scores' dtype
+        (in place where ``overwrite`` allows); else as bfloat16 (M, stored_cols), zeros
+        from column V on, and scores may be a view of wider rows (only read)."""
+        M, V = scores.shape
+        if stored_cols is None:
             grad = (scores if overwrite and scores.flags.c_contiguous
                     else scores.copy(order="C"))
+            scores = grad
+        else:
+            grad = cp.empty((M, stored_cols), BF16)
+            if scores.strides[1] != scores.itemsize:
+                scores = cp.ascontiguousarray(scores)
+        if M == 0:
+            return cp.zeros((), dtype=scores.dtype), grad
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
         kernel((_row_grid(M),), (_ROW_THREADS,),
-               (scores if as_bf16 else grad,
+               (scores, np.int64(scores.strides[0] // scores.itemsize),
                 _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
                 cp.ascontiguousarray(y, dtype=cp.int32),
                 cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
-                cp.int32(V), np.int64(M), row_loss, grad if as_bf16 else _NULL,
-                np.int64(_row_pitch(grad) if as_bf16 else 0)))
+                cp.int32(V), np.int64(M), row_loss, _NULL if stored_cols is None else grad,
+                np.int32(stored_cols or 0)))
         return row_loss.sum(), grad
+
+    def vocab_loss(self, h, W_vocab, b_vocab, y, weight, n: int):
+        """The base class's maths; on the bf16 twin, with a vocabulary that is not a
+        multiple of _WORDS_ALIGN words, its three products multiply operands padded
+        with zero words to one (W_vocab's stored copy, the scores' stored gradient):
+        the padded words' scores are zeros, left out of the softmax, and their
+        gradients zeros, so nothing else changes."""
+        V = W_vocab.shape[1]
+        padded = -(-V // _WORDS_ALIGN) * _WORDS_ALIGN
+        if self.operand_dtype is None or padded == V or W_vocab.dtype != np.float32:
+            return super().vocab_loss(h, W_vocab, b_vocab, y, weight, n)
+        h_op, W_op = self.as_operand(h), _rounded(W_vocab, padded)  # (H, padded)
+        scores = self._operand_matmul(h_op, W_op, None)  # (M, padded), zeros from V on
+        loss, dscores = self._softmax_loss(scores[:, :V], y, weight, n, b_vocab, True,
+                                           padded)
+        dh = self._operand_matmul(dscores, W_op.T, None)
+
+        def weight_grads():
+            dW_vocab = self._operand_matmul(h_op.T, dscores, None)  # (H, padded)
+            return cp.ascontiguousarray(dW_vocab[:, :V]), self.sum_rows(dscores)[:V]
+
+        return loss, dh, self.beside(weight_grads)
 
     def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2):
         d = w.dtype.type
