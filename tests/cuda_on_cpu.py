@@ -235,33 +235,36 @@ int launch(unsigned grid, unsigned threads, const std::function<void()>& body, c
 
 inline void __syncthreads() { emu::wait_at(emu::block->all); }
 
+namespace emu {
+
+// Lane `from` of the calling thread's warp's value (its own value where `from` is not a
+// lane there), exchanged through the warp's slots between two waits of its threads.
+template <typename T>
+inline T shuffle(T value, unsigned from, bool valid) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
+    Block& b = *block;
+    const unsigned tid = threadIdx.x, warp = tid / 32;
+    std::memcpy(&b.slots[tid], &value, sizeof(T));
+    wait_at(b.warps[warp]);
+    T out = value;
+    if (valid && from < b.warps[warp].needed)
+        std::memcpy(&out, &b.slots[32 * warp + from], sizeof(T));
+    wait_at(b.warps[warp]);
+    return out;
+}
+
+}  // namespace emu
+
 template <typename T>
 inline T __shfl_down_sync(unsigned, T value, unsigned offset, int width = warpSize) {
-    static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
-    emu::Block& b = *emu::block;
-    const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    std::memcpy(&b.slots[tid], &value, sizeof(T));
-    emu::wait_at(b.warps[warp]);
-    T out = value;
-    if (lane + offset < std::min<unsigned>(width, b.warps[warp].needed))
-        std::memcpy(&out, &b.slots[tid + offset], sizeof(T));
-    emu::wait_at(b.warps[warp]);
-    return out;
+    const unsigned lane = threadIdx.x % 32;
+    return emu::shuffle(value, lane + offset, (lane % width) + offset < (unsigned)width);
 }
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T value, int lane_mask, int width = warpSize) {
-    static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
-    emu::Block& b = *emu::block;
-    const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    std::memcpy(&b.slots[tid], &value, sizeof(T));
-    emu::wait_at(b.warps[warp]);
-    T out = value;
-    const unsigned from = lane ^ lane_mask;  // within the lane's own group of width lanes
-    if (from / width == lane / width && from < b.warps[warp].needed)
-        std::memcpy(&out, &b.slots[32 * warp + from], sizeof(T));
-    emu::wait_at(b.warps[warp]);
-    return out;
+    const unsigned lane = threadIdx.x % 32, from = lane ^ lane_mask;
+    return emu::shuffle(value, from, from / width == lane / width);  // in the lane's group
 }
 
 template <typename T> inline T atomicAdd(T* address, T value) {
