@@ -24,9 +24,9 @@ How a backend subclass speeds things up: it overrides any operation of the contr
 and these extension points, which exist only to be overridden and which nothing outside
 a backend calls:
 
-- ``lstm_recurrent_forward`` / ``lstm_recurrent_backward``: one step of the packed
-  loops, its recurrent product and cell together, so that a backend can change how the
-  product reaches the cell (the CuPy backend splits a small step's product along K);
+- ``recurrent_product``: a packed loop's per-step recurrent product, which a backend may
+  hand its gate calls in a form of its own (the CuPy backend: a small step's product in
+  parts along K);
 - ``lstm_gates_forward_sum`` / ``lstm_gates_backward_sum``: the sequence loops' gate
   calls, with the pre-activation (upstream gradient) in two parts, so one fused kernel
   can add them and apply the gates;
@@ -343,32 +343,12 @@ class Backend:
         gates[...] = table[words]
         self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c)
 
-    # Extension points of the packed loops' steps, product and cell together, so that a
-    # backend can change how the product reaches the cell (the CuPy backend splits the
-    # product of a small step into parts that the cell's kernel adds).
-    def lstm_recurrent_forward(self, prev_h, Wh, a, words, prev_c, gates, next_c, next_h,
-                               tanh_c, buf):
-        """One step of the packed forward loop, n rows: pre-activations prev_h (n, H) Wh
-        (H, 4H) (into ``buf`` (n, 4H), free to overwrite) plus the input projections,
-        a (n, 4H) or, with ``words`` int64 (n,), a table (V, 4H) read at those rows;
-        then the cell into gates (n, 4H; a itself when words is None), next_c, next_h,
-        tanh_c (n, H)."""
-        self.matmul(prev_h, Wh, buf)
-        if words is None:
-            self.lstm_gates_forward_sum(a, buf, prev_c, next_c, next_h, tanh_c)
-        else:
-            self.lstm_gates_forward_lookup(a, words, buf, prev_c, gates, next_c, next_h,
-                                           tanh_c)
-
-    def lstm_recurrent_backward(self, da_next, Wh, dh, dnext_h, dnext_c, gates, prev_c,
-                                tanh_c, da):
-        """One step of the packed backward loop, n rows: dnext_h (n, H) = dh + da_next
-        (m, 4H) Wh^T, the gradient the next step (its first m <= n rows) carries back
-        (da_next None: none; dnext_h's rows from m on hold zeros and are left so), then
-        the cell's gradient into da (n, 4H) and dnext_c (overwritten by dprev_c)."""
-        if da_next is not None:
-            self.matmul(da_next, Wh.T, dnext_h[:len(da_next)])
-        self.lstm_gates_backward_sum(dh, dnext_h, dnext_c, gates, prev_c, tanh_c, da)
+    def recurrent_product(self, x, w, out):
+        """Extension point: a packed loop's recurrent product x (m, K) @ w (K, n), for the
+        gate call that follows it. Here it is written into ``out`` (m, n) and None is
+        returned; a backend may return it instead in a form of its own, which its gate
+        methods then take as their ``a_extra`` / ``dh_extra`` (``out`` left as it was)."""
+        self.matmul(x, w, out)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         """Extension point: lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c
@@ -509,13 +489,14 @@ class Backend:
         prev_h, prev_c = h0, c0
         for rows in steps:
             n = rows.stop - rows.start
+            product = self.recurrent_product(prev_h[:n], Wh, buf[:n])
+            extra = buf[:n] if product is None else product
             if words is None:
-                self.lstm_recurrent_forward(prev_h[:n], Wh, a[rows], None, prev_c[:n], a[rows],
-                                            cs[rows], hs[rows], tanh_c[rows], buf[:n])
+                self.lstm_gates_forward_sum(a[rows], extra, prev_c[:n], cs[rows], hs[rows],
+                                            tanh_c[rows])
             else:
-                self.lstm_recurrent_forward(prev_h[:n], Wh, a, words[rows], prev_c[:n],
-                                            gates[rows], cs[rows], hs[rows], tanh_c[rows],
-                                            buf[:n])
+                self.lstm_gates_forward_lookup(a, words[rows], extra, prev_c[:n],
+                                               gates[rows], cs[rows], hs[rows], tanh_c[rows])
             prev_h, prev_c = hs[rows], cs[rows]
         return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps)
 
@@ -528,16 +509,18 @@ class Backend:
         da = xp.empty(gates.shape, dtype=hs.dtype)
         dnext_h = xp.zeros_like(c0)  # rows past a step's count stay zero
         dnext_c = xp.zeros_like(c0)
-        da_next = None
+        product = None  # the later step's carried gradient, where not in dnext_h
         for t in reversed(range(len(steps))):
             rows = steps[t]
             n = rows.stop - rows.start
             prev_c = cs[steps[t - 1]][:n] if t else c0[:n]
-            self.lstm_recurrent_backward(da_next, Wh, dh[rows], dnext_h[:n], dnext_c[:n],
-                                         gates[rows], prev_c, tanh_c[rows], da[rows])
-            da_next = da[rows]
-        if da_next is not None:  # dh0
-            self.matmul(da_next, Wh.T, dnext_h[:len(da_next)])
+            self.lstm_gates_backward_sum(dh[rows], dnext_h[:n] if product is None else product,
+                                          dnext_c[:n], gates[rows], prev_c, tanh_c[rows],
+                                          da[rows])
+            if t:
+                product = self.recurrent_product(da[rows], Wh.T, dnext_h[:n])
+            else:  # dh0, whole
+                self.matmul(da[rows], Wh.T, dnext_h[:n])
         return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
 
     # ------------------------------------------------------------------ shared gradient tails

@@ -434,42 +434,19 @@ class CupyBackend(Backend):
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), *_addend(None),
                 dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
 
-    def lstm_recurrent_forward(self, prev_h, Wh, a, words, prev_c, gates, next_c, next_h,
-                               tanh_c, buf):
-        """A small step's product in parts along K (``_split_product``), which the gate
-        kernel adds; the base class's product and cell otherwise."""
-        parts = self._split_product(prev_h, Wh)
-        if parts is None:
-            return super().lstm_recurrent_forward(prev_h, Wh, a, words, prev_c, gates,
-                                                  next_c, next_h, tanh_c, buf)
-        if words is None:
-            self.lstm_gates_forward_sum(a, parts, prev_c, next_c, next_h, tanh_c)
-        else:
-            self.lstm_gates_forward_lookup(a, words, parts, prev_c, gates, next_c, next_h,
-                                           tanh_c)
-
-    def lstm_recurrent_backward(self, da_next, Wh, dh, dnext_h, dnext_c, gates, prev_c,
-                                tanh_c, da):
-        """As lstm_recurrent_forward: the carried gradient's product in parts where the
-        step is small (dnext_h is then not written)."""
-        parts = None if da_next is None else self._split_product(da_next, Wh.T)
-        if parts is None:
-            return super().lstm_recurrent_backward(da_next, Wh, dh, dnext_h, dnext_c, gates,
-                                                   prev_c, tanh_c, da)
-        self.lstm_gates_backward_sum(dh, parts, dnext_c, gates, prev_c, tanh_c, da)
-
-    def _split_product(self, x, w):
-        """x (m, K) @ w (K, n) as (S, m, n) parts along K (S from ``_split_count``), or
-        None where it is not split: a product that fills the GPU, one that is not
-        float32 in full precision (TF32's and bfloat16's kernels differ, and cuBLAS
-        splits those itself), or operands cuBLAS cannot take."""
-        if self.precision != "fp32" or x.dtype != np.float32:
-            return None
-        count = _split_count(x.shape[0], w.shape[1], x.shape[1])
-        if count == 1:
-            return None
-        parts = cp.empty((count, x.shape[0], w.shape[1]), np.float32)
-        return parts if gemm_parts(x, w, parts) else None
+    def recurrent_product(self, x, w, out):
+        """A float32, full-precision product that would not fill the GPU, in (S, m, n)
+        parts along K (S from ``_split_count``, one strided-batched cuBLAS call), which
+        the gate kernels add as they read them (``_addend``); the base class's product
+        otherwise. (TF32's and bfloat16's products are left whole: their cuBLAS kernels
+        differ, and cuBLAS splits those itself.)"""
+        if self.precision == "fp32" and x.dtype == np.float32 and w.dtype == np.float32:
+            count = _split_count(x.shape[0], w.shape[1], x.shape[1])
+            if count > 1:
+                parts = cp.empty((count, x.shape[0], w.shape[1]), np.float32)
+                if gemm_parts(x, w, parts):
+                    return parts
+        return super().recurrent_product(x, w, out)
 
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
