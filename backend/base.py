@@ -33,7 +33,8 @@ a backend calls:
 - ``cross_entropy`` (the whole softmax cross-entropy and its gradient) or just
   ``finish_cross_entropy`` (from the exp-shifted scores on);
 - ``adam_kernel``: the Adam update once its scalars are known, which both
-  ``adam_update`` and ``adam_update_device`` call;
+  ``adam_update`` and ``adam_update_device`` call; ``adam_update_device_many``: that of
+  several parameters (a GPU makes it one launch);
 - ``sum_rows``: the bias gradients' sums over rows;
 - ``operand_dtype`` / ``as_operand`` / ``widen``: the dtype the big products' float32
   operands are stored in where it is not their own (bfloat16 on the CuPy backend's bf16
@@ -660,6 +661,14 @@ class Backend:
         (step size, eps_hat, beta1, beta2) as ``adam_table`` writes them. A recorded
         step replays fixed kernel arguments, so what changes each step must be data."""
         self.adam_kernel(w, dw, m, v, hyper[0], hyper[1], hyper[2], hyper[3])
+
+    def adam_update_device_many(self, tensors: list[tuple[Any, Any, Any, Any]],
+                                hyper) -> None:
+        """adam_update_device of every (w, dw, m, v) in ``tensors``, the i-th with row i
+        of ``hyper`` (len(tensors), 4), as ``adam_table`` writes it. Extension point: a
+        parameter at a time here."""
+        for slot, (w, dw, m, v) in enumerate(tensors):
+            self.adam_update_device(w, dw, m, v, hyper[slot])
 
     def adam_kernel(self, w, dw, m, v, step, eps_hat, beta1, beta2) -> None:
         """Extension point (fused by the Numba and CuPy backends): the Adam update in

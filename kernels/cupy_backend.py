@@ -33,7 +33,7 @@ import numpy as np
 from backend.base import Backend, BackendUnavailable, check_precision
 from kernels.cublas import BF16, gemm, gemm_parts, give_own_handle
 from kernels.cuda_graph import GraphRecording
-from kernels.cuda_sources import CTYPES, MODULES, OPTIONS, name_expressions
+from kernels.cuda_sources import ADAM_TENSORS, CTYPES, MODULES, OPTIONS, name_expressions
 
 # One compiled module per source of kernels/cuda_sources.py (compiled on first use).
 _MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
@@ -171,6 +171,9 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
     "const T step = hyper[0], eps_hat = hyper[1], beta1 = hyper[2], beta2 = hyper[3];"
     + _ADAM_BODY, "caption_adam_device")
 
+# Elements an adam_many thread updates, about: few enough that every SM fills, enough that
+# each block amortises picking its tensor.
+_ADAM_ITEMS_PER_THREAD = 4
 # Rows one scatter thread walks down its column: long enough that the <START> rows of a
 # time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
 # enough that 16,384 x 2,048 still makes a million threads.
@@ -544,3 +547,24 @@ class CupyBackend(Backend):
 
     def adam_update_device(self, w, dw, m, v, hyper):
         _ADAM_DEVICE(dw, hyper, w, m, v)
+
+    def adam_update_device_many(self, tensors, hyper):
+        """One raw kernel (``adam_many``) for every ADAM_TENSORS parameters, so that the
+        small ones (the biases) cost no launch of their own; one parameter at a time
+        where an array is strided or of another dtype than ``hyper``."""
+        dtype = hyper.dtype
+        if (dtype.name not in CTYPES or not hyper.flags.c_contiguous
+                or any(a.dtype != dtype or not a.flags.c_contiguous or a.shape != w.shape
+                       for w, *rest in tensors for a in (w, *rest))):
+            return super().adam_update_device_many(tensors, hyper)
+        kernel = _MODULES["adam"].get_function(f"adam_many<{CTYPES[dtype.name]}>")
+        for first in range(0, len(tensors), ADAM_TENSORS):
+            group = tensors[first:first + ADAM_TENSORS]
+            args, blocks = [], 0
+            for w, dw, m, v in group:
+                blocks += _grid(-(-w.size // _ADAM_ITEMS_PER_THREAD))
+                args += [np.uint64(a.data.ptr) for a in (w, dw, m, v)]
+                args += [np.int64(w.size), np.int32(blocks)]
+            for _ in range(ADAM_TENSORS - len(group)):
+                args += [_NULL] * 4 + [np.int64(0), np.int32(blocks)]
+            kernel((blocks,), (256,), (hyper[first:], np.int32(len(group)), *args))

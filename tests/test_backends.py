@@ -461,6 +461,32 @@ def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_over_many_parameters_is_adam_over_each(backend, dtype):
+    """adam_update_device_many: eleven parameters of many sizes (one empty, more than
+    one launch's worth on a GPU), each with its own row of scalars; a strided one makes
+    the whole list take one parameter at a time."""
+    rng = np.random.default_rng(12)
+    shapes = [(40, 30), (30,), (0,), (5, 7), (1,), (64, 64), (3,), (9, 2), (7,), (33, 5), (2,)]
+    configs = [{"t": t, "learning_rate": 10.0 ** -t, "beta1": 0.8, "beta2": 0.99,
+                "epsilon": 1e-6} for t in range(1, len(shapes) + 1)]
+    hyper = backend.asarray(adam_table(configs, dtype))
+    for strided in (False, True):
+        host = [(rng.standard_normal(s).astype(dtype), rng.standard_normal(s).astype(dtype),
+                 rng.standard_normal(s).astype(dtype),
+                 np.abs(rng.standard_normal(s)).astype(dtype)) for s in shapes]
+        dev = [[backend.asarray(x.copy()) for x in arrays] for arrays in host]
+        if strided:
+            dev[5] = [_strided(backend, x) for x in host[5]]
+        backend.adam_update_device_many([tuple(arrays) for arrays in dev], hyper)
+        for (w, dw, m, v), config, (w_got, _, m_got, v_got) in zip(host, configs, dev):
+            if w.size == 0:
+                continue
+            want = textbook.adam(*_f64(w, dw, m, v), config["t"] + 1, config["learning_rate"],
+                                 0.8, 0.99, 1e-6)
+            _close(backend, [w_got, m_got, v_got], want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vocab_loss_weighs_each_row(backend, dtype):
     """Rows of any weight (0: not scored; negative: a self-critical advantage), against
     the softmax cross-entropy written out in float64."""

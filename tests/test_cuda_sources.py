@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,10 @@ def _nvrtc() -> ctypes.CDLL | None:
 NVRTC = _nvrtc()
 
 
-def compile_log(source: str, name: str, expressions: list[str], arch: str) -> tuple[int, str]:
+def compile_log(source: str, name: str, expressions: list[str], arch: str,
+                extra_options: tuple[str, ...] = ()) -> tuple[int, str]:
     """(NVRTC's status, its log) for compiling ``source`` with the template instances
-    ``expressions`` for ``arch``, with the options CuPy is given."""
+    ``expressions`` for ``arch``, with the options CuPy is given (and ``extra_options``)."""
     program = ctypes.c_void_p()
     status = NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(),
                                       0, None, None)
@@ -49,7 +51,8 @@ def compile_log(source: str, name: str, expressions: list[str], arch: str) -> tu
     try:
         for expression in expressions:
             assert NVRTC.nvrtcAddNameExpression(program, expression.encode()) == 0
-        options = [o.encode() for o in OPTIONS] + [f"--gpu-architecture={arch}".encode()]
+        options = [o.encode() for o in (*OPTIONS, f"--gpu-architecture={arch}",
+                                        *extra_options)]
         status = NVRTC.nvrtcCompileProgram(program, len(options),
                                            (ctypes.c_char_p * len(options))(*options))
         size = ctypes.c_size_t()
@@ -72,6 +75,23 @@ def test_every_cuda_module_compiles(module, arch):
     source, kernels = MODULES[module]
     status, log = compile_log(source, module, name_expressions(kernels), arch)
     assert status == 0, f"module {module!r} does not compile for {arch}:\n{log}"
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_kernel_keeps_values_in_local_memory(module):
+    """ptxas (through NVRTC, for the H100/H200's sm_90) gives no kernel a stack frame or
+    spills. Local memory is per-thread DRAM: the one-launch Adam once copied its
+    arguments into local arrays, a 320-byte frame per thread, and took 145-157 us on an
+    H200 where the eight launches it replaced took 54."""
+    source, kernels = MODULES[module]
+    status, log = compile_log(source, module, name_expressions(kernels), "sm_90",
+                              ("--ptxas-options=-v",))
+    assert status == 0, log
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                        r"(\d+) bytes spill loads", log)
+    assert len(frames) == 2 * len(kernels), log  # one line per kernel and dtype
+    assert all(sizes == ("0", "0", "0") for sizes in frames), log
 
 
 @needs_nvrtc

@@ -83,6 +83,8 @@ def test_a_step_and_decoding_launch_every_kernel_of_the_backend(cupy, dtype):
     w, m, v = (np.zeros_like(grads["Wh"]) for _ in range(3))
     cupy.adam_update(w, grads["Wh"], m, v, 1, 1e-3, 0.9, 0.999, 1e-8)
     cupy.adam_update_device(w, grads["Wh"], m, v, np.array([1e-3, 1e-8, 0.9, 0.999], dtype))
+    cupy.adam_update_device_many([tuple(cupy.asarray(a) for a in (w, grads["Wh"], m, v))],
+                                 cupy.asarray(np.array([[1e-3, 1e-8, 0.9, 0.999]], dtype)))
     ctype = "float" if dtype == np.float32 else "double"
     raw = {f"{kernel}<{ctype}>" for _, kernels in MODULES.values() for kernel in kernels}
     raw -= {"round_to_bf16<double>", "scatter_add_bf16_rows<double>"}

@@ -128,27 +128,26 @@ class TrainingStep:
         return self.run(be.asarray(batch_idx), Packing.of(step_rows, be), self._rule_update)
 
     def run(self, batch_idx: Any, packing: Packing,
-            update: Callable[[int, str, Any, Any], None]) -> Any:
+            update: Callable[[dict[str, Any]], None]) -> Any:
         """The step's device work, op by op, on the captions ``batch_idx`` (a device
         integer array, sorted longest first) laid out by ``packing``, with
-        ``update(slot, name, w, dw)`` for each parameter; returns the loss (device)."""
+        ``update(grads)`` updating every parameter; returns the loss (device)."""
         captions = self.data.captions[batch_idx]
         features = self.data.features[self.data.image_idxs[batch_idx]]
         loss, grads = self.model.loss(features, captions, packing=packing)
         return self.descend(loss, grads, update)
 
     def descend(self, loss: Any, grads: dict[str, Any],
-                update: Callable[[int, str, Any, Any], None] | None = None) -> Any:
-        """From a batch's loss and gradients on: reduce, clip, and ``update`` each
-        parameter (default: the update rule, op by op); returns the (reduced) loss. The
-        part of a step that every objective shares (self-critical training's too)."""
+                update: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """From a batch's loss and gradients on: reduce, clip, and ``update(grads)`` the
+        parameters (default: the update rule, op by op); returns the (reduced) loss.
+        The part of a step that every objective shares (self-critical training's too)."""
         model = self.model
         if self.reduce_gradients is not None:
             loss = self.reduce_gradients(loss, grads)
         if self.grad_clip is not None:
             clip_global_norm(grads, self.grad_clip, model.backend.xp)
-        for slot, (name, w) in enumerate(model.params.items()):
-            (update or self._rule_update)(slot, name, w, grads[name])
+        (update or self._rule_update)(grads)
         return loss
 
     def learning_rate(self) -> float:
@@ -159,8 +158,10 @@ class TrainingStep:
         for config in self.configs.values():
             config["learning_rate"] = config.get("learning_rate", 0) * factor
 
-    def _rule_update(self, slot: int, name: str, w: Any, dw: Any) -> None:
-        self.update_rule(w, dw, self.configs[name], inplace=True, backend=self.model.backend)
+    def _rule_update(self, grads: dict[str, Any]) -> None:
+        for name, w in self.model.params.items():
+            self.update_rule(w, grads[name], self.configs[name], inplace=True,
+                             backend=self.model.backend)
 
     def _recordable(self) -> bool:
         return (self.cuda_graph and self.model.backend.can_record
@@ -210,9 +211,10 @@ class StepGraph:
         self.hyper = be.xp.empty((len(model.params), 4), dtype=model.dtype)
         configs = step.configs
 
-        def update(slot: int, name: str, w: Any, dw: Any) -> None:
-            config = configs[name]
-            be.adam_update_device(w, dw, config["m"], config["v"], self.hyper[slot])
+        def update(grads: dict[str, Any]) -> None:  # row i of hyper is parameter i's
+            be.adam_update_device_many(
+                [(w, grads[name], configs[name]["m"], configs[name]["v"])
+                 for name, w in model.params.items()], self.hyper)
 
         self.recording = be.record(lambda: step.run(self.batch, packing, update))
 
