@@ -326,51 +326,46 @@ DECODE_KERNELS = ("argmax_rows",)
 # Adam over several parameters in one launch (Backend.adam_update_device_many): each
 # tensor's four arrays by address, its size and where its blocks end, as plain arguments
 # (a recorded step's gradients are made inside the recording, so no table of them can be
-# uploaded first).
+# uploaded first). A block picks its tensor by comparing its index with the arguments,
+# one branch per tensor: copied into local arrays to be indexed instead, they gave each
+# thread a 320-byte stack frame to fill, which made the kernel 145-157 us on the H200
+# against 54 us for one launch per tensor.
 ADAM_TENSORS = 8  # per launch; a longer list takes several
 _ADAM_PARAMS = ",\n    ".join(
     f"unsigned long long w{i}, unsigned long long dw{i}, unsigned long long m{i}, "
     f"unsigned long long v{i}, long long n{i}, int block_end{i}" for i in range(ADAM_TENSORS))
-
-
-def _adam_list(ctype: str, name: str) -> str:
-    """A local array of the kernel's ADAM_TENSORS arguments called name0, name1, ..."""
-    items = ", ".join(f"{name}{i}" for i in range(ADAM_TENSORS))
-    return f"const {ctype} {name}s[{ADAM_TENSORS}] = {{{items}}};"
-
-
-_ADAM_LISTS = "\n    ".join(
-    [_adam_list("unsigned long long", name) for name in ("w", "dw", "m", "v")]
-    + [_adam_list("long long", "n"), _adam_list("int", "block_end")])
+_ADAM_PICK = "\n    else ".join(
+    f"if (blockIdx.x < block_end{i}) "
+    f"{{ s = {i}; first = {f'block_end{i - 1}' if i else '0'}; end = block_end{i}; "
+    f"w = w{i}; dw = dw{i}; m = m{i}; v = v{i}; n = n{i}; }}" for i in range(ADAM_TENSORS))
 ADAM_SOURCE = f"""
 template <typename T>
-__global__ void adam_many(const T* hyper, int count,
+__global__ void adam_many(const T* hyper,
     {_ADAM_PARAMS}) {{
-    // Tensor s (s < count) of w, dw, m, v (C-contiguous, n elements) takes the Adam step
-    // with hyper's row s: (step size, eps_hat, beta1, beta2), as caption_adam_device.
-    // Its blocks are [block_end[s - 1], block_end[s]) of the grid, so a thread picks its
-    // tensor and arrays once. (Picked per element, from the local lists, the update took
-    // 157 us on the H200, against 54 us for one launch per tensor.)
-    {_ADAM_LISTS}
-    int s = 0;
-    while (s + 1 < count && blockIdx.x >= block_ends[s]) ++s;
-    const int first_block = s ? block_ends[s - 1] : 0;
-    T* w = (T*)ws[s];
-    const T* dw = (const T*)dws[s];
-    T* m = (T*)ms[s];
-    T* v = (T*)vs[s];
-    const long long n = ns[s];
-    const long long stride = (long long)(block_ends[s] - first_block) * blockDim.x;
+    // Tensor s of w, dw, m, v (C-contiguous, n elements) takes the Adam step with hyper's
+    // row s: (step size, eps_hat, beta1, beta2), as caption_adam_device, in blocks
+    // [block_end(s - 1), block_end(s)) of the grid (the ends of unused slots repeat the
+    // last).
+    int s, first, end;
+    unsigned long long w, dw, m, v;
+    long long n;
+    {_ADAM_PICK}
+    else return;
+    T* wp = (T*)w;
+    const T* dwp = (const T*)dw;
+    T* mp = (T*)m;
+    T* vp = (T*)v;
+    const long long stride = (long long)(end - first) * blockDim.x;
     const T step = hyper[4 * s], eps_hat = hyper[4 * s + 1];
     const T beta1 = hyper[4 * s + 2], beta2 = hyper[4 * s + 3];
-    for (long long e = (long long)(blockIdx.x - first_block) * blockDim.x + threadIdx.x;
-         e < n; e += stride) {{
-        const T g = dw[e];
-        const T mk = beta1 * m[e] + (1 - beta1) * g;
-        const T vk = beta2 * v[e] + (1 - beta2) * g * g;
-        m[e] = mk;
-        v[e] = vk;
-        w[e] -= step * mk / (sqrt(vk) + eps_hat);
+    for (long long e = (long long)(blockIdx.x - first) * blockDim.x + threadIdx.x; e < n;
+         e += stride) {{
+        const T g = dwp[e];
+        const T mk = beta1 * mp[e] + (1 - beta1) * g;
+        const T vk = beta2 * vp[e] + (1 - beta2) * g * g;
+        mp[e] = mk;
+        vp[e] = vk;
+        wp[e] -= step * mk / (sqrt(vk) + eps_hat);
     }}
 }}
 """

@@ -567,4 +567,4 @@ class CupyBackend(Backend):
                 args += [np.int64(w.size), np.int32(blocks)]
             for _ in range(ADAM_TENSORS - len(group)):
                 args += [_NULL] * 4 + [np.int64(0), np.int32(blocks)]
-            kernel((blocks,), (256,), (hyper[first:], np.int32(len(group)), *args))
+            kernel((blocks,), (256,), (hyper[first:], *args))
