@@ -73,7 +73,7 @@ def _whole(extra, rows: int):
 
 
 _SM_COUNTS: dict[int, int] = {}  # device id -> its multiprocessors
-_SPLIT_TILE = 64  # cuBLAS's float32 kernels tile these small products 64 x 64 (or more)
+_SPLIT_TILE = 64  # the output tile counted per block (cuBLAS took 64 x 64 for these products whole)
 _SPLIT_MIN_K = 256  # the least depth of a part of a split product
 
 
