@@ -8,13 +8,16 @@ gradient) so that a time step costs one matrix product and one kernel each way, 
 for decoding's whole cell update (gather, word lookup, gates); one for the RNN's tanh
 backward, greedy decoding's biased argmax (a warp per row), the embedding scatter-add
 (atomicAdd per run of rows of one word, zero sums skipped), the softmax cross-entropy
-and its gradient (one block per row, in place), and Adam (one kernel per parameter).
-Matrix products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
-``with_precision`` twin, on TF32 or bfloat16 tensor cores. The bf16 twin stores the LSTM
-step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab, and the
-hidden states, the gates' gradient and the scores' gradient as their kernels write them
-(in bfloat16 only), so its products read half the bytes and run on the bfloat16
-kernels, and the scatter of the gates' gradient reads half as much.
+and its gradient (a warp per row, in place), and Adam (one kernel for up to eight
+parameters). Matrix products are direct cuBLAS calls (kernels/cublas.py), in full
+float32 or, on a ``with_precision`` twin, on TF32 or bfloat16 tensor cores; a small
+float32 step's recurrent product goes in parts along K, which its gate kernel adds, so
+that it fills the GPU. The bf16 twin stores the LSTM step's big operands in bfloat16
+(``operand_dtype``): copies of Wh and W_vocab (its vocabulary padded with zero words to
+a multiple of 8, for cuBLAS's aligned kernels), and the hidden states, the gates'
+gradient and the scores' gradient as their kernels write them (in bfloat16 only), so
+its products read half the bytes and run on the bfloat16 kernels, and the scatter of
+the gates' gradient reads half as much.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels index
 C-contiguous rows: given arrays of another layout, an operation takes the base class's
