@@ -192,6 +192,12 @@ __device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
     return x;
 }
 
+// A lane's scores of one row held in registers at once: a row of up to 32 x 32 = 1,024
+// scores (the exercise's 1,004 words) is read from memory once, every load in flight
+// together; a longer row is read in chunks of 1,024, all but the last again by the
+// later passes.
+#define XENT_VALUES 32
+
 template <typename T>
 __global__ void caption_xent(T* scores, const long long scores_pitch, const T* bias,
                              const int* y, const T* weight, const T inv_n, const int V,
@@ -205,25 +211,45 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
     // barrier: a block per row spent most of its time at 16 of them.
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    const int chunk = 32 * XENT_VALUES, last = (V - 1) / chunk * chunk;
     for (long long m = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; m < M;
          m += warps) {
         T* s = scores + m * scores_pitch;
         const int target = y[m];
         const T picked = biased(s, bias, target);
+        T x[XENT_VALUES];  // after the first pass: the last chunk's scores, this lane's
         T mx = picked;
-        for (int v = lane; v < V; v += 32) mx = max(mx, biased(s, bias, v));
+        for (int c = 0; c < V; c += chunk) {
+#pragma unroll
+            for (int i = 0; i < XENT_VALUES; ++i) {
+                const int v = c + 32 * i + lane;
+                x[i] = v < V ? biased(s, bias, v) : picked;  // (picked leaves the max)
+                mx = max(mx, x[i]);
+            }
+        }
         mx = warp_max(mx);
         T sum = 0;
-        for (int v = lane; v < V; v += 32) sum += exp(biased(s, bias, v) - mx);
+        for (int c = 0; c < V; c += chunk) {
+#pragma unroll
+            for (int i = 0; i < XENT_VALUES; ++i) {
+                const int v = c + 32 * i + lane;
+                if (v < V) sum += exp((c == last ? x[i] : biased(s, bias, v)) - mx);
+            }
+        }
         sum = warp_sum(sum);
         const T w = weight[m] * inv_n;
         const T scale = w / sum;
         unsigned short* g16 = grad16 ? grad16 + m * grad16_cols : nullptr;
-        for (int v = lane; v < V; v += 32) {
-            T g = exp(biased(s, bias, v) - mx) * scale;
-            if (v == target) g -= w;
-            if (g16) g16[v] = to_bf16((float)g);
-            else s[v] = g;
+        for (int c = 0; c < V; c += chunk) {
+#pragma unroll
+            for (int i = 0; i < XENT_VALUES; ++i) {
+                const int v = c + 32 * i + lane;
+                if (v >= V) continue;
+                T g = exp((c == last ? x[i] : biased(s, bias, v)) - mx) * scale;
+                if (v == target) g -= w;
+                if (g16) g16[v] = to_bf16((float)g);
+                else s[v] = g;
+            }
         }
         if (g16)
             for (int v = V + lane; v < grad16_cols; v += 32) g16[v] = 0;

@@ -274,8 +274,10 @@ def test_numpy_scatter_add_in_chunks_sums_in_the_textbook_order(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("N", "T", "V"), [(1, 1, 2), (7, 8, 9), (16, 4, 1004)])
+@pytest.mark.parametrize(("N", "T", "V"), [(1, 1, 2), (7, 8, 9), (16, 4, 1004), (3, 2, 2500)])
 def test_softmax_loss_matches_the_textbook(backend, N, T, V, dtype):
+    """(2,500 words: a GPU kernel holding 1,024 scores of a row at a time reads it in
+    three chunks.)"""
     rng = np.random.default_rng(V)
     x = (3 * rng.standard_normal((N, T, V))).astype(dtype)
     y = rng.integers(0, V, (N, T))
