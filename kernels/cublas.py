@@ -240,12 +240,12 @@ def gemm_parts(a, b, parts) -> bool:
         return False
     chunk = k // count
     stream = cp.cuda.get_current_stream().ptr
-    handle = _handle(stream)
-    _check(_functions()["cublasSetStream_v2"](handle, stream), "SetStream")
+    handle, f = _handle(stream), _FUNCTIONS
+    _check(f["cublasSetStream_v2"](handle, stream), "SetStream")
     one, zero = _ONE_ZERO_REF["f"]
     # Column-major, as gemm: cuBLAS gets b first; a part's chunk starts `chunk` steps
     # down K, which is b's first axis and a's second.
-    _check(_FUNCTIONS["cublasSgemmStridedBatched"](
+    _check(f["cublasSgemmStridedBatched"](
         handle, lb[0], la[0], n, m, chunk, one,
         b.data.ptr, lb[1], chunk * (b.strides[0] // size),
         a.data.ptr, la[1], chunk * (a.strides[1] // size), zero,

@@ -137,15 +137,6 @@ def _rounded(x, out_cols: int | None = None) -> cp.ndarray:
     return out
 
 
-_ROW_THREADS = 256  # the warp-per-row kernels' blocks: 8 rows each
-
-
-def _row_grid(rows: int) -> int:
-    """Blocks of _ROW_THREADS for a kernel that gives each of ``rows`` rows a warp, up to
-    8192 (a grid-stride loop covers the rest), and at least one."""
-    return min(max(-(-rows // (_ROW_THREADS // 32)), 1), 8192)
-
-
 def _launch(kernel: str, units, *args) -> None:
     """Run a gate kernel over the (N, H) units of the array ``units`` (whose dtype picks
     the kernel); args are those before NH and H."""
@@ -399,7 +390,8 @@ class CupyBackend(Backend):
         if M == 0:
             return out
         kernel = _MODULES["decode"].get_function(f"argmax_rows<{CTYPES[scores.dtype.name]}>")
-        kernel((_row_grid(M),), (_ROW_THREADS,), (scores, bias, out, np.int64(M), np.int32(V)))
+        # a warp per row, 8 rows a block
+        kernel((_grid(32 * M, 8192),), (256,), (scores, bias, out, np.int64(M), np.int32(V)))
         return out
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
@@ -513,7 +505,7 @@ class CupyBackend(Backend):
             return cp.zeros((), dtype=scores.dtype), grad
         row_loss = cp.empty(M, dtype=scores.dtype)
         kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
-        kernel((_row_grid(M),), (_ROW_THREADS,),
+        kernel((_grid(32 * M, 8192),), (256,),  # a warp per row, 8 rows a block
                (scores, np.int64(scores.strides[0] // scores.itemsize),
                 _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
                 cp.ascontiguousarray(y, dtype=cp.int32),
