@@ -260,48 +260,83 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
 XENT_KERNELS = ("caption_xent",)
 
 SCATTER_SOURCE = r"""
-template <typename T, typename S>
-__device__ void scatter_rows(const long long* idx, const S* values, T* out, long long rows,
-                             int D, long long V, int rows_per_thread) {
-    // out[idx[r], j] += values[r, j] (out (V, D), values (rows, D), C-contiguous; a
-    // negative index counts from the end, as in np.add.at).
-    // Thread (row block b, column j) walks rows b*R .. b*R+R-1 of column j (R =
-    // rows_per_thread) and adds each run of rows naming the same word with one atomicAdd,
-    // skipping runs that sum to exactly zero: runs are where atomics contend (every
-    // caption's <START> at t = 0, time-major <NULL> padding, whose gradient is zero), and
-    // adding zero changes nothing.
+// Rows a scatter thread loads before it sums them: eight loads in flight at once, where
+// a sum that read a row, then added it (and perhaps flushed a run with an atomicAdd,
+// which the next load may not pass), kept one in flight and was paced by memory latency.
+constexpr int SCATTER_BATCH = 8;
+
+// A row's word: idx as np.add.at reads it (negative from the end), outside [0, V) as V.
+__device__ __forceinline__ int bin(long long index, int V) {
+    const long long w = index < 0 ? index + V : index;
+    return w >= 0 && w < V ? (int)w : V;
+}
+
+// The word of each row of a scatter, in the rows' order: idx[r], binned.
+struct RowsInOrder {
+    const long long* idx;
+    int V;
+    __device__ int word(long long r) const { return bin(idx[r], V); }
+    __device__ long long row(long long r) const { return r; }
+};
+
+template <typename T>
+__device__ __forceinline__ void add_run(T* out, int word, int V, int D, long long j, T sum) {
+    // A run's sum into out[word, j]: skipped where it is exactly zero (adding zero
+    // changes nothing, and padding's gradient is zero) or the word is V (out of range).
+    if (sum != 0 && word < V) atomicAdd(out + (long long)word * D + j, sum);
+}
+
+template <typename T, typename S, typename Rows>
+__device__ void scatter_runs(const Rows rows_of, const S* __restrict__ values,
+                             T* __restrict__ out, long long rows, int D, int V,
+                             int rows_per_thread) {
+    // out[word(r), j] += values[row(r), j] for r < rows (out (V, D), values (rows, D),
+    // C-contiguous). Thread (row block b, column j) walks r = b*R .. b*R+R-1 (R =
+    // rows_per_thread) in column j and adds each run of r naming the same word with one
+    // atomicAdd: runs are where atomics contend (every caption's <START> at t = 0).
     const long long blocks = (rows + rows_per_thread - 1) / rows_per_thread;
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < blocks * D;
          k += (long long)gridDim.x * blockDim.x) {
         const long long j = k % D, first = (k / D) * rows_per_thread;
         const long long last = min(first + rows_per_thread, rows);
-        long long word = idx[first] < 0 ? idx[first] + V : idx[first];
+        int word = rows_of.word(first);
         T sum = 0;
-        for (long long r = first; r < last; ++r) {
-            const long long w = idx[r] < 0 ? idx[r] + V : idx[r];
-            if (w != word) {
-                if (sum != 0) atomicAdd(out + word * D + j, sum);
-                word = w;
-                sum = 0;
+        for (long long batch = first; batch < last; batch += SCATTER_BATCH) {
+            int words[SCATTER_BATCH];
+            S picked[SCATTER_BATCH];
+#pragma unroll
+            for (int u = 0; u < SCATTER_BATCH; ++u) {  // (past the end: the last row again)
+                const long long r = min(batch + u, last - 1);
+                words[u] = rows_of.word(r);
+                picked[u] = values[rows_of.row(r) * D + j];
             }
-            sum += widened(values[r * D + j]);
+#pragma unroll
+            for (int u = 0; u < SCATTER_BATCH; ++u) {
+                if (batch + u >= last) break;
+                if (words[u] != word) {
+                    add_run(out, word, V, D, j, sum);
+                    word = words[u];
+                    sum = 0;
+                }
+                sum += widened(picked[u]);
+            }
         }
-        if (sum != 0) atomicAdd(out + word * D + j, sum);
+        add_run(out, word, V, D, j, sum);
     }
 }
 
 template <typename T>
 __global__ void scatter_add_rows(const long long* idx, const T* values, T* out,
-                                 long long rows, int D, long long V, int rows_per_thread) {
-    scatter_rows(idx, values, out, rows, D, V, rows_per_thread);
+                                 long long rows, int D, int V, int rows_per_thread) {
+    scatter_runs(RowsInOrder{idx, V}, values, out, rows, D, V, rows_per_thread);
 }
 
 template <typename T>
 __global__ void scatter_add_bf16_rows(const long long* idx, const unsigned short* values,
-                                      T* out, long long rows, int D, long long V,
+                                      T* out, long long rows, int D, int V,
                                       int rows_per_thread) {
     // The same, of stored bfloat16 values (a gradient kept as a products' operand).
-    scatter_rows(idx, values, out, rows, D, V, rows_per_thread);
+    scatter_runs(RowsInOrder{idx, V}, values, out, rows, D, V, rows_per_thread);
 }
 """
 SCATTER_KERNELS = ("scatter_add_rows", "scatter_add_bf16_rows")

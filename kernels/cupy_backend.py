@@ -2,26 +2,26 @@
 the per-step work is small enough that kernel launches dominate.
 
 Overridden: one raw kernel per step for the LSTM gates forward and one for their
-backward (blocks i, f, o, g), each also adding the two parts of its input (the
-recurrent product and the hoisted input projection; the upstream and the carried
-gradient) so that a time step costs one matrix product and one kernel each way, and one
-for decoding's whole cell update (gather, word lookup, gates); one for the RNN's tanh
-backward, greedy decoding's biased argmax (a warp per row), the embedding scatter-add
-(atomicAdd per run of rows of one word, zero sums skipped), the softmax cross-entropy
-and its gradient (a warp per row, in place), and Adam (one kernel for up to eight
-parameters). Matrix products are direct cuBLAS calls (kernels/cublas.py), in full
-float32 or, on a ``with_precision`` twin, on TF32 or bfloat16 tensor cores; a small
-float32 step's recurrent product goes in parts along K, which its gate kernel adds, so
-that it fills the GPU. The bf16 twin stores the LSTM step's big operands in bfloat16
-(``operand_dtype``): copies of Wh and W_vocab (its vocabulary padded with zero words to
-a multiple of 8, for cuBLAS's aligned kernels), and the hidden states, the gates'
-gradient and the scores' gradient as their kernels write them (in bfloat16 only), so
-its products read half the bytes and run on the bfloat16 kernels, and the scatter of
-the gates' gradient reads half as much.
+backward (blocks i, f, o, g), each also adding the two parts of its input (the recurrent
+product and the hoisted input projection; the upstream and the carried gradient) so that
+a time step costs one matrix product and one kernel each way, and one for decoding's
+whole cell update (gather, word lookup, gates); one for the RNN's tanh backward, greedy
+decoding's biased argmax (a warp per row), the embedding scatter-add (an atomicAdd per
+run of rows of one word, zero sums skipped),
+the softmax cross-entropy and its gradient (a warp per row, in place), and Adam (one
+kernel for up to eight parameters). Matrix products are direct cuBLAS calls
+(kernels/cublas.py), in full float32 or, on a ``with_precision`` twin, on TF32 or
+bfloat16 tensor cores; a small float32 step's recurrent product goes in parts along K,
+which its gate kernel adds, so that it fills the GPU. The bf16 twin stores the LSTM
+step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab (its
+vocabulary padded with zero words to a multiple of 8, for cuBLAS's aligned kernels), and
+the hidden states, the gates' gradient and the scores' gradient as their kernels write
+them (in bfloat16 only), so its products read half the bytes and run on the bfloat16
+kernels, and the scatter of the gates' gradient reads half as much.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
-with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels index
-C-contiguous rows: given arrays of another layout, an operation takes the base class's
-passes instead, so every layout gives the right answer. ``record`` replays a
+with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels
+index C-contiguous rows: given arrays of another layout, an operation takes the base
+class's passes instead, so every layout gives the right answer. ``record`` replays a
 whole training step from a CUDA graph (kernels/cuda_graph.py).
 """
 
@@ -352,7 +352,8 @@ class CupyBackend(Backend):
         thread's run of rows naming the same word before its atomicAdd and skips zero
         sums; ``cupy.add.at`` where dout is not C-contiguous. A stored bfloat16 dout
         (the bf16 twin's gates' gradient) is summed into float32 by
-        ``scatter_add_bf16_rows``."""
+        ``scatter_add_bf16_rows``. Indices outside [-vocab_size, vocab_size) add nothing
+        (np.add.at would raise; the model's words are checked where they are loaded)."""
         D = dout.shape[-1]
         stored = dout.dtype == BF16
         if stored:
@@ -373,7 +374,7 @@ class CupyBackend(Backend):
         threads = -(-rows // per_thread) * D
         kernel((_grid(threads, 8192),), (256,),
                (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64), dout, dW,
-                np.int64(rows), np.int32(D), np.int64(vocab_size), np.int32(per_thread)))
+                np.int64(rows), np.int32(D), np.int32(vocab_size), np.int32(per_thread)))
         return dW
 
     def argmax_rows(self, scores, bias):

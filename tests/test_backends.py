@@ -258,6 +258,20 @@ def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
     _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
 
 
+@pytest.mark.parametrize("V", [7, 12_000])
+def test_cupy_scatter_add_skips_words_outside_the_vocabulary(cupy_backend, V):
+    """An index outside [-V, V) adds nothing and is never written through (np.add.at
+    raises; the model checks its words where it loads them)."""
+    idx = np.array([1, V, 2, -V - 1, 1, 3 * V, -1, 2])
+    dout = np.arange(1.0, 1.0 + 8 * 3).reshape(8, 3)
+    inside = (idx >= -V) & (idx < V)
+    want = np.zeros((V, 3))
+    np.add.at(want, idx[inside], dout[inside])
+    got = cupy_backend.embedding_backward(cupy_backend.asarray(idx),
+                                          cupy_backend.asarray(dout), V)
+    np.testing.assert_array_equal(cupy_backend.to_numpy(got), want)
+
+
 def test_numpy_scatter_add_in_chunks_sums_in_the_textbook_order(monkeypatch):
     """NumPy's scatter-add goes through dout in chunks of rows; with chunks of 3 rows
     (and a last, shorter one) it still adds every row, in order, as one np.add.at."""

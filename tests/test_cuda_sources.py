@@ -97,7 +97,7 @@ def test_no_kernel_keeps_values_in_local_memory(module):
 @needs_nvrtc
 def test_a_kernel_that_does_not_build_is_reported():
     source, kernels = MODULES["scatter"]
-    broken = source.replace("widened(values[r * D + j])", "widened(value[r * D + j])")
+    broken = source.replace("sum += widened(picked[u])", "sum += widened(pick[u])")
     assert broken != source
     status, log = compile_log(broken, "scatter", name_expressions(kernels), ARCHITECTURES[-1])
-    assert status != 0 and 'identifier "value" is undefined' in log
+    assert status != 0 and 'identifier "pick" is undefined' in log
