@@ -259,13 +259,25 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
 """
 XENT_KERNELS = ("caption_xent",)
 
+# sort_rows_by_word: the threads of its one block, and the most words it sorts (bins
+# V + 1 counts, beside the threads' sums, in the 48 KB of shared memory a block gets
+# without asking for more); the CuPy backend scatters larger vocabularies unsorted.
+SORT_THREADS = 1024
+SORT_MOST_WORDS = 11_000
+
 SCATTER_SOURCE = r"""
 // Rows a scatter thread loads before it sums them: eight loads in flight at once, where
 // a sum that read a row, then added it (and perhaps flushed a run with an atomicAdd,
 // which the next load may not pass), kept one in flight and was paced by memory latency.
 constexpr int SCATTER_BATCH = 8;
 
-// A row's word: idx as np.add.at reads it (negative from the end), outside [0, V) as V.
+// sort_rows_by_word's block, and the words it can sort (its counts in shared memory,
+// within the 48 KB a block may have without asking).
+constexpr int SORT_THREADS = """ + str(SORT_THREADS) + r""";
+constexpr int SORT_MOST_WORDS = """ + str(SORT_MOST_WORDS) + r""";
+constexpr int SORT_BATCH = 8;  // rows a sorting thread loads at once
+
+// A word as a counting sort files it: idx as np.add.at reads it, outside [0, V) as V.
 __device__ __forceinline__ int bin(long long index, int V) {
     const long long w = index < 0 ? index + V : index;
     return w >= 0 && w < V ? (int)w : V;
@@ -277,6 +289,15 @@ struct RowsInOrder {
     int V;
     __device__ int word(long long r) const { return bin(idx[r], V); }
     __device__ long long row(long long r) const { return r; }
+};
+
+// The same rows sorted by word (sort_rows_by_word): the k-th has word words[k] and is
+// row order[k] of the values.
+struct RowsByWord {
+    const int* order;
+    const int* words;
+    __device__ int word(long long r) const { return words[r]; }
+    __device__ long long row(long long r) const { return order[r]; }
 };
 
 template <typename T>
@@ -338,8 +359,92 @@ __global__ void scatter_add_bf16_rows(const long long* idx, const unsigned short
     // The same, of stored bfloat16 values (a gradient kept as a products' operand).
     scatter_runs(RowsInOrder{idx, V}, values, out, rows, D, V, rows_per_thread);
 }
+
+template <typename T>
+__global__ void scatter_add_sorted_rows(const int* order, const int* words, const T* values,
+                                        T* out, long long rows, int D, int V,
+                                        int rows_per_thread) {
+    // The same over rows sorted by word: a word's rows make one run, so a column makes
+    // about one atomicAdd per word and per R rows, where rows in caption order make one
+    // per row for all but <START>.
+    scatter_runs(RowsByWord{order, words}, values, out, rows, D, V, rows_per_thread);
+}
+
+template <typename T>
+__global__ void scatter_add_sorted_bf16_rows(const int* order, const int* words,
+                                             const unsigned short* values, T* out,
+                                             long long rows, int D, int V,
+                                             int rows_per_thread) {
+    scatter_runs(RowsByWord{order, words}, values, out, rows, D, V, rows_per_thread);
+}
+
+// The words of rows batch, batch + blockDim.x, ... (SORT_BATCH of them), loaded at once
+// so that their loads are in flight together; -1 for rows past the end.
+__device__ __forceinline__ void load_words(const long long* idx, int batch, int rows, int V,
+                                           int (&w)[SORT_BATCH]) {
+#pragma unroll
+    for (int u = 0; u < SORT_BATCH; ++u) {
+        const int r = batch + u * blockDim.x;
+        w[u] = r < rows ? bin(idx[r], V) : -1;
+    }
+}
+
+__global__ void sort_rows_by_word(const long long* idx, int* order, int* words,
+                                  int rows, int V) {
+    // A counting sort of rows 0 .. rows-1 by their word idx[r] (negative counting from
+    // the end; a word outside [0, V) sorts last, as V, which a scatter skips), by one
+    // block of SORT_THREADS threads: words (rows) the words in ascending order, order
+    // (rows) the row each came from. A word's rows come in no fixed order (as the
+    // atomicAdds that sum them would add in none). Needs V <= SORT_MOST_WORDS and at
+    // most SORT_THREADS threads.
+    __shared__ int start[SORT_MOST_WORDS + 1];  // per word: its count, then its next slot
+    __shared__ int partial[SORT_THREADS];  // per thread: its bins' count, then scanned
+    const int bins = V + 1, t = threadIdx.x;
+    for (int w = t; w < bins; w += blockDim.x) start[w] = 0;
+    __syncthreads();
+    int w[SORT_BATCH];  // a batch of the thread's rows' words (-1 past the end)
+    for (int batch = t; batch < rows; batch += SORT_BATCH * blockDim.x) {
+        load_words(idx, batch, rows, V, w);
+#pragma unroll
+        for (int u = 0; u < SORT_BATCH; ++u)
+            if (w[u] >= 0) atomicAdd(&start[w[u]], 1);
+    }
+    __syncthreads();
+    // Each thread's bins' first slot: the thread sums its chunk of bins, the chunks'
+    // sums are scanned (Hillis-Steele, in place), and the thread walks its chunk again.
+    const int chunk = (bins + blockDim.x - 1) / blockDim.x;
+    const int first = min(t * chunk, bins), last = min(first + chunk, bins);
+    int own = 0;
+    for (int w = first; w < last; ++w) own += start[w];
+    partial[t] = own;
+    __syncthreads();
+    for (int step = 1; step < blockDim.x; step *= 2) {
+        const int before = t >= step ? partial[t - step] : 0;
+        __syncthreads();
+        partial[t] += before;
+        __syncthreads();
+    }
+    int slot = partial[t] - own;
+    for (int w = first; w < last; ++w) {
+        const int count = start[w];
+        start[w] = slot;
+        slot += count;
+    }
+    __syncthreads();
+    for (int batch = t; batch < rows; batch += SORT_BATCH * blockDim.x) {
+        load_words(idx, batch, rows, V, w);
+#pragma unroll
+        for (int u = 0; u < SORT_BATCH; ++u) {
+            if (w[u] < 0) continue;
+            const int k = atomicAdd(&start[w[u]], 1);
+            order[k] = batch + u * blockDim.x;
+            words[k] = w[u];
+        }
+    }
+}
 """
-SCATTER_KERNELS = ("scatter_add_rows", "scatter_add_bf16_rows")
+SCATTER_KERNELS = ("scatter_add_rows", "scatter_add_bf16_rows", "scatter_add_sorted_rows",
+                   "scatter_add_sorted_bf16_rows", "sort_rows_by_word")
 
 DECODE_SOURCE = r"""
 template <typename T>
@@ -440,6 +545,17 @@ MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS),
 OPTIONS = ("-std=c++14",)
 
 
+# Kernels that are not templates (they touch no float data).
+UNTYPED_KERNELS = frozenset({"sort_rows_by_word"})
+
+
 def name_expressions(kernels: tuple[str, ...]) -> list[str]:
-    """The template instances compiled for ``kernels``: each for float and double."""
-    return [f"{kernel}<{ctype}>" for kernel in kernels for ctype in CTYPES.values()]
+    """The instances compiled for ``kernels``: each template for float and double, each
+    of UNTYPED_KERNELS as it is."""
+    expressions = []
+    for kernel in kernels:
+        if kernel in UNTYPED_KERNELS:
+            expressions.append(kernel)
+        else:
+            expressions += [f"{kernel}<{ctype}>" for ctype in CTYPES.values()]
+    return expressions

@@ -6,8 +6,8 @@ backward (blocks i, f, o, g), each also adding the two parts of its input (the r
 product and the hoisted input projection; the upstream and the carried gradient) so that
 a time step costs one matrix product and one kernel each way, and one for decoding's
 whole cell update (gather, word lookup, gates); one for the RNN's tanh backward, greedy
-decoding's biased argmax (a warp per row), the embedding scatter-add (an atomicAdd per
-run of rows of one word, zero sums skipped),
+decoding's biased argmax (a warp per row), the embedding scatter-add (rows sorted by
+word in one block, then an atomicAdd per run of rows of one word, zero sums skipped),
 the softmax cross-entropy and its gradient (a warp per row, in place), and Adam (one
 kernel for up to eight parameters). Matrix products are direct cuBLAS calls
 (kernels/cublas.py), in full float32 or, on a ``with_precision`` twin, on TF32 or
@@ -36,7 +36,15 @@ import numpy as np
 from backend.base import Backend, BackendUnavailable, check_precision
 from kernels.cublas import BF16, gemm, gemm_parts, give_own_handle
 from kernels.cuda_graph import GraphRecording
-from kernels.cuda_sources import ADAM_TENSORS, CTYPES, MODULES, OPTIONS, name_expressions
+from kernels.cuda_sources import (
+    ADAM_TENSORS,
+    CTYPES,
+    MODULES,
+    OPTIONS,
+    SORT_MOST_WORDS,
+    SORT_THREADS,
+    name_expressions,
+)
 
 # One compiled module per source of kernels/cuda_sources.py (compiled on first use).
 _MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
@@ -168,9 +176,9 @@ _ADAM_DEVICE = cp.ElementwiseKernel(
 # Elements an adam_many thread updates, about: few enough that every SM fills, enough that
 # each block amortises picking its tensor.
 _ADAM_ITEMS_PER_THREAD = 4
-# Rows one scatter thread walks down its column: long enough that the <START> rows of a
-# time-major batch (all N at t = 0) become N/32 atomics per column instead of N, short
-# enough that 16,384 x 2,048 still makes a million threads.
+# Rows one scatter thread walks down its column: long enough that a word's rows, sorted
+# together, make one atomic per 32 of them (every caption's <START>: N/32 per column, not
+# N), short enough that 16,384 x 2,048 still makes a million threads.
 _SCATTER_ROWS_PER_THREAD = 32
 
 
@@ -348,12 +356,15 @@ class CupyBackend(Backend):
         return super().sum_rows(x)
 
     def embedding_backward(self, idx, dout, vocab_size: int):
-        """One raw kernel (kernels/cuda_sources.py, ``scatter_add_rows``) that sums each
-        thread's run of rows naming the same word before its atomicAdd and skips zero
-        sums; ``cupy.add.at`` where dout is not C-contiguous. A stored bfloat16 dout
-        (the bf16 twin's gates' gradient) is summed into float32 by
-        ``scatter_add_bf16_rows``. Indices outside [-vocab_size, vocab_size) add nothing
-        (np.add.at would raise; the model's words are checked where they are loaded)."""
+        """Raw kernels (kernels/cuda_sources.py): ``sort_rows_by_word`` sorts the rows by
+        word (one block, a counting sort in shared memory), then ``scatter_add_sorted_rows``
+        sums each thread's run of rows naming one word before its atomicAdd and skips zero
+        sums. A vocabulary too large to sort that way (over ``SORT_MOST_WORDS``) is
+        scattered in the rows' order (``scatter_add_rows``); ``cupy.add.at`` takes a dout
+        that is not C-contiguous. A stored bfloat16 dout (the bf16 twin's gates'
+        gradient) is summed into float32 (the ``_bf16_`` kernels). Indices outside
+        [-vocab_size, vocab_size) add nothing (np.add.at would raise; the model's words
+        are checked where they are loaded)."""
         D = dout.shape[-1]
         stored = dout.dtype == BF16
         if stored:
@@ -368,13 +379,20 @@ class CupyBackend(Backend):
                              f"one row of {D} values per index")
         if rows == 0 or D == 0:
             return dW
-        kernel = _MODULES["scatter"].get_function(
-            f"scatter_add_{'bf16_' if stored else ''}rows<{CTYPES[dW.dtype.name]}>")
-        per_thread = _SCATTER_ROWS_PER_THREAD
-        threads = -(-rows // per_thread) * D
-        kernel((_grid(threads, 8192),), (256,),
-               (cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64), dout, dW,
-                np.int64(rows), np.int32(D), np.int32(vocab_size), np.int32(per_thread)))
+        idx = cp.ascontiguousarray(idx.reshape(-1), dtype=cp.int64)
+        kind = f"{'bf16_' if stored else ''}rows<{CTYPES[dW.dtype.name]}>"
+        scatter = _MODULES["scatter"]
+        shape = (np.int64(rows), np.int32(D), np.int32(vocab_size),
+                 np.int32(_SCATTER_ROWS_PER_THREAD))
+        grid = (_grid(-(-rows // _SCATTER_ROWS_PER_THREAD) * D, 8192),)
+        if vocab_size > SORT_MOST_WORDS or rows >= 2**30:  # (the sort counts in int)
+            scatter.get_function(f"scatter_add_{kind}")(grid, (256,), (idx, dout, dW, *shape))
+            return dW
+        order, words = cp.empty(rows, dtype=cp.int32), cp.empty(rows, dtype=cp.int32)
+        scatter.get_function("sort_rows_by_word")(
+            (1,), (SORT_THREADS,), (idx, order, words, np.int32(rows), np.int32(vocab_size)))
+        scatter.get_function(f"scatter_add_sorted_{kind}")(grid, (256,),
+                                                           (order, words, dout, dW, *shape))
         return dW
 
     def argmax_rows(self, scores, bias):

@@ -10,6 +10,7 @@ from backend import BackendUnavailable, available_backends, get_backend
 from benchmarks import textbook
 from captioning import rel_error
 from captioning.optim import adam_table
+from kernels.cuda_sources import SORT_MOST_WORDS
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
@@ -246,8 +247,11 @@ def test_numba_decode_step_passes_nan_on():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37)])
+@pytest.mark.parametrize(("K", "V", "D"), [(1, 1, 1), (50, 5, 6), (2048, 1004, 37),
+                                           (300, SORT_MOST_WORDS + 1, 3)])
 def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
+    """(CuPy sorts the rows by word first, except for a vocabulary of more than
+    SORT_MOST_WORDS.)"""
     rng = np.random.default_rng(K)
     idx = rng.integers(0, V, K)
     idx[: K // 2] = idx[0]  # many repeats of one word
@@ -258,10 +262,10 @@ def test_scatter_add_matches_the_textbook(backend, K, V, D, dtype):
     _close(backend, [got], [textbook.embedding_backward(idx, *_f64(dout), V)], dtype)
 
 
-@pytest.mark.parametrize("V", [7, 12_000])
+@pytest.mark.parametrize("V", [7, SORT_MOST_WORDS + 1])
 def test_cupy_scatter_add_skips_words_outside_the_vocabulary(cupy_backend, V):
-    """An index outside [-V, V) adds nothing and is never written through (np.add.at
-    raises; the model checks its words where it loads them)."""
+    """Sorted by word or not, an index outside [-V, V) adds nothing and is never
+    written through (np.add.at raises; the model checks its words where it loads them)."""
     idx = np.array([1, V, 2, -V - 1, 1, 3 * V, -1, 2])
     dout = np.arange(1.0, 1.0 + 8 * 3).reshape(8, 3)
     inside = (idx >= -V) & (idx < V)

@@ -16,7 +16,7 @@ from backend import get_backend
 from captioning import CaptioningRNN, CaptioningTrainer
 from captioning.decoding import beam_decode, sample_decode
 from cuda_on_cpu import COMPILER, EmulatedModule, EmulationError
-from kernels.cuda_sources import MODULES
+from kernels.cuda_sources import MODULES, SORT_MOST_WORDS, SORT_THREADS, name_expressions
 
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run "
                                 "the CUDA kernels on the CPU; apt-get install g++")
@@ -85,9 +85,17 @@ def test_a_step_and_decoding_launch_every_kernel_of_the_backend(cupy, dtype):
     cupy.adam_update_device(w, grads["Wh"], m, v, np.array([1e-3, 1e-8, 0.9, 0.999], dtype))
     cupy.adam_update_device_many([tuple(cupy.asarray(a) for a in (w, grads["Wh"], m, v))],
                                  cupy.asarray(np.array([[1e-3, 1e-8, 0.9, 0.999]], dtype)))
+    # a vocabulary too large to sort by word is scattered in the rows' order
+    words, rows = np.array([3, SORT_MOST_WORDS, 3]), np.ones((3, 2), dtype)
+    cupy.embedding_backward(words, rows, SORT_MOST_WORDS + 1)
+    if dtype == np.float32:
+        bf16 = cupy.with_precision("bf16")
+        bf16.embedding_backward(words, bf16.as_operand(rows), SORT_MOST_WORDS + 1)
     ctype = "float" if dtype == np.float32 else "double"
-    raw = {f"{kernel}<{ctype}>" for _, kernels in MODULES.values() for kernel in kernels}
-    raw -= {"round_to_bf16<double>", "scatter_add_bf16_rows<double>"}
+    raw = {e for _, kernels in MODULES.values() for e in name_expressions(kernels)
+           if e.endswith(f"<{ctype}>") or "<" not in e}
+    raw -= {"round_to_bf16<double>", "scatter_add_bf16_rows<double>",
+            "scatter_add_sorted_bf16_rows<double>"}
     elementwise = {"caption_tanh_backward", "caption_adam", "caption_adam_device"}
     assert not (raw | elementwise) - set(cuda_on_cpu.launches)
 
@@ -142,6 +150,28 @@ __global__ void block_sum(const float* x, float* out, int synchronised) {
 }
 """
 _TOY_KERNELS = ["fill<float>", "divergent_sync", "block_sum"]
+
+
+@pytest.mark.parametrize(("rows", "V"), [(1, 1), (300, 7), (9_000, 1004),
+                                         (2_000, SORT_MOST_WORDS)])
+def test_sort_rows_by_word_files_each_row_once_under_its_word(rows, V):
+    """The scatter's counting sort, one block: words ascending, order a permutation of
+    the rows, each row filed under its own word (negative indices from the end, words
+    outside [0, V) last, as V). More rows than its threads load at once, a word as
+    frequent as every caption's <START>, and the largest vocabulary it sorts."""
+    rng = np.random.default_rng(rows)
+    idx = rng.integers(-V, V, rows)
+    idx[: rows // 3] = 0
+    idx[rows // 2 :: 7] = rng.choice([V, 5 * V, -V - 1], len(idx[rows // 2 :: 7]))
+    sort = EmulatedModule(*MODULES["scatter"], name_expressions=name_expressions(
+        MODULES["scatter"][1])).get_function("sort_rows_by_word")
+    order, words = np.full(rows, -1, np.int32), np.full(rows, -1, np.int32)
+    sort((1,), (SORT_THREADS,), (idx, order, words, np.int32(rows), np.int32(V)))
+    binned = np.where(idx < 0, idx + V, idx)
+    binned[(binned < 0) | (binned >= V)] = V
+    assert np.array_equal(np.sort(order), np.arange(rows))
+    assert np.array_equal(words, np.sort(binned))
+    assert np.array_equal(binned[order], words)
 
 
 def test_the_emulator_refuses_arguments_a_gpu_would_misread():
