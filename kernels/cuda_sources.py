@@ -74,6 +74,8 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         const T* x = a + (words ? words[n] * 4 * H + j : base);
         T ai = x[0], af = x[H], ao = x[2 * H], ag = x[3 * H];
+        const T pc = prev_c[k];  // (read with the rest: after the gates' stores it could
+                                 // not be, as they might alias it)
         if (extra_parts && n < extra_rows) {
             ai += extra_sum(extra, extra_parts, extra_stride, base);
             af += extra_sum(extra, extra_parts, extra_stride, base + H);
@@ -86,7 +88,7 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
         gates[base + H] = fg;
         gates[base + 2 * H] = og;
         gates[base + 3 * H] = gg;
-        const T c = fg * prev_c[k] + ig * gg;
+        const T c = fg * pc + ig * gg;
         const T tc = tanh(c);
         next_c[k] = c;
         tanh_c[k] = tc;
