@@ -21,8 +21,8 @@ types allow the conversion rather than require it: on an H200 (CUDA 12, session 
 bf16 products ran as TF32 kernels, at tf32's speed. Operands stored in bfloat16 (``BF16``
 arrays: the bits, in uint16, as kernels/cuda_sources.py writes them) are multiplied as
 they are, by ``cublasGemmEx`` with ``CUDA_R_16BF`` inputs, float32 accumulation
-(``CUBLAS_COMPUTE_32F``) and a float32 result: the bf16 tensor-core kernels, reading half
-the bytes.
+(``CUBLAS_COMPUTE_32F``) and a float32 result (or a bfloat16 one, where the result is
+itself an operand kept so): the bf16 tensor-core kernels, reading half the bytes.
 """
 
 from __future__ import annotations
@@ -172,7 +172,8 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
     "bf16" (float32 operands only) multiplies on the tensor cores in that format with
     float32 accumulation; "fp32" is full float32 (or whatever ``CUPY_TF32`` set).
     ``BF16`` operands (both) are multiplied in bfloat16 with float32 accumulation into
-    a float32 ``out``, whatever ``precision`` says.
+    a float32 ``out``, or a ``BF16`` one (the sums rounded once), whatever
+    ``precision`` says.
 
     Row-major C = A B is column-major C^T = B^T A^T, so cuBLAS gets b first.
     """
@@ -180,8 +181,11 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
         raise ValueError(f"unknown precision {precision!r}; expected one of "
                          f"{', '.join(COMPUTE_TYPES)}")
     char = a.dtype.char
+    out_type = _CUDA_R_32F
     if a.dtype == BF16:
         compute_type, in_type, out_char = _COMPUTE_32F, _CUDA_R_16BF, "f"
+        if out.dtype == BF16:  # rounded to bfloat16 once, from the float32 sums
+            out_type, out_char = _CUDA_R_16BF, out.dtype.char
     else:
         compute_type, in_type, out_char = COMPUTE_TYPES[precision], _CUDA_R_32F, char
         if compute_type is not None and char != "f":
@@ -207,12 +211,13 @@ def gemm(a, b, out, precision: str = "fp32") -> bool:
     stream = cp.cuda.get_current_stream().ptr
     handle, f = _handle(stream), _FUNCTIONS
     _check(f["cublasSetStream_v2"](handle, stream), "SetStream")
-    one, zero = _ONE_ZERO_REF[out_char]
-    if compute_type is not None:
+    if compute_type is not None:  # (alpha and beta: float32, as the float32 sums)
+        one, zero = _ONE_ZERO_REF["f"]
         _check(f["cublasGemmEx"](handle, lb[0], la[0], n, m, k, one, b.data.ptr, in_type,
                                  lb[1], a.data.ptr, in_type, la[1], zero, out.data.ptr,
-                                 _CUDA_R_32F, lc[1], compute_type, _GEMM_DEFAULT), "GemmEx")
+                                 out_type, lc[1], compute_type, _GEMM_DEFAULT), "GemmEx")
         return True
+    one, zero = _ONE_ZERO_REF[out_char]
     _check(f[_GEMM[char]](handle, lb[0], la[0], n, m, k, one, b.data.ptr, lb[1], a.data.ptr,
                        la[1], zero, out.data.ptr, lc[1]), "gemm")
     return True

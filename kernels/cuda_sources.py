@@ -50,10 +50,13 @@ __global__ void round_to_bf16(const T* x, unsigned short* out, long long rows, i
 
 // The recurrent product a gate kernel adds, "extra": parts (0 for none) arrays of
 // extra_rows C-contiguous rows, extra_stride elements apart, whose sum is the product (a
-// product split along K has several; rows from extra_rows on have none).
+// product split along K has several; rows from extra_rows on have none); or, where
+// extra16 is not null, the product whole as bfloat16 (the bf16 twin's, as cuBLAS
+// rounded it) in extra16, and extra null.
 template <typename T>
-__device__ __forceinline__ T extra_sum(const T* extra, int parts, long long stride,
-                                       long long at) {
+__device__ __forceinline__ T extra_sum(const T* extra, const unsigned short* extra16,
+                                       int parts, long long stride, long long at) {
+    if (extra16) return widened(extra16[at]);
     T sum = extra[at];
     for (int p = 1; p < parts; ++p) sum += extra[p * stride + at];
     return sum;
@@ -61,7 +64,8 @@ __device__ __forceinline__ T extra_sum(const T* extra, int parts, long long stri
 
 template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
-                             int extra_parts, long long extra_stride, long long extra_rows,
+                             const unsigned short* extra16, int extra_parts,
+                             long long extra_stride, long long extra_rows,
                              const T* prev_c, T* gates, T* next_c, T* next_h,
                              T* tanh_c, unsigned short* next_h16, long long NH, int H) {
     // Pre-activation a (+ extra, the recurrent product) -> gates (may be a), c, and h
@@ -77,10 +81,10 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
         const T pc = prev_c[k];  // (read with the rest: after the gates' stores it could
                                  // not be, as they might alias it)
         if (extra_parts && n < extra_rows) {
-            ai += extra_sum(extra, extra_parts, extra_stride, base);
-            af += extra_sum(extra, extra_parts, extra_stride, base + H);
-            ao += extra_sum(extra, extra_parts, extra_stride, base + 2 * H);
-            ag += extra_sum(extra, extra_parts, extra_stride, base + 3 * H);
+            ai += extra_sum(extra, extra16, extra_parts, extra_stride, base);
+            af += extra_sum(extra, extra16, extra_parts, extra_stride, base + H);
+            ao += extra_sum(extra, extra16, extra_parts, extra_stride, base + 2 * H);
+            ag += extra_sum(extra, extra16, extra_parts, extra_stride, base + 3 * H);
         }
         const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
         const T gg = tanh(ag);
@@ -137,7 +141,8 @@ __global__ void lstm_decode(const T* hw, const T* table, const long long* words,
 }
 
 template <typename T>
-__global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra, int extra_parts,
+__global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
+                              const unsigned short* extra16, int extra_parts,
                               long long extra_stride, long long extra_rows,
                               const T* dnext_c, const T* gates, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
@@ -150,7 +155,7 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra, int 
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         T dnext_h = dh[n * dh_ld + j];
         if (extra_parts && n < extra_rows)
-            dnext_h += extra_sum(extra, extra_parts, extra_stride, k);
+            dnext_h += extra_sum(extra, extra16, extra_parts, extra_stride, k);
         const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
         const T gg = gates[base + 3 * H], tc = tanh_c[k];
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);

@@ -16,8 +16,9 @@ which its gate kernel adds, so that it fills the GPU. The bf16 twin stores the L
 step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab (its
 vocabulary padded with zero words to a multiple of 8, for cuBLAS's aligned kernels), and
 the hidden states, the gates' gradient and the scores' gradient as their kernels write
-them (in bfloat16 only), so its products read half the bytes and run on the bfloat16
-kernels, and the scatter of the gates' gradient reads half as much.
+them (in bfloat16 only), and the recurrent products' results as cuBLAS writes them, so
+its products read half the bytes and run on the bfloat16 kernels, and the gate kernels
+and the scatter of the gates' gradient read half as much.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels
 index C-contiguous rows: given arrays of another layout, an operation takes the base
@@ -73,9 +74,17 @@ def _pointers(out) -> tuple:
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
 
 
+def _widened(x) -> cp.ndarray:
+    """Stored bfloat16 ``x`` (``BF16`` bits) as float32 values (exact: its upper half)."""
+    return (x.astype(cp.uint32) << 16).view(cp.float32)
+
+
 def _whole(extra, rows: int):
     """A recurrent product given as (S, m, k) parts (``_addend``) as one (rows, k) array,
-    zeros from row m on, for the base class's gate methods; an (m, k) one as it is."""
+    zeros from row m on, for the base class's gate methods; an (m, k) one as float32
+    (a stored bfloat16 one widened), else as it is."""
+    if extra.dtype == BF16:
+        return _widened(extra)
     if extra.ndim == 2:
         return extra
     whole = cp.zeros((rows, extra.shape[2]), extra.dtype)
@@ -107,13 +116,16 @@ def _split_count(rows: int, cols: int, depth: int) -> int:
 
 
 def _addend(extra) -> tuple:
-    """The gate kernels' four arguments for the recurrent product they add (``extra``
-    in kernels/cuda_sources.py): None for none, an (m, k) array, or (S, m, k) parts of a
-    product split along K (C-contiguous), whose sum is the product."""
+    """The gate kernels' five arguments for the recurrent product they add (``extra``
+    in kernels/cuda_sources.py): None for none, an (m, k) array (float, or a stored
+    bfloat16 ``BF16`` one), or (S, m, k) float parts of a product split along K
+    (C-contiguous), whose sum is the product."""
     if extra is None:
-        return _NULL, np.int32(0), np.int64(0), np.int64(0)
+        return _NULL, _NULL, np.int32(0), np.int64(0), np.int64(0)
+    if extra.dtype == BF16:
+        return _NULL, extra, np.int32(1), np.int64(0), np.int64(extra.shape[0])
     parts = extra if extra.ndim == 3 else extra[None]
-    return (parts, np.int32(len(parts)), np.int64(parts.strides[0] // parts.itemsize),
+    return (parts, _NULL, np.int32(len(parts)), np.int64(parts.strides[0] // parts.itemsize),
             np.int64(parts.shape[1]))
 
 
@@ -285,7 +297,7 @@ class CupyBackend(Backend):
         """A stored bfloat16 x as float32 (exact); x itself if it is not one."""
         if x.dtype != BF16 or self.operand_dtype is None:
             return x
-        return (x.astype(cp.uint32) << 16).view(cp.float32)
+        return _widened(x)
 
     def matmul(self, a, b, out=None):
         """By one direct cuBLAS call where the operands suit one (every product of
@@ -454,15 +466,21 @@ class CupyBackend(Backend):
     def recurrent_product(self, x, w, out):
         """A float32, full-precision product that would not fill the GPU, in (S, m, n)
         parts along K (S from ``_split_count``, one strided-batched cuBLAS call), which
-        the gate kernels add as they read them (``_addend``); the base class's product
-        otherwise. (TF32's and bfloat16's products are left whole: their cuBLAS kernels
-        differ, and cuBLAS splits those itself.)"""
+        the gate kernels add as they read them (``_addend``); stored bfloat16 operands'
+        product as bfloat16 (float32 accumulation, rounded once by cuBLAS, as PyTorch's
+        autocast keeps an LSTM's products: half the bytes written, and read by the gate
+        kernel); the base class's product otherwise. (TF32's products are left whole:
+        their cuBLAS kernels differ, and cuBLAS splits those itself.)"""
         if self.precision == "fp32" and x.dtype == np.float32 and w.dtype == np.float32:
             count = _split_count(x.shape[0], w.shape[1], x.shape[1])
             if count > 1:
                 parts = cp.empty((count, x.shape[0], w.shape[1]), np.float32)
                 if gemm_parts(x, w, parts):
                     return parts
+        if x.dtype == BF16 and w.dtype == BF16:
+            product = cp.empty(out.shape, BF16)
+            if gemm(x, w, product):
+                return product
         return super().recurrent_product(x, w, out)
 
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):

@@ -175,10 +175,11 @@ class _Cublas:
     it passes them (handles, column-major operands by pointer and leading dimension,
     alpha and beta by host pointer). GemmEx's TF32 and bfloat16 compute types round the
     operands to 10 and 7 mantissa bits (to nearest, ties to even) and accumulate wider;
-    bfloat16 operands (CUDA_R_16BF, their bits in uint16) are widened exactly. Each
-    GemmEx call's input type is kept in ``input_types`` and its (m, n, k) in ``shapes``,
-    for tests to tell which products read stored bfloat16 operands, and each
-    strided-batched call's count in ``batch_counts``."""
+    bfloat16 operands (CUDA_R_16BF, their bits in uint16) are widened exactly, and a
+    bfloat16 result is the float32 one rounded. Each GemmEx call's input and output
+    types are kept in ``input_types`` and ``output_types`` and its (m, n, k) in
+    ``shapes``, for tests to tell which products read (and write) stored bfloat16
+    operands, and each strided-batched call's count in ``batch_counts``."""
 
     _ids = itertools.count(1)
     _ROUNDED_BITS = {77: 13, 75: 16}  # compute type -> float32 mantissa bits dropped
@@ -186,6 +187,7 @@ class _Cublas:
 
     def __init__(self) -> None:
         self.input_types: list[int] = []
+        self.output_types: list[int] = []
         self.shapes: list[tuple[int, int, int]] = []  # each GemmEx call's (m, n, k)
         self.batch_counts: list[int] = []  # each strided-batched call's count
 
@@ -226,11 +228,13 @@ class _Cublas:
     def cublasGemmEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda, b, b_type,
                      ldb, beta, c, c_type, ldc, compute_type, algo) -> int:
         self.input_types.append(a_type)
+        self.output_types.append(c_type)
         self.shapes.append((m, n, k))
-        if (a_type, b_type, c_type) == (self._R_16BF, self._R_16BF, self._R_32F) and (
-                compute_type == self._COMPUTE_32F):
+        if (a_type, b_type) == (self._R_16BF, self._R_16BF) and (
+                c_type in (self._R_32F, self._R_16BF) and compute_type == self._COMPUTE_32F):
             return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                              ldc, 0, stored=np.uint16)
+                              ldc, 0, stored=np.uint16,
+                              stored_out=c_type == self._R_16BF)
         if (a_type, b_type, c_type) != (0, 0, 0) or compute_type not in self._ROUNDED_BITS:
             return 15  # CUBLAS_STATUS_NOT_SUPPORTED: only what kernels/cublas.py asks
         return self._gemm(np.float32, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
@@ -238,9 +242,10 @@ class _Cublas:
 
     @staticmethod
     def _gemm(dtype, op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-              dropped_bits, stored=None) -> int:
+              dropped_bits, stored=None, stored_out=False) -> int:
         """C (m x n) = alpha op(A) (m x k) op(B) (k x n) + beta C, all column-major, C
-        of ``dtype``; A and B of ``stored`` (uint16: bfloat16 bits) where given."""
+        of ``dtype``; A and B of ``stored`` (uint16: bfloat16 bits) where given, and C
+        too where ``stored_out`` (the float32 result rounded to bfloat16; beta 0)."""
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
         alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
         op_a_matrix = _column_major(stored or dtype, a, lda, (m, k), op_a)
@@ -252,6 +257,13 @@ class _Cublas:
             op_a_matrix, op_b_matrix = (_round_mantissa(x, dropped_bits)
                                         for x in (op_a_matrix, op_b_matrix))
         product = op_a_matrix.astype(np.float64) @ op_b_matrix.astype(np.float64)
+        if stored_out:
+            if beta:
+                return 15  # CUBLAS_STATUS_NOT_SUPPORTED here: kernels/cublas.py passes 0
+            rounded = _round_mantissa((alpha * product).astype(np.float32), 16)
+            out = _column_major(np.uint16, c, ldc, (m, n), 0)
+            out[...] = (rounded.view(np.uint32) >> 16).astype(np.uint16)
+            return 0
         out = _column_major(dtype, c, ldc, (m, n), 0)
         out[...] = alpha * product + (beta * out if beta else 0)
         return 0

@@ -286,6 +286,49 @@ def test_the_gate_kernels_write_stored_bf16_states_and_gradients(cupy_backend):
                                       bf16.to_numpy(bf16.as_operand(grads["float32"])))
 
 
+def test_the_recurrent_products_of_stored_operands_are_kept_in_bf16(cupy_backend):
+    """The bf16 twin's recurrent product of stored operands comes back as bfloat16: the
+    float32 sums rounded once. The gate steps add such a product as its float32 values
+    would be added, in the kernels and in the base class's passes (a strided input)."""
+    bf16, xp = cupy_backend.with_precision("bf16"), cupy_backend.xp
+    rng = np.random.default_rng(8)
+    N, H = 37, 24
+
+    def draw(*shape):
+        return bf16.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    h, Wh = bf16.as_operand(draw(N, H)), bf16.as_operand(draw(H, 4 * H))
+    product = bf16.recurrent_product(h, Wh, xp.empty((N, 4 * H), np.float32))
+    assert product.dtype == bf16.operand_dtype and product.shape == (N, 4 * H)
+    want = _widened(bf16.to_numpy(h)).astype(np.float64) @ _widened(bf16.to_numpy(Wh))
+    widened = bf16.widen(product)
+    assert _relative_error(bf16.to_numpy(widened), want) < 2**-8  # rounded to 8 bits
+    a, prev_c = draw(N, 4 * H), draw(N, H)
+    carried = bf16.recurrent_product(bf16.as_operand(draw(N, 4 * H)), Wh.T,
+                                     xp.empty((N, H), np.float32))
+    assert carried.dtype == bf16.operand_dtype
+    dh, dnext_c = draw(N, H), draw(N, H)
+    for strided in (False, True):  # a strided product takes the base class's passes
+        states = {}
+        for extra in (product, widened):
+            c, tanh_c, h_out = (xp.empty((N, H), np.float32) for _ in range(3))
+            gates = a.copy()
+            bf16.lstm_gates_forward_sum(gates, xp.asfortranarray(extra) if strided else extra,
+                                      prev_c, c, h_out, tanh_c)
+            states[extra.dtype.name] = [bf16.to_numpy(x) for x in (gates, c, h_out, tanh_c)]
+        for got, want_state in zip(states["uint16"], states["float32"]):
+            np.testing.assert_array_equal(got, want_state)
+        grads = {}
+        for extra in (carried, bf16.widen(carried)):
+            da = xp.empty((N, 4 * H), np.float32)
+            dprev_c = dnext_c.copy()
+            bf16.lstm_gates_backward_sum(dh, xp.asfortranarray(extra) if strided else extra,
+                                         dprev_c, gates, prev_c, tanh_c, da)
+            grads[extra.dtype.name] = [bf16.to_numpy(x) for x in (da, dprev_c)]
+        for got, want_grad in zip(grads["uint16"], grads["float32"]):
+            np.testing.assert_array_equal(got, want_grad)
+
+
 def test_a_stored_bf16_gradient_scatters_into_float32(cupy_backend):
     bf16 = cupy_backend.with_precision("bf16")
     rng = np.random.default_rng(9)
@@ -362,7 +405,9 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
     sums a stored gradient differs a little: b_vocab (the scores' gradient) and the
     word table's W_embed, Wx and b (the gates' gradient, scatter-added), which sum
     values rounded to bfloat16 (as PyTorch's autocast does), where rounding inside the
-    products sums float32 ones. A vocabulary of 37 words is padded to 40 in the stored
+    products sums float32 ones. The recurrent products' results are kept in bfloat16 too
+    (cuBLAS rounds them once, as PyTorch's autocast keeps them), which the reference
+    does after its products. A vocabulary of 37 words is padded to 40 in the stored
     operands of its layer (for cuBLAS's aligned kernels): the same step again."""
     import cupy_stand_in
 
@@ -375,10 +420,18 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
         stored = backend.with_precision("bf16")
         rounded_inside = copy.copy(stored)
         rounded_inside.operand_dtype = None
-        cupy_stand_in.cublas.input_types.clear()
-        cupy_stand_in.cublas.shapes.clear()
+
+        def rounded_result(x, w, out):  # the product, rounded as the stored step keeps it
+            rounded_inside.matmul(x, w, out)
+            out[...] = stored.widen(stored.as_operand(out))
+        rounded_inside.recurrent_product = rounded_result
+        for calls in (cupy_stand_in.cublas.input_types, cupy_stand_in.cublas.output_types,
+                      cupy_stand_in.cublas.shapes):
+            calls.clear()
         loss, grads = _model(stored, "bf16", vocab=vocab).loss(features, captions)
         assert cupy_stand_in.cublas.input_types.count(14) == 2 * T + 5  # CUDA_R_16BF
+        # bfloat16 results: the recurrent products but the last one back (dh0, float32)
+        assert cupy_stand_in.cublas.output_types.count(14) == 2 * T - 1
         bf16_shapes = [shape for shape, kind in zip(cupy_stand_in.cublas.shapes,
                                                     cupy_stand_in.cublas.input_types)
                        if kind == 14]
