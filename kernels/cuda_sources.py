@@ -180,9 +180,18 @@ GATE_KERNELS = ("round_to_bf16", "lstm_forward", "lstm_forward_halved", "lstm_de
                 "lstm_backward")
 
 XENT_SOURCE = r"""
+template <typename T, typename S>
+__device__ T biased(const S* s, const T* bias, int v) {  // (a bfloat16 score widened)
+    const T x = widened(s[v]);
+    return bias ? x + bias[v] : x;
+}
+
+// A gradient written where its score was: as it is, or as bfloat16 over a bfloat16 one.
+__device__ __forceinline__ void store(float* s, int v, float g) { s[v] = g; }
+__device__ __forceinline__ void store(double* s, int v, double g) { s[v] = g; }
 template <typename T>
-__device__ T biased(const T* s, const T* bias, int v) {
-    return bias ? s[v] + bias[v] : s[v];
+__device__ __forceinline__ void store(unsigned short* s, int v, T g) {
+    s[v] = to_bf16((float)g);
 }
 
 template <typename T>
@@ -205,15 +214,16 @@ __device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
 // later passes.
 #define XENT_VALUES 32
 
-template <typename T>
-__global__ void caption_xent(T* scores, const long long scores_pitch, const T* bias,
-                             const int* y, const T* weight, const T inv_n, const int V,
-                             const long long M, T* row_loss, unsigned short* grad16,
-                             const int grad16_cols) {
-    // One warp per row m of scores (M, V; rows scores_pitch elements apart): scores[m]
-    // (+ bias, where not null, added as each score is read) becomes the gradient, in
-    // place, or as bfloat16 into grad16's row m (M, grad16_cols >= V, zeros past V)
-    // where grad16 is not null (scores are then only read); row_loss[m] gets
+template <typename T, typename S>
+__device__ void xent_rows(S* scores, const long long scores_pitch, const T* bias,
+                          const int* y, const T* weight, const T inv_n, const int V,
+                          const long long M, T* row_loss, unsigned short* grad16,
+                          const int grad16_cols) {
+    // One warp per row m of scores (M, V; rows scores_pitch elements apart; float, or
+    // bfloat16 bits): scores[m] (+ bias, where not null, added as each score is read)
+    // becomes the gradient, in place (as bfloat16 over bfloat16 scores), or as bfloat16
+    // into grad16's row m (M, grad16_cols >= V, zeros past V) where grad16 is not null
+    // (scores are then only read); row_loss[m] gets
     // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's reductions need no
     // barrier: a block per row spent most of its time at 16 of them.
     const int lane = threadIdx.x % 32;
@@ -221,7 +231,7 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
     const int chunk = 32 * XENT_VALUES, last = (V - 1) / chunk * chunk;
     for (long long m = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; m < M;
          m += warps) {
-        T* s = scores + m * scores_pitch;
+        S* s = scores + m * scores_pitch;
         const int target = y[m];
         const T picked = biased(s, bias, target);
         T x[XENT_VALUES];  // after the first pass: the last chunk's scores, this lane's
@@ -255,7 +265,7 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
                 T g = exp((c == last ? x[i] : biased(s, bias, v)) - mx) * scale;
                 if (v == target) g -= w;
                 if (g16) g16[v] = to_bf16((float)g);
-                else s[v] = g;
+                else store(s, v, g);
             }
         }
         if (g16)
@@ -263,8 +273,28 @@ __global__ void caption_xent(T* scores, const long long scores_pitch, const T* b
         if (lane == 0) row_loss[m] = w * (log(sum) - (picked - mx));
     }
 }
+
+template <typename T>
+__global__ void caption_xent(T* scores, const long long scores_pitch, const T* bias,
+                             const int* y, const T* weight, const T inv_n, const int V,
+                             const long long M, T* row_loss, unsigned short* grad16,
+                             const int grad16_cols) {
+    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss, grad16,
+              grad16_cols);
+}
+
+template <typename T>
+__global__ void caption_xent_bf16(unsigned short* scores, const long long scores_pitch,
+                                  const T* bias, const int* y, const T* weight,
+                                  const T inv_n, const int V, const long long M,
+                                  T* row_loss) {
+    // The same over scores stored in bfloat16 (the bf16 twin's), the sums in T, the
+    // gradient written over them as bfloat16.
+    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss,
+              (unsigned short*)nullptr, 0);
+}
 """
-XENT_KERNELS = ("caption_xent",)
+XENT_KERNELS = ("caption_xent", "caption_xent_bf16")
 
 # sort_rows_by_word: the threads of its one block, and the most words it sorts (bins
 # V + 1 counts, beside the threads' sums, in the 48 KB of shared memory a block gets

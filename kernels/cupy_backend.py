@@ -16,9 +16,9 @@ which its gate kernel adds, so that it fills the GPU. The bf16 twin stores the L
 step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab (its
 vocabulary padded with zero words to a multiple of 8, for cuBLAS's aligned kernels), and
 the hidden states, the gates' gradient and the scores' gradient as their kernels write
-them (in bfloat16 only), and the recurrent products' results as cuBLAS writes them, so
-its products read half the bytes and run on the bfloat16 kernels, and the gate kernels
-and the scatter of the gates' gradient read half as much.
+them (in bfloat16 only), and the recurrent products' results and the scores as cuBLAS
+writes them, so its products read half the bytes and run on the bfloat16 kernels, and
+the gate kernels and the scatter of the gates' gradient read half as much.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels
 index C-contiguous rows: given arrays of another layout, an operation takes the base
@@ -315,16 +315,18 @@ class CupyBackend(Backend):
 
     def _operand_matmul(self, a, b, out):
         """a (M, K) @ b (K, N), both bfloat16 operands, into a float32 ``out`` (M, N)
-        (made when None): by cuBLAS, through C-ordered copies where a layout does not
-        suit it (cupy.matmul would multiply the bits as integers)."""
+        (made when None) or a bfloat16 one (the float32 sums rounded once): by cuBLAS,
+        through C-ordered copies where a layout does not suit it (cupy.matmul would
+        multiply the bits as integers)."""
         if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype:
             raise ValueError(f"bfloat16 products are of two matrices: got {a.dtype} "
                              f"{a.shape} @ {b.dtype} {b.shape}")
         target = cp.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
-        if target.dtype != np.float32:
-            raise ValueError(f"a bfloat16 product is written as float32, not {target.dtype}")
+        if target.dtype not in (np.float32, BF16):
+            raise ValueError(f"a bfloat16 product is written as float32 or bfloat16, not "
+                             f"{target.dtype}")
         if not gemm(a, b, target):
-            result = cp.empty(target.shape, np.float32)
+            result = cp.empty(target.shape, target.dtype)
             gemm(cp.ascontiguousarray(a), cp.ascontiguousarray(b), result)
             target[...] = result
         return target
@@ -526,11 +528,19 @@ class CupyBackend(Backend):
 
     def _softmax_loss(self, scores, y, weight, n: int, bias, overwrite: bool,
                       stored_cols: int | None):
-        """cross_entropy's kernel. stored_cols None: the gradient in scores' dtype
-        (in place where ``overwrite`` allows); else as bfloat16 (M, stored_cols), zeros
-        from column V on, and scores may be a view of wider rows (only read)."""
+        """cross_entropy's kernel. Scores stored in bfloat16 (``BF16``, rows of unit
+        stride): the sums in float32, the gradient written over them in bfloat16. Else
+        stored_cols None: the gradient in scores' dtype (in place where ``overwrite``
+        allows); else as bfloat16 (M, stored_cols), zeros from column V on, and scores
+        may be a view of wider rows (only read)."""
         M, V = scores.shape
-        if stored_cols is None:
+        sums = np.dtype(np.float32) if scores.dtype == BF16 else scores.dtype
+        if scores.dtype == BF16:
+            if scores.strides[1] != scores.itemsize:
+                raise ValueError("bfloat16 scores are taken in place: their rows must be "
+                                 f"contiguous, got strides {scores.strides}")
+            grad = scores
+        elif stored_cols is None:
             grad = (scores if overwrite and scores.flags.c_contiguous
                     else scores.copy(order="C"))
             scores = grad
@@ -539,32 +549,37 @@ class CupyBackend(Backend):
             if scores.strides[1] != scores.itemsize:
                 scores = cp.ascontiguousarray(scores)
         if M == 0:
-            return cp.zeros((), dtype=scores.dtype), grad
-        row_loss = cp.empty(M, dtype=scores.dtype)
-        kernel = _MODULES["xent"].get_function(f"caption_xent<{CTYPES[scores.dtype.name]}>")
-        kernel((_grid(32 * M, 8192),), (256,),  # a warp per row, 8 rows a block
-               (scores, np.int64(scores.strides[0] // scores.itemsize),
-                _NULL if bias is None else cp.ascontiguousarray(bias, dtype=scores.dtype),
-                cp.ascontiguousarray(y, dtype=cp.int32),
-                cp.ascontiguousarray(weight, dtype=scores.dtype), scores.dtype.type(1 / n),
-                cp.int32(V), np.int64(M), row_loss, _NULL if stored_cols is None else grad,
-                np.int32(stored_cols or 0)))
+            return cp.zeros((), dtype=sums), grad
+        row_loss = cp.empty(M, dtype=sums)
+        args = (scores, np.int64(scores.strides[0] // scores.itemsize),
+                _NULL if bias is None else cp.ascontiguousarray(bias, dtype=sums),
+                cp.ascontiguousarray(y, dtype=cp.int32), cp.ascontiguousarray(weight, dtype=sums),
+                sums.type(1 / n), cp.int32(V), np.int64(M), row_loss)
+        if scores.dtype == BF16:
+            kernel = f"caption_xent_bf16<{CTYPES[sums.name]}>"
+        else:
+            kernel = f"caption_xent<{CTYPES[sums.name]}>"
+            args += (_NULL if stored_cols is None else grad, np.int32(stored_cols or 0))
+        # a warp per row, 8 rows a block
+        _MODULES["xent"].get_function(kernel)((_grid(32 * M, 8192),), (256,), args)
         return row_loss.sum(), grad
 
     def vocab_loss(self, h, W_vocab, b_vocab, y, weight, n: int):
-        """The base class's maths; on the bf16 twin, with a vocabulary that is not a
-        multiple of _WORDS_ALIGN words, its three products multiply operands padded
-        with zero words to one (W_vocab's stored copy, the scores' stored gradient):
-        the padded words' scores are zeros, left out of the softmax, and their
-        gradients zeros, so nothing else changes."""
+        """The base class's maths; on the bf16 twin, the scores are kept in bfloat16 (as
+        cuBLAS rounds the float32 sums once, as PyTorch's autocast keeps a layer's
+        output; the softmax sums them in float32) and their gradient is written over
+        them, and with a vocabulary that is not a multiple of _WORDS_ALIGN words, its
+        three products multiply operands padded with zero words to one (W_vocab's
+        stored copy, the scores): the padded words' scores are zeros, left out of the
+        softmax, and their gradients zeros, so nothing else changes."""
         V = W_vocab.shape[1]
-        padded = -(-V // _WORDS_ALIGN) * _WORDS_ALIGN
-        if self.operand_dtype is None or padded == V or W_vocab.dtype != np.float32:
+        if self.operand_dtype is None or W_vocab.dtype != np.float32:
             return super().vocab_loss(h, W_vocab, b_vocab, y, weight, n)
+        padded = -(-V // _WORDS_ALIGN) * _WORDS_ALIGN
         h_op, W_op = self.as_operand(h), _rounded(W_vocab, padded)  # (H, padded)
-        scores = self._operand_matmul(h_op, W_op, None)  # (M, padded), zeros from V on
-        loss, dscores = self._softmax_loss(scores[:, :V], y, weight, n, b_vocab, True,
-                                           padded)
+        # (M, padded) scores, zeros from V on, then their gradient
+        dscores = self._operand_matmul(h_op, W_op, cp.empty((len(h_op), padded), BF16))
+        loss, _ = self._softmax_loss(dscores[:, :V], y, weight, n, b_vocab, True, None)
         dh = self._operand_matmul(dscores, W_op.T, None)
 
         def weight_grads():

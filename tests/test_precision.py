@@ -248,7 +248,7 @@ def test_stored_bf16_operands_multiply_as_their_rounded_values(cupy_backend, sha
     out = bf16.xp.empty((n, m), np.float32).T  # a strided output takes a copy
     bf16.matmul(a_op, b_op_t.T, out)
     assert _relative_error(bf16.to_numpy(out), want) < 1e-5
-    with pytest.raises(ValueError, match="written as float32, not float64"):
+    with pytest.raises(ValueError, match="written as float32 or bfloat16, not float64"):
         bf16.matmul(a_op, b_op_t.T, bf16.xp.empty((m, n)))
 
 
@@ -405,9 +405,9 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
     sums a stored gradient differs a little: b_vocab (the scores' gradient) and the
     word table's W_embed, Wx and b (the gates' gradient, scatter-added), which sum
     values rounded to bfloat16 (as PyTorch's autocast does), where rounding inside the
-    products sums float32 ones. The recurrent products' results are kept in bfloat16 too
-    (cuBLAS rounds them once, as PyTorch's autocast keeps them), which the reference
-    does after its products. A vocabulary of 37 words is padded to 40 in the stored
+    products sums float32 ones. The recurrent products' results and the scores are kept
+    in bfloat16 too (cuBLAS rounds them once, as PyTorch's autocast keeps them), which
+    the reference does after its products. A vocabulary of 37 words is padded to 40 in the stored
     operands of its layer (for cuBLAS's aligned kernels): the same step again."""
     import cupy_stand_in
 
@@ -421,17 +421,26 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
         rounded_inside = copy.copy(stored)
         rounded_inside.operand_dtype = None
 
-        def rounded_result(x, w, out):  # the product, rounded as the stored step keeps it
-            rounded_inside.matmul(x, w, out)
-            out[...] = stored.widen(stored.as_operand(out))
+        def rounded(x):  # in place, as the stored step keeps a product's result
+            x[...] = stored.widen(stored.as_operand(x))
+            return x
+
+        def rounded_result(x, w, out):
+            rounded(rounded_inside.matmul(x, w, out))
+
+        def entropy_of_rounded_scores(scores, *args, **kwargs):
+            return type(stored).cross_entropy(rounded_inside, rounded(scores), *args,
+                                              **kwargs)
         rounded_inside.recurrent_product = rounded_result
+        rounded_inside.cross_entropy = entropy_of_rounded_scores
         for calls in (cupy_stand_in.cublas.input_types, cupy_stand_in.cublas.output_types,
                       cupy_stand_in.cublas.shapes):
             calls.clear()
         loss, grads = _model(stored, "bf16", vocab=vocab).loss(features, captions)
         assert cupy_stand_in.cublas.input_types.count(14) == 2 * T + 5  # CUDA_R_16BF
-        # bfloat16 results: the recurrent products but the last one back (dh0, float32)
-        assert cupy_stand_in.cublas.output_types.count(14) == 2 * T - 1
+        # bfloat16 results: the recurrent products but the last one back (dh0, float32),
+        # and the scores
+        assert cupy_stand_in.cublas.output_types.count(14) == 2 * T
         bf16_shapes = [shape for shape, kind in zip(cupy_stand_in.cublas.shapes,
                                                     cupy_stand_in.cublas.input_types)
                        if kind == 14]
