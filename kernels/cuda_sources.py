@@ -351,7 +351,8 @@ __device__ void scatter_runs(const Rows rows_of, const S* __restrict__ values,
     // out[word(r), j] += values[row(r), j] for r < rows (out (V, D), values (rows, D),
     // C-contiguous). Thread (row block b, column j) walks r = b*R .. b*R+R-1 (R =
     // rows_per_thread) in column j and adds each run of r naming the same word with one
-    // atomicAdd: runs are where atomics contend (every caption's <START> at t = 0).
+    // atomicAdd: runs are where atomics contend (a word's rows sorted together; in
+    // caption order, every caption's <START> at t = 0).
     const long long blocks = (rows + rows_per_thread - 1) / rows_per_thread;
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < blocks * D;
          k += (long long)gridDim.x * blockDim.x) {
@@ -439,12 +440,12 @@ __global__ void sort_rows_by_word(const long long* idx, int* order, int* words,
     const int bins = V + 1, t = threadIdx.x;
     for (int w = t; w < bins; w += blockDim.x) start[w] = 0;
     __syncthreads();
-    int w[SORT_BATCH];  // a batch of the thread's rows' words (-1 past the end)
+    int batch_words[SORT_BATCH];  // a batch of the thread's rows' words (-1 past the end)
     for (int batch = t; batch < rows; batch += SORT_BATCH * blockDim.x) {
-        load_words(idx, batch, rows, V, w);
+        load_words(idx, batch, rows, V, batch_words);
 #pragma unroll
         for (int u = 0; u < SORT_BATCH; ++u)
-            if (w[u] >= 0) atomicAdd(&start[w[u]], 1);
+            if (batch_words[u] >= 0) atomicAdd(&start[batch_words[u]], 1);
     }
     __syncthreads();
     // Each thread's bins' first slot: the thread sums its chunk of bins, the chunks'
@@ -469,13 +470,13 @@ __global__ void sort_rows_by_word(const long long* idx, int* order, int* words,
     }
     __syncthreads();
     for (int batch = t; batch < rows; batch += SORT_BATCH * blockDim.x) {
-        load_words(idx, batch, rows, V, w);
+        load_words(idx, batch, rows, V, batch_words);
 #pragma unroll
         for (int u = 0; u < SORT_BATCH; ++u) {
-            if (w[u] < 0) continue;
-            const int k = atomicAdd(&start[w[u]], 1);
+            if (batch_words[u] < 0) continue;
+            const int k = atomicAdd(&start[batch_words[u]], 1);
             order[k] = batch + u * blockDim.x;
-            words[k] = w[u];
+            words[k] = batch_words[u];
         }
     }
 }
