@@ -407,8 +407,9 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
     values rounded to bfloat16 (as PyTorch's autocast does), where rounding inside the
     products sums float32 ones. The recurrent products' results and the scores are kept
     in bfloat16 too (cuBLAS rounds them once, as PyTorch's autocast keeps them), which
-    the reference does after its products. A vocabulary of 37 words is padded to 40 in the stored
-    operands of its layer (for cuBLAS's aligned kernels): the same step again."""
+    the reference does after its products. A vocabulary of 37 words is padded to 40 in
+    the stored operands of its layer (for cuBLAS's aligned kernels): the same step
+    again."""
     import cupy_stand_in
 
     rng = np.random.default_rng(7)
