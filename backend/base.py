@@ -578,16 +578,13 @@ class Backend:
         loss, dx = self.cross_entropy(x.reshape(N * T, V), y.reshape(N * T), weight, N)
         return loss, dx.reshape(N, T, V)
 
-    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
-                      operand: bool = False):
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         """Extension point (the CuPy backend fuses it into one kernel).
 
         scores (M, V), y int (M,), weight (M,), bias (V,) or None, added to every row of
         scores first -> (sum of weighted -log p(y) / n, dscores (M, V)). The gradient
         reuses one (M, V) buffer: ``scores`` itself when ``overwrite`` allows it, else a
-        new one. With ``operand`` it may come as a product's operand instead (see
-        ``operand_dtype``; here it never does), which ``matmul`` and ``sum_rows``
-        take."""
+        new one."""
         if bias is not None and overwrite:
             scores += bias
         elif bias is not None:
@@ -629,9 +626,8 @@ class Backend:
         """
         h_op, W_op = self.as_operand(h), self.as_operand(W_vocab)
         scores = self.matmul(h_op, W_op)
-        loss, dscores = self.cross_entropy(scores, y, weight, n, overwrite=True, bias=b_vocab,
-                                           operand=True)
-        dscores = self.as_operand(dscores)  # (where cross_entropy did not make it one)
+        loss, dscores = self.cross_entropy(scores, y, weight, n, overwrite=True, bias=b_vocab)
+        dscores = self.as_operand(dscores)
         dh = self.matmul(dscores, W_op.T)
         weight_grads = self.beside(lambda: (self.matmul(h_op.T, dscores),
                                             self.sum_rows(dscores)))

@@ -217,15 +217,12 @@ __device__ T warp_sum(T x) {  // every lane gets the warp's sum of x
 template <typename T, typename S>
 __device__ void xent_rows(S* scores, const long long scores_pitch, const T* bias,
                           const int* y, const T* weight, const T inv_n, const int V,
-                          const long long M, T* row_loss, unsigned short* grad16,
-                          const int grad16_cols) {
+                          const long long M, T* row_loss) {
     // One warp per row m of scores (M, V; rows scores_pitch elements apart; float, or
     // bfloat16 bits): scores[m] (+ bias, where not null, added as each score is read)
-    // becomes the gradient, in place (as bfloat16 over bfloat16 scores), or as bfloat16
-    // into grad16's row m (M, grad16_cols >= V, zeros past V) where grad16 is not null
-    // (scores are then only read); row_loss[m] gets
-    // weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's reductions need no
-    // barrier: a block per row spent most of its time at 16 of them.
+    // becomes the gradient, in place (as bfloat16 over bfloat16 scores, the sums in T);
+    // row_loss[m] gets weight[m] * -log softmax(scores[m] + bias)[y[m]] / n. A warp's
+    // reductions need no barrier: a block per row spent most of its time at 16 of them.
     const int lane = threadIdx.x % 32;
     const long long warps = (long long)gridDim.x * (blockDim.x / 32);
     const int chunk = 32 * XENT_VALUES, last = (V - 1) / chunk * chunk;
@@ -256,7 +253,6 @@ __device__ void xent_rows(S* scores, const long long scores_pitch, const T* bias
         sum = warp_sum(sum);
         const T w = weight[m] * inv_n;
         const T scale = w / sum;
-        unsigned short* g16 = grad16 ? grad16 + m * grad16_cols : nullptr;
         for (int c = 0; c < V; c += chunk) {
 #pragma unroll
             for (int i = 0; i < XENT_VALUES; ++i) {
@@ -264,12 +260,9 @@ __device__ void xent_rows(S* scores, const long long scores_pitch, const T* bias
                 if (v >= V) continue;
                 T g = exp((c == last ? x[i] : biased(s, bias, v)) - mx) * scale;
                 if (v == target) g -= w;
-                if (g16) g16[v] = to_bf16((float)g);
-                else store(s, v, g);
+                store(s, v, g);
             }
         }
-        if (g16)
-            for (int v = V + lane; v < grad16_cols; v += 32) g16[v] = 0;
         if (lane == 0) row_loss[m] = w * (log(sum) - (picked - mx));
     }
 }
@@ -277,10 +270,8 @@ __device__ void xent_rows(S* scores, const long long scores_pitch, const T* bias
 template <typename T>
 __global__ void caption_xent(T* scores, const long long scores_pitch, const T* bias,
                              const int* y, const T* weight, const T inv_n, const int V,
-                             const long long M, T* row_loss, unsigned short* grad16,
-                             const int grad16_cols) {
-    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss, grad16,
-              grad16_cols);
+                             const long long M, T* row_loss) {
+    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss);
 }
 
 template <typename T>
@@ -288,10 +279,8 @@ __global__ void caption_xent_bf16(unsigned short* scores, const long long scores
                                   const T* bias, const int* y, const T* weight,
                                   const T inv_n, const int V, const long long M,
                                   T* row_loss) {
-    // The same over scores stored in bfloat16 (the bf16 twin's), the sums in T, the
-    // gradient written over them as bfloat16.
-    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss,
-              (unsigned short*)nullptr, 0);
+    // The same over scores stored in bfloat16 (the bf16 twin's).
+    xent_rows(scores, scores_pitch, bias, y, weight, inv_n, V, M, row_loss);
 }
 """
 XENT_KERNELS = ("caption_xent", "caption_xent_bf16")

@@ -517,52 +517,27 @@ class CupyBackend(Backend):
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
                 *_addend(dh_extra), dnext_c, gates, prev_c, tanh_c, *_pointers(da), dnext_c)
 
-    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None,
-                      operand: bool = False):
-        """One kernel, a warp per row (``_softmax_loss``); the bf16 twin, asked for an
-        ``operand``, has it write the gradient as bfloat16 (scores are then only
-        read)."""
-        as_bf16 = operand and self.operand_dtype is not None and scores.dtype == np.float32
-        return self._softmax_loss(scores, y, weight, n, bias, overwrite,
-                                  scores.shape[1] if as_bf16 else None)
-
-    def _softmax_loss(self, scores, y, weight, n: int, bias, overwrite: bool,
-                      stored_cols: int | None):
-        """cross_entropy's kernel. Scores stored in bfloat16 (``BF16``, rows of unit
-        stride): the sums in float32, the gradient written over them in bfloat16. Else
-        stored_cols None: the gradient in scores' dtype (in place where ``overwrite``
-        allows); else as bfloat16 (M, stored_cols), zeros from column V on, and scores
-        may be a view of wider rows (only read)."""
+    def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
+        """One kernel, a warp per row, that writes the gradient over the scores (rows of
+        unit stride; a copy first where ``overwrite`` does not allow it). Scores stored
+        in bfloat16 (``BF16``, the bf16 twin's vocabulary layer) are summed in float32
+        and their gradient written over them in bfloat16."""
         M, V = scores.shape
         sums = np.dtype(np.float32) if scores.dtype == BF16 else scores.dtype
-        if scores.dtype == BF16:
-            if scores.strides[1] != scores.itemsize:
-                raise ValueError("bfloat16 scores are taken in place: their rows must be "
-                                 f"contiguous, got strides {scores.strides}")
-            grad = scores
-        elif stored_cols is None:
-            grad = (scores if overwrite and scores.flags.c_contiguous
-                    else scores.copy(order="C"))
-            scores = grad
-        else:
-            grad = cp.empty((M, stored_cols), BF16)
-            if scores.strides[1] != scores.itemsize:
-                scores = cp.ascontiguousarray(scores)
+        if not (overwrite and scores.strides[1] == scores.itemsize):
+            scores = scores.copy(order="C")
         if M == 0:
-            return cp.zeros((), dtype=sums), grad
+            return cp.zeros((), dtype=sums), scores
         row_loss = cp.empty(M, dtype=sums)
-        args = (scores, np.int64(scores.strides[0] // scores.itemsize),
+        stored = "_bf16" if scores.dtype == BF16 else ""
+        kernel = _MODULES["xent"].get_function(f"caption_xent{stored}<{CTYPES[sums.name]}>")
+        kernel((_grid(32 * M, 8192),), (256,),  # a warp per row, 8 rows a block
+               (scores, np.int64(scores.strides[0] // scores.itemsize),
                 _NULL if bias is None else cp.ascontiguousarray(bias, dtype=sums),
-                cp.ascontiguousarray(y, dtype=cp.int32), cp.ascontiguousarray(weight, dtype=sums),
-                sums.type(1 / n), cp.int32(V), np.int64(M), row_loss)
-        if scores.dtype == BF16:
-            kernel = f"caption_xent_bf16<{CTYPES[sums.name]}>"
-        else:
-            kernel = f"caption_xent<{CTYPES[sums.name]}>"
-            args += (_NULL if stored_cols is None else grad, np.int32(stored_cols or 0))
-        # a warp per row, 8 rows a block
-        _MODULES["xent"].get_function(kernel)((_grid(32 * M, 8192),), (256,), args)
-        return row_loss.sum(), grad
+                cp.ascontiguousarray(y, dtype=cp.int32),
+                cp.ascontiguousarray(weight, dtype=sums), sums.type(1 / n), cp.int32(V),
+                np.int64(M), row_loss))
+        return row_loss.sum(), scores
 
     def vocab_loss(self, h, W_vocab, b_vocab, y, weight, n: int):
         """The base class's maths; on the bf16 twin, the scores are kept in bfloat16 (as
@@ -579,7 +554,8 @@ class CupyBackend(Backend):
         h_op, W_op = self.as_operand(h), _rounded(W_vocab, padded)  # (H, padded)
         # (M, padded) scores, zeros from V on, then their gradient
         dscores = self._operand_matmul(h_op, W_op, cp.empty((len(h_op), padded), BF16))
-        loss, _ = self._softmax_loss(dscores[:, :V], y, weight, n, b_vocab, True, None)
+        loss, _ = self.cross_entropy(dscores[:, :V], y, weight, n, overwrite=True,
+                                     bias=b_vocab)
         dh = self._operand_matmul(dscores, W_op.T, None)
 
         def weight_grads():

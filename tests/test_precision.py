@@ -364,33 +364,36 @@ def test_the_exercise_lstm_on_the_bf16_twin_returns_float32(cupy_backend):
 
 
 @pytest.mark.parametrize("V", [1004, 2500])
-def test_the_softmax_writes_its_gradient_as_a_bf16_operand_when_asked(cupy_backend, V):
+def test_the_softmax_of_bf16_scores_writes_their_gradient_over_them(cupy_backend, V):
+    """Scores stored in bfloat16 (the bf16 twin's vocabulary layer) give the loss their
+    float32 values give, and their gradient, rounded, over them; rows wider than V (a
+    padded vocabulary) keep their padding. 2,500 words: rows longer than a lane holds."""
     bf16 = cupy_backend.with_precision("bf16")
     rng = np.random.default_rng(8)
-    M = 37
-    scores = (rng.standard_normal((M, V)) * 4).astype(np.float32)
-    bias = rng.standard_normal(V).astype(np.float32)
+    M, padded = 37, V + 4
+    scores = (rng.standard_normal((M, padded)) * 4).astype(np.float32)
+    scores[:, V:] = 0
+    bias = bf16.asarray(rng.standard_normal(V).astype(np.float32))
     y = rng.integers(0, V, M)
     weight = rng.uniform(-1, 1, M).astype(np.float32)
     args = [bf16.asarray(a) for a in (y, weight)]
-    given = bf16.asarray(scores.copy())  # (the CPU stand-in's asarray may share memory)
-    loss16, grad16 = bf16.cross_entropy(given, *args, 5, overwrite=True,
-                                        bias=bf16.asarray(bias), operand=True)
-    np.testing.assert_array_equal(bf16.to_numpy(given), scores)  # only read
-    loss32, grad32 = bf16.cross_entropy(bf16.asarray(scores.copy()), *args, 5,
-                                        overwrite=True, bias=bf16.asarray(bias))
+    stored = bf16.as_operand(bf16.asarray(scores))
+    loss32, grad32 = bf16.cross_entropy(bf16.widen(stored)[:, :V], *args, 5, bias=bias)
+    loss16, grad16 = bf16.cross_entropy(stored[:, :V], *args, 5, overwrite=True, bias=bias)
     assert grad16.dtype == bf16.operand_dtype and grad32.dtype == np.float32
     assert float(loss16) == float(loss32)
-    np.testing.assert_array_equal(bf16.to_numpy(grad16),
+    assert bf16.xp.shares_memory(grad16, stored)  # written over the scores
+    np.testing.assert_array_equal(bf16.to_numpy(stored[:, :V]),
                                   bf16.to_numpy(bf16.as_operand(grad32)))
-    # its bias gradient: a float32 sum of the stored values
-    np.testing.assert_allclose(bf16.to_numpy(bf16.sum_rows(grad16)),
-                               _widened(bf16.to_numpy(grad16)).astype(np.float64).sum(axis=0),
+    np.testing.assert_array_equal(bf16.to_numpy(stored[:, V:]), 0)
+    # the bias gradient: a float32 sum of the stored values
+    np.testing.assert_allclose(bf16.to_numpy(bf16.sum_rows(stored))[:V],
+                               _widened(bf16.to_numpy(stored)).astype(np.float64).sum(axis=0)[:V],
                                rtol=1e-5, atol=1e-7)
-    fp32_loss, fp32_grad = cupy_backend.cross_entropy(bf16.asarray(scores), *args, 5,
-                                                      bias=bf16.asarray(bias), operand=True)
-    assert fp32_grad.dtype == np.float32  # no stored operands in fp32: float32 as ever
-    np.testing.assert_array_equal(bf16.to_numpy(fp32_grad), bf16.to_numpy(grad32))
+    kept = bf16.as_operand(bf16.asarray(scores))[:, :V]
+    bf16.cross_entropy(kept, *args, 5, bias=bias)  # without overwrite: a copy's gradient
+    np.testing.assert_array_equal(bf16.to_numpy(kept),
+                                  bf16.to_numpy(bf16.as_operand(bf16.asarray(scores)))[:, :V])
 
 
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
