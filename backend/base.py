@@ -26,7 +26,7 @@ a backend calls:
 
 - ``recurrent_product``: a packed loop's per-step recurrent product, which a backend may
   hand its gate calls in a form of its own (the CuPy backend: a small step's product in
-  parts along K);
+  parts along K; on its bf16 twin, the product in bfloat16);
 - ``lstm_gates_forward_sum`` / ``lstm_gates_backward_sum``: the sequence loops' gate
   calls, with the pre-activation (upstream gradient) in two parts, so one fused kernel
   can add them and apply the gates;
