@@ -30,6 +30,9 @@ a backend calls:
 - ``lstm_gates_forward_sum`` / ``lstm_gates_backward_sum``: the sequence loops' gate
   calls, with the pre-activation (upstream gradient) in two parts, so one fused kernel
   can add them and apply the gates;
+- ``lookup_gates``: the buffer in which the looked-up steps keep their gates for the
+  backward, in a form of the backend's own (the CuPy bf16 twin: pre-activations in
+  bfloat16);
 - ``cross_entropy`` (the whole softmax cross-entropy and its gradient) or just
   ``finish_cross_entropy`` (from the exp-shifted scores on);
 - ``adam_kernel``: the Adam update once its scalars are known, which both
@@ -344,6 +347,13 @@ class Backend:
         gates[...] = table[words]
         self.lstm_gates_forward_sum(gates, a_extra, prev_c, next_c, next_h, tanh_c)
 
+    def lookup_gates(self, rows: int, width: int, dtype: Any) -> Any:
+        """Extension point: the (rows, width) buffer in which a packed loop's looked-up
+        steps (``lstm_gates_forward_lookup``) keep their gates for
+        ``lstm_gates_backward_sum``: here the activated gates, of ``dtype``. A backend
+        may keep them in a form of its own, which those two methods write and read."""
+        return self.xp.empty((rows, width), dtype)
+
     def recurrent_product(self, x, w, out):
         """Extension point: a packed loop's recurrent product x (m, K) @ w (K, n), for the
         gate call that follows it. Here it is written into ``out`` (m, n) and None is
@@ -486,7 +496,8 @@ class Backend:
         c0 = xp.zeros((len(h0), H), dtype=a.dtype)
         buf = xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
         if words is not None:
-            gates, words = xp.empty((P, a.shape[1]), a.dtype), words.astype(np.int64, copy=False)
+            gates = self.lookup_gates(P, a.shape[1], a.dtype)
+            words = words.astype(np.int64, copy=False)
         prev_h, prev_c = h0, c0
         for rows in steps:
             n = rows.stop - rows.start

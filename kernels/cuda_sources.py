@@ -66,11 +66,14 @@ template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
                              const unsigned short* extra16, int extra_parts,
                              long long extra_stride, long long extra_rows,
-                             const T* prev_c, T* gates, T* next_c, T* next_h,
-                             T* tanh_c, unsigned short* next_h16, long long NH, int H) {
-    // Pre-activation a (+ extra, the recurrent product) -> gates (may be a), c, and h
-    // into next_h, or as bfloat16 into next_h16 (the products' stored operand): one of
-    // the two is null.
+                             const T* prev_c, T* gates, unsigned short* gates16,
+                             T* next_c, T* next_h, T* tanh_c, unsigned short* next_h16,
+                             long long NH, int H) {
+    // Pre-activation a (+ extra, the recurrent product) -> the activated gates into
+    // gates (may be a), or the pre-activations rounded to bfloat16 into gates16 (the
+    // bf16 twin's; the gates are then made from the rounded values, as lstm_backward
+    // makes them again): one of the two is null; c; and h into next_h, or as bfloat16
+    // into next_h16 (the products' stored operand): one of the two is null.
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -86,12 +89,26 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
             ao += extra_sum(extra, extra16, extra_parts, extra_stride, base + 2 * H);
             ag += extra_sum(extra, extra16, extra_parts, extra_stride, base + 3 * H);
         }
+        if (gates16) {  // kept rounded, and so used: the backward's gates are these
+            const unsigned short bi = to_bf16((float)ai), bf = to_bf16((float)af);
+            const unsigned short bo = to_bf16((float)ao), bg = to_bf16((float)ag);
+            gates16[base] = bi;
+            gates16[base + H] = bf;
+            gates16[base + 2 * H] = bo;
+            gates16[base + 3 * H] = bg;
+            ai = widened(bi);
+            af = widened(bf);
+            ao = widened(bo);
+            ag = widened(bg);
+        }
         const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
         const T gg = tanh(ag);
-        gates[base] = ig;
-        gates[base + H] = fg;
-        gates[base + 2 * H] = og;
-        gates[base + 3 * H] = gg;
+        if (gates) {
+            gates[base] = ig;
+            gates[base + H] = fg;
+            gates[base + 2 * H] = og;
+            gates[base + 3 * H] = gg;
+        }
         const T c = fg * pc + ig * gg;
         const T tc = tanh(c);
         next_c[k] = c;
@@ -144,20 +161,33 @@ template <typename T>
 __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
                               const unsigned short* extra16, int extra_parts,
                               long long extra_stride, long long extra_rows,
-                              const T* dnext_c, const T* gates, const T* prev_c,
+                              const T* dnext_c, const T* gates,
+                              const unsigned short* gates16, const T* prev_c,
                               const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
                               long long NH, int H) {
     // dnext_h = dh (+ extra, the gradient carried back by the recurrent product) ->
     // dprev_c (may be dnext_c), and da, or da as bfloat16 into da16 (the products'
-    // stored operand): one of the two is null.
+    // stored operand): one of the two is null. The gates as lstm_forward kept them:
+    // activated in gates, or pre-activations in gates16 (activated here, as there).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
         T dnext_h = dh[n * dh_ld + j];
         if (extra_parts && n < extra_rows)
             dnext_h += extra_sum(extra, extra16, extra_parts, extra_stride, k);
-        const T ig = gates[base], fg = gates[base + H], og = gates[base + 2 * H];
-        const T gg = gates[base + 3 * H], tc = tanh_c[k];
+        T ig, fg, og, gg;
+        if (gates) {
+            ig = gates[base];
+            fg = gates[base + H];
+            og = gates[base + 2 * H];
+            gg = gates[base + 3 * H];
+        } else {
+            ig = 1 / (1 + exp(-(T)widened(gates16[base])));
+            fg = 1 / (1 + exp(-(T)widened(gates16[base + H])));
+            og = 1 / (1 + exp(-(T)widened(gates16[base + 2 * H])));
+            gg = tanh((T)widened(gates16[base + 3 * H]));
+        }
+        const T tc = tanh_c[k];
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
         const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
         const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);

@@ -18,7 +18,8 @@ vocabulary padded with zero words to a multiple of 8, for cuBLAS's aligned kerne
 the hidden states, the gates' gradient and the scores' gradient as their kernels write
 them (in bfloat16 only), and the recurrent products' results and the scores as cuBLAS
 writes them, so its products read half the bytes and run on the bfloat16 kernels, and
-the gate kernels and the scatter of the gates' gradient read half as much.
+the gate kernels and the scatter of the gates' gradient read half as much; the gates
+are kept for the backward as their pre-activations in bfloat16 (``lookup_gates``).
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels
 index C-contiguous rows: given arrays of another layout, an operation takes the base
@@ -59,16 +60,16 @@ def _contiguous(*arrays) -> bool:
     return all(a.flags.c_contiguous for a in arrays)
 
 
-def _writable(out, values) -> bool:
-    """Whether a gate kernel computing in ``values``' dtype can write ``out``: of that
-    dtype, or a stored bfloat16 operand of float32 values."""
-    return out.dtype == values.dtype or (out.dtype == BF16 and values.dtype == np.float32)
+def _takes(array, values) -> bool:
+    """Whether a gate kernel computing in ``values``' dtype can write or read ``array``:
+    of that dtype, or stored bfloat16 of float32 values."""
+    return array.dtype == values.dtype or (array.dtype == BF16 and values.dtype == np.float32)
 
 
-def _pointers(out) -> tuple:
-    """The gate kernels' two pointers for one result: (out, null) for a float array,
-    (null, out) for a stored bfloat16 one."""
-    return (_NULL, out) if out.dtype == BF16 else (out, _NULL)
+def _pointers(array) -> tuple:
+    """The gate kernels' two pointers for one array they write or read: (array, null)
+    for a float array, (null, array) for a stored bfloat16 one."""
+    return (_NULL, array) if array.dtype == BF16 else (array, _NULL)
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
@@ -434,8 +435,8 @@ class CupyBackend(Backend):
         if not _contiguous(gates, next_c, next_h, tanh_c):  # the kernel writes flat rows
             return super().lstm_gates_forward(a, prev_c, gates, next_c, next_h, tanh_c)
         a, prev_c = cp.ascontiguousarray(a), cp.ascontiguousarray(prev_c)
-        _launch("lstm_forward", prev_c, a, _NULL, *_addend(None), prev_c, gates, next_c,
-                next_h, tanh_c, _NULL)
+        _launch("lstm_forward", prev_c, a, _NULL, *_addend(None), prev_c, gates, _NULL,
+                next_c, next_h, tanh_c, _NULL)
 
     def lstm_gates_forward_halved(self, a, prev_c, next_c, next_h):
         if not _contiguous(next_c, next_h):
@@ -463,7 +464,7 @@ class CupyBackend(Backend):
         dnext_h, dnext_c, gates, prev_c, tanh_c = (
             cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), *_addend(None),
-                dnext_c, gates, prev_c, tanh_c, da, _NULL, dprev_c)
+                dnext_c, gates, _NULL, prev_c, tanh_c, da, _NULL, dprev_c)
 
     def recurrent_product(self, x, w, out):
         """A float32, full-precision product that would not fill the GPU, in (S, m, n)
@@ -488,34 +489,61 @@ class CupyBackend(Backend):
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         # In the time loop every operand is a contiguous step of a (T, N, ...) buffer.
         if not (_contiguous(a, a_extra, prev_c, next_c, next_h, tanh_c)
-                and _writable(next_h, a)):
+                and _takes(next_h, a)):
             return super().lstm_gates_forward_sum(a, _whole(a_extra, len(a)), prev_c, next_c,
                                                   next_h, tanh_c)
         h, h16 = _pointers(next_h)
-        _launch("lstm_forward", prev_c, a, _NULL, *_addend(a_extra), prev_c, a, next_c, h,
-                tanh_c, h16)
+        _launch("lstm_forward", prev_c, a, _NULL, *_addend(a_extra), prev_c, a, _NULL, next_c,
+                h, tanh_c, h16)
+
+    def lookup_gates(self, rows: int, width: int, dtype):
+        """On the bf16 twin, float32 gates are kept as their pre-activations rounded to
+        bfloat16 (half the bytes the gate kernels write and read again; activations
+        would not do: a sigmoid of 0.999 is 1 in bfloat16, and its gradient 0), and the
+        forward makes its gates from those rounded values, so that the backward, which
+        activates them again, differentiates what the forward computed."""
+        if self.operand_dtype is not None and np.dtype(dtype) == np.float32:
+            return cp.empty((rows, width), BF16)
+        return super().lookup_gates(rows, width, dtype)
+
+    def _activated(self, pre16):
+        """Gates kept as bfloat16 pre-activations (``lookup_gates``), activated: float32
+        (N, 4H)."""
+        a = _widened(pre16)
+        H = a.shape[1] // 4
+        self.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
+        cp.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
+        return a
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
                                   tanh_c):
         if not (_contiguous(table, a_extra, prev_c, gates, next_c, next_h, tanh_c)
-                and _writable(next_h, table)):
-            return super().lstm_gates_forward_lookup(table, words, _whole(a_extra, len(words)),
-                                                     prev_c, gates, next_c, next_h, tanh_c)
+                and _takes(next_h, table) and _takes(gates, table)):
+            extra = _whole(a_extra, len(words))
+            if gates.dtype != BF16:
+                return super().lstm_gates_forward_lookup(table, words, extra, prev_c, gates,
+                                                         next_c, next_h, tanh_c)
+            gates[...] = _rounded(table[words] + extra)  # kept rounded, and so used
+            return super().lstm_gates_forward_sum(_widened(gates), 0, prev_c, next_c, next_h,
+                                                  tanh_c)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         h, h16 = _pointers(next_h)
-        _launch("lstm_forward", prev_c, table, words, *_addend(a_extra), prev_c, gates,
-                next_c, h, tanh_c, h16)
+        _launch("lstm_forward", prev_c, table, words, *_addend(a_extra), prev_c,
+                *_pointers(gates), next_c, h, tanh_c, h16)
 
     def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
         if not (_contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da)
-                and _writable(da, gates)):
+                and _takes(da, prev_c) and _takes(gates, prev_c)):
+            if gates.dtype == BF16:
+                gates = self._activated(gates)
             return super().lstm_gates_backward_sum(dh, _whole(dh_extra, len(dh)), dnext_c,
                                                    gates, prev_c, tanh_c, da)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
-                *_addend(dh_extra), dnext_c, gates, prev_c, tanh_c, *_pointers(da), dnext_c)
+                *_addend(dh_extra), dnext_c, *_pointers(gates), prev_c, tanh_c,
+                *_pointers(da), dnext_c)
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         """One kernel, a warp per row, that writes the gradient over the scores (rows of

@@ -329,6 +329,52 @@ def test_the_recurrent_products_of_stored_operands_are_kept_in_bf16(cupy_backend
             np.testing.assert_array_equal(got, want_grad)
 
 
+def test_the_bf16_twin_keeps_looked_up_gates_as_rounded_pre_activations(cupy_backend):
+    """The bf16 twin's looked-up steps keep their gates as the pre-activations rounded
+    to bfloat16 (``lookup_gates``), and make h and c from those rounded values, so that
+    the backward, which activates them again, gives what the float32 gates made from
+    them give. In the kernels (bit for bit), and in the base class's passes that a
+    strided input falls back to (their sigmoid is another formula: near 0 or 1, a
+    gradient i (1 - i) differs in its last bits)."""
+    bf16, xp = cupy_backend.with_precision("bf16"), cupy_backend.xp
+    assert cupy_backend.lookup_gates(3, 8, np.float32).dtype == np.float32
+    assert bf16.lookup_gates(3, 8, np.float64).dtype == np.float64
+    rng = np.random.default_rng(11)
+    N, H, V = 37, 24, 40
+
+    def draw(*shape):
+        return bf16.asarray((rng.standard_normal(shape) * 3).astype(np.float32))
+
+    table, extra, prev_c = draw(V, 4 * H), draw(N, 4 * H), draw(N, H)
+    words = bf16.asarray(rng.integers(0, V, N))
+    dh, dh_extra, dnext_c = draw(N, H), draw(N, H), draw(N, H)
+    # the reference: float32 gates made from the rounded pre-activations
+    pre = bf16.as_operand(table[words] + extra)
+    gates32 = bf16.widen(pre)
+    c32, tanh_c32, h32 = (xp.empty((N, H), np.float32) for _ in range(3))
+    bf16.lstm_gates_forward_sum(gates32, xp.zeros((N, 4 * H), np.float32), prev_c, c32, h32,
+                                tanh_c32)
+    da32, dprev_c32 = xp.empty((N, 4 * H), np.float32), dnext_c.copy()
+    bf16.lstm_gates_backward_sum(dh, dh_extra, dprev_c32, gates32, prev_c, tanh_c32, da32)
+    for strided in (False, True):  # strided parts take the base class's passes
+        gates = bf16.lookup_gates(N, 4 * H, np.float32)
+        assert gates.dtype == bf16.operand_dtype and gates.shape == (N, 4 * H)
+        c, tanh_c, h = (xp.empty((N, H), np.float32) for _ in range(3))
+        bf16.lstm_gates_forward_lookup(table, words, xp.asfortranarray(extra) if strided
+                                       else extra, prev_c, gates, c, h, tanh_c)
+        np.testing.assert_array_equal(bf16.to_numpy(gates), bf16.to_numpy(pre))
+        da, dprev_c = xp.empty((N, 4 * H), np.float32), dnext_c.copy()
+        bf16.lstm_gates_backward_sum(dh, xp.asfortranarray(dh_extra) if strided else dh_extra,
+                                     dprev_c, gates, prev_c, tanh_c, da)
+        got = [bf16.to_numpy(x) for x in (c, h, tanh_c, da, dprev_c)]
+        want = [bf16.to_numpy(x) for x in (c32, h32, tanh_c32, da32, dprev_c32)]
+        for name, g, w in zip(("c", "h", "tanh_c", "da", "dprev_c"), got, want):
+            if strided:
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(g, w, err_msg=name)
+
+
 def test_a_stored_bf16_gradient_scatters_into_float32(cupy_backend):
     bf16 = cupy_backend.with_precision("bf16")
     rng = np.random.default_rng(9)
@@ -410,7 +456,8 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
     values rounded to bfloat16 (as PyTorch's autocast does), where rounding inside the
     products sums float32 ones. The recurrent products' results and the scores are kept
     in bfloat16 too (cuBLAS rounds them once, as PyTorch's autocast keeps them), which
-    the reference does after its products. A vocabulary of 37 words is padded to 40 in
+    the reference does after its products; both keep the gates as bfloat16
+    pre-activations (``lookup_gates``). A vocabulary of 37 words is padded to 40 in
     the stored operands of its layer (for cuBLAS's aligned kernels): the same step
     again."""
     import cupy_stand_in
@@ -437,6 +484,7 @@ def test_stored_bf16_operands_give_what_rounding_inside_each_product_gives(words
                                               **kwargs)
         rounded_inside.recurrent_product = rounded_result
         rounded_inside.cross_entropy = entropy_of_rounded_scores
+        rounded_inside.lookup_gates = stored.lookup_gates  # bfloat16 pre-activations
         for calls in (cupy_stand_in.cublas.input_types, cupy_stand_in.cublas.output_types,
                       cupy_stand_in.cublas.shapes):
             calls.clear()
