@@ -2,7 +2,7 @@
 # The CuPy training step of two or more source trees on one GPU, in turns (A B C, A B C),
 # so that each change's effect on the step is measured side by side on the same card and
 # call, the tree before it being the one named before it:
-#   mkdir .ab-1 && git archive <commit> | tar -x -C .ab-1
+#   bash benchmarks/ab_trees.sh <commit> <commit>   # unpacks them into .ab-1/, .ab-2/
 #   bash benchmarks/gpu_ab.sh .ab-1 .ab-2 .   # /.ab-*/ is ignored by git, so the device
 #                                             # tool can carry them: carry [".ab-1", ...]
 # Each turn prints gpu_bench's per-batch, per-precision step times (PyTorch left out).

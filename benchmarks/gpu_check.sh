@@ -7,8 +7,8 @@
 # CuPy. Installs nothing. The GPU tests' log, the benchmark JSON and the four runs'
 # parameters go to $GPU_OUT (default /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
-# With earlier commits unpacked into .ab-*/ (mkdir .ab-1 && git archive REV | tar -x -C
-# .ab-1; carried by the device tool), it measures their steps and this tree's in turns,
+# With earlier commits unpacked into .ab-*/ (bash benchmarks/ab_trees.sh REV...; carried
+# by the device tool), it measures their steps and this tree's in turns,
 # oldest first by name (benchmarks/gpu_ab.sh; ~20 s a tree), right after the table: one
 # tree per change to measure.
 set -uo pipefail
