@@ -32,7 +32,8 @@ a backend calls:
   can add them and apply the gates;
 - ``lookup_gates``: the buffer in which the looked-up steps keep their gates for the
   backward, in a form of the backend's own (the CuPy bf16 twin: pre-activations in
-  bfloat16);
+  bfloat16); ``keeps_tanh_c``: whether the LSTM loops keep tanh(c) for the backward or
+  it is made again from c;
 - ``cross_entropy`` (the whole softmax cross-entropy and its gradient) or just
   ``finish_cross_entropy`` (from the exp-shifted scores on);
 - ``adam_kernel``: the Adam update once its scalars are known, which both
@@ -117,6 +118,12 @@ class Backend:
     # else the rows are copied out of the table once, before the recurrence (on a CPU
     # that one copy is faster than one per step).
     looks_rows_up_in_gates = False
+
+    # Extension point: whether the packed LSTM loops keep tanh(c) of every packed row for
+    # the backward (a CPU spares the backward a tanh per unit). A backend that clears it
+    # is given None for the loops' ``tanh_c`` and makes it again from ``next_c`` (a GPU's
+    # gate kernels are paced by the bytes they move: 2 bytes a unit written, 2 read).
+    keeps_tanh_c = True
 
     # Extension point: the dtype in which the LSTM recurrence and the vocabulary layer
     # store the float32 operands of their products (None: they multiply the float32 or
@@ -333,7 +340,10 @@ class Backend:
     def lstm_gates_forward_sum(self, a, a_extra, prev_c, next_c, next_h, tanh_c):
         """Extension point: lstm_gates_forward on a + a_extra, activating the gates in
         place in a. ``next_h`` may be a stored operand (``stored_dtype``): then the
-        state is written as one."""
+        state is written as one. ``tanh_c`` is None where it is not kept
+        (``keeps_tanh_c``)."""
+        if tanh_c is None:
+            tanh_c = self.xp.empty_like(next_c)
         a += a_extra
         h = next_h if next_h.dtype == a.dtype else self.xp.empty(next_h.shape, a.dtype)
         self.lstm_gates_forward(a, prev_c, a, next_c, h, tanh_c)
@@ -361,9 +371,14 @@ class Backend:
         methods then take as their ``a_extra`` / ``dh_extra`` (``out`` left as it was)."""
         self.matmul(x, w, out)
 
-    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, next_c, tanh_c,
+                                da):
         """Extension point: lstm_gates_backward with dnext_h = dh + dh_extra; dprev_c
-        overwrites dnext_c. ``da`` may be a stored operand: then it is written as one."""
+        overwrites dnext_c. ``da`` may be a stored operand: then it is written as one.
+        ``next_c`` is the step's cell state, from which tanh_c is made where it is None
+        (not kept: ``keeps_tanh_c``)."""
+        if tanh_c is None:
+            tanh_c = self.xp.tanh(next_c)
         d = da if da.dtype == gates.dtype else self.xp.empty(da.shape, gates.dtype)
         self.lstm_gates_backward(dh + dh_extra, dnext_c, gates, prev_c, tanh_c, d, dnext_c)
         if d is not da:
@@ -489,7 +504,8 @@ class Backend:
         P = len(a) if words is None else len(words)
         steps = packed_steps(step_rows, P, len(h0))
         H = h0.shape[1]
-        cs, tanh_c = (xp.empty((P, H), dtype=a.dtype) for _ in range(2))
+        cs = xp.empty((P, H), dtype=a.dtype)
+        tanh_c = xp.empty((P, H), dtype=a.dtype) if self.keeps_tanh_c else None
         hs = xp.empty((P, H), dtype=self.stored_dtype(a.dtype))
         if hs.dtype != a.dtype:
             Wh, h0 = self.as_operand(Wh), self.as_operand(h0)
@@ -503,12 +519,13 @@ class Backend:
             n = rows.stop - rows.start
             product = self.recurrent_product(prev_h[:n], Wh, buf[:n])
             extra = buf[:n] if product is None else product
+            step_tanh_c = None if tanh_c is None else tanh_c[rows]
             if words is None:
                 self.lstm_gates_forward_sum(a[rows], extra, prev_c[:n], cs[rows], hs[rows],
-                                            tanh_c[rows])
+                                            step_tanh_c)
             else:
                 self.lstm_gates_forward_lookup(a, words[rows], extra, prev_c[:n],
-                                               gates[rows], cs[rows], hs[rows], tanh_c[rows])
+                                               gates[rows], cs[rows], hs[rows], step_tanh_c)
             prev_h, prev_c = hs[rows], cs[rows]
         return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps)
 
@@ -527,8 +544,8 @@ class Backend:
             n = rows.stop - rows.start
             prev_c = cs[steps[t - 1]][:n] if t else c0[:n]
             self.lstm_gates_backward_sum(dh[rows], dnext_h[:n] if product is None else product,
-                                          dnext_c[:n], gates[rows], prev_c, tanh_c[rows],
-                                          da[rows])
+                                          dnext_c[:n], gates[rows], prev_c, cs[rows],
+                                          None if tanh_c is None else tanh_c[rows], da[rows])
             if t:
                 product = self.recurrent_product(da[rows], Wh.T, dnext_h[:n])
             else:  # dh0, whole

@@ -73,7 +73,8 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
     // gates (may be a), or the pre-activations rounded to bfloat16 into gates16 (the
     // bf16 twin's; the gates are then made from the rounded values, as lstm_backward
     // makes them again): one of the two is null; c; and h into next_h, or as bfloat16
-    // into next_h16 (the products' stored operand): one of the two is null.
+    // into next_h16 (the products' stored operand): one of the two is null; tanh(c)
+    // into tanh_c where it is kept (not null).
     // With words (not null), a is a table and row n's pre-activation is its row words[n]
     // (the training step's input projections, looked up here rather than copied first).
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
@@ -112,7 +113,7 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
         const T c = fg * pc + ig * gg;
         const T tc = tanh(c);
         next_c[k] = c;
-        tanh_c[k] = tc;
+        if (tanh_c) tanh_c[k] = tc;
         if (next_h) next_h[k] = og * tc;
         else next_h16[k] = to_bf16((float)(og * tc));
     }
@@ -163,12 +164,13 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
                               long long extra_stride, long long extra_rows,
                               const T* dnext_c, const T* gates,
                               const unsigned short* gates16, const T* prev_c,
-                              const T* tanh_c, T* da, unsigned short* da16, T* dprev_c,
-                              long long NH, int H) {
+                              const T* next_c, const T* tanh_c, T* da,
+                              unsigned short* da16, T* dprev_c, long long NH, int H) {
     // dnext_h = dh (+ extra, the gradient carried back by the recurrent product) ->
     // dprev_c (may be dnext_c), and da, or da as bfloat16 into da16 (the products'
     // stored operand): one of the two is null. The gates as lstm_forward kept them:
-    // activated in gates, or pre-activations in gates16 (activated here, as there).
+    // activated in gates, or pre-activations in gates16 (activated here, as there);
+    // tanh(c) from tanh_c where it was kept (not null), else made again from next_c.
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < NH;
          k += (long long)gridDim.x * blockDim.x) {
         const long long n = k / H, j = k % H, base = n * 4 * H + j;
@@ -187,7 +189,7 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
             og = 1 / (1 + exp(-(T)widened(gates16[base + 2 * H])));
             gg = tanh((T)widened(gates16[base + 3 * H]));
         }
-        const T tc = tanh_c[k];
+        const T tc = tanh_c ? tanh_c[k] : tanh(next_c[k]);
         const T dc = dnext_c[k] + dnext_h * og * (1 - tc * tc);
         const T di = dc * gg * ig * (1 - ig), df = dc * prev_c[k] * fg * (1 - fg);
         const T d_o = dnext_h * tc * og * (1 - og), dg = dc * ig * (1 - gg * gg);

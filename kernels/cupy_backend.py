@@ -19,7 +19,9 @@ the hidden states, the gates' gradient and the scores' gradient as their kernels
 them (in bfloat16 only), and the recurrent products' results and the scores as cuBLAS
 writes them, so its products read half the bytes and run on the bfloat16 kernels, and
 the gate kernels and the scatter of the gates' gradient read half as much; the gates
-are kept for the backward as their pre-activations in bfloat16 (``lookup_gates``).
+are kept for the backward as their pre-activations in bfloat16 (``lookup_gates``). In
+every precision the backward's gate kernel makes tanh(c) again from c rather than read
+it kept (``keeps_tanh_c``): those kernels are paced by the bytes they move.
 Nothing here synchronises with the host (the packed batch's layout comes from the host
 with the batch); kernels compile once per dtype and are cached by CuPy. The raw kernels
 index C-contiguous rows: given arrays of another layout, an operation takes the base
@@ -56,8 +58,8 @@ _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up on
 
 
 def _contiguous(*arrays) -> bool:
-    """Whether the raw kernels may index all of these as flat C-ordered rows."""
-    return all(a.flags.c_contiguous for a in arrays)
+    """Whether the raw kernels may index all of these (but None) as flat C-ordered rows."""
+    return all(a is None or a.flags.c_contiguous for a in arrays)
 
 
 def _takes(array, values) -> bool:
@@ -73,6 +75,11 @@ def _pointers(array) -> tuple:
 
 
 _NULL = np.uint64(0)  # a null pointer, for a kernel's optional array
+
+
+def _optional(array):
+    """A kernel's optional array: itself, or a null pointer for None."""
+    return _NULL if array is None else array
 
 
 def _widened(x) -> cp.ndarray:
@@ -238,6 +245,7 @@ class CupyBackend(Backend):
 
     can_record = True
     looks_rows_up_in_gates = True
+    keeps_tanh_c = False  # the backward's gate kernel makes it again from c
 
     def record(self, fn) -> GraphRecording:
         return GraphRecording(fn)
@@ -464,7 +472,7 @@ class CupyBackend(Backend):
         dnext_h, dnext_c, gates, prev_c, tanh_c = (
             cp.ascontiguousarray(x) for x in (dnext_h, dnext_c, gates, prev_c, tanh_c))
         _launch("lstm_backward", prev_c, dnext_h, np.int64(prev_c.shape[1]), *_addend(None),
-                dnext_c, gates, _NULL, prev_c, tanh_c, da, _NULL, dprev_c)
+                dnext_c, gates, _NULL, prev_c, _NULL, tanh_c, da, _NULL, dprev_c)
 
     def recurrent_product(self, x, w, out):
         """A float32, full-precision product that would not fill the GPU, in (S, m, n)
@@ -494,7 +502,7 @@ class CupyBackend(Backend):
                                                   next_h, tanh_c)
         h, h16 = _pointers(next_h)
         _launch("lstm_forward", prev_c, a, _NULL, *_addend(a_extra), prev_c, a, _NULL, next_c,
-                h, tanh_c, h16)
+                h, _optional(tanh_c), h16)
 
     def lookup_gates(self, rows: int, width: int, dtype):
         """On the bf16 twin, float32 gates are kept as their pre-activations rounded to
@@ -529,21 +537,22 @@ class CupyBackend(Backend):
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         h, h16 = _pointers(next_h)
         _launch("lstm_forward", prev_c, table, words, *_addend(a_extra), prev_c,
-                *_pointers(gates), next_c, h, tanh_c, h16)
+                *_pointers(gates), next_c, h, _optional(tanh_c), h16)
 
-    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, tanh_c, da):
+    def lstm_gates_backward_sum(self, dh, dh_extra, dnext_c, gates, prev_c, next_c, tanh_c,
+                                da):
         # dh is dh[:, t] of an (N, T, H) array: rows dh.strides[0] bytes apart.
-        if not (_contiguous(dh_extra, dnext_c, gates, prev_c, tanh_c, da)
+        if not (_contiguous(dh_extra, dnext_c, gates, prev_c, next_c, tanh_c, da)
                 and _takes(da, prev_c) and _takes(gates, prev_c)):
             if gates.dtype == BF16:
                 gates = self._activated(gates)
             return super().lstm_gates_backward_sum(dh, _whole(dh_extra, len(dh)), dnext_c,
-                                                   gates, prev_c, tanh_c, da)
+                                                   gates, prev_c, next_c, tanh_c, da)
         if dh.strides[1] != dh.itemsize:
             dh = cp.ascontiguousarray(dh)
         _launch("lstm_backward", prev_c, dh, np.int64(dh.strides[0] // dh.itemsize),
-                *_addend(dh_extra), dnext_c, *_pointers(gates), prev_c, tanh_c,
-                *_pointers(da), dnext_c)
+                *_addend(dh_extra), dnext_c, *_pointers(gates), prev_c, next_c,
+                _optional(tanh_c), *_pointers(da), dnext_c)
 
     def cross_entropy(self, scores, y, weight, n: int, overwrite: bool = False, bias=None):
         """One kernel, a warp per row, that writes the gradient over the scores (rows of

@@ -190,7 +190,8 @@ class NumbaBackend(NumpyBackend):
         # The training recurrence's forward step, one pass in float32 (the rational tanh);
         # float64, and arrays the kernel cannot index as rows, take NumPy's passes.
         arrays = (a, a_extra, prev_c, next_c, next_h, tanh_c)
-        if a.dtype != np.float32 or not all(x.flags.c_contiguous for x in arrays):
+        if (a.dtype != np.float32 or tanh_c is None
+                or not all(x.flags.c_contiguous for x in arrays)):
             return super().lstm_gates_forward_sum(*arrays)
         _lstm_forward_sum32(*arrays)
 

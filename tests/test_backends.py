@@ -436,11 +436,14 @@ def test_every_overridable_operation_honours_strided_inputs_and_outputs(backend,
     backend.lstm_gates_backward(*inputs, *got)
     _close(backend, got, [want_da, want_dprev_c], dtype)
 
-    carried = _strided(backend, dnext_c)  # becomes dprev_c, in place
-    got = out(N, 4 * H)
-    backend.lstm_gates_backward_sum(_strided(backend, dnext_h), backend.xp.zeros((N, H), dtype),
-                                    carried, *inputs[2:], got)
-    _close(backend, [got, carried], [want_da, want_dprev_c], dtype)
+    next_c = _strided(backend, want_c.astype(dtype))
+    for kept_tanh_c in (inputs[4], None):  # tanh(c) kept, or made again from c
+        carried = _strided(backend, dnext_c)  # becomes dprev_c, in place
+        got = out(N, 4 * H)
+        backend.lstm_gates_backward_sum(_strided(backend, dnext_h),
+                                        backend.xp.zeros((N, H), dtype), carried, inputs[2],
+                                        inputs[3], next_c, kept_tanh_c, got)
+        _close(backend, [got, carried], [want_da, want_dprev_c], dtype)
 
     next_h = np.tanh(r(N, H))
     got = out(N, H)

@@ -1,6 +1,8 @@
 """Packed batches: scored lengths, the sort and step counts, a recording's capacity, and
 the model and the training step computing only the scored positions."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -259,6 +261,20 @@ def test_the_gpu_steps_split_or_not_follow_numpy(cupy_backend, lookup, N, H):
     for got, expected in zip(_packed_lstm(cupy_backend, N, H, lookup), want):
         np.testing.assert_allclose(got, expected, rtol=1e-4,
                                    atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("lookup", [False, True])
+def test_the_gpu_backward_makes_tanh_c_again_as_the_forward_made_it(cupy_backend, lookup,
+                                                                   precision):
+    """The CuPy backend keeps no tanh(c) for the backward (``keeps_tanh_c``): its
+    backward gate kernel makes it again from c, bit for bit what keeping it gives."""
+    be = cupy_backend.with_precision(precision)
+    assert not be.keeps_tanh_c
+    keeping = copy.copy(be)
+    keeping.keeps_tanh_c = True
+    for got, want in zip(_packed_lstm(be, 37, 24, lookup), _packed_lstm(keeping, 37, 24, lookup)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_small_float32_steps_split_their_products_to_fill_the_gpu():

@@ -279,7 +279,7 @@ def test_the_gate_kernels_write_stored_bf16_states_and_gradients(cupy_backend):
         grads = {}
         for dtype in (np.float32, bf16.operand_dtype):
             da = xp.empty((N, 4 * H), dtype)
-            bf16.lstm_gates_backward_sum(dh, extra_part, dnext_c.copy(), gates, prev_c,
+            bf16.lstm_gates_backward_sum(dh, extra_part, dnext_c.copy(), gates, prev_c, c,
                                          tanh_c, da)
             grads[np.dtype(dtype).name] = da
         np.testing.assert_array_equal(bf16.to_numpy(grads["uint16"]),
@@ -323,7 +323,7 @@ def test_the_recurrent_products_of_stored_operands_are_kept_in_bf16(cupy_backend
             da = xp.empty((N, 4 * H), np.float32)
             dprev_c = dnext_c.copy()
             bf16.lstm_gates_backward_sum(dh, xp.asfortranarray(extra) if strided else extra,
-                                         dprev_c, gates, prev_c, tanh_c, da)
+                                         dprev_c, gates, prev_c, c, tanh_c, da)
             grads[extra.dtype.name] = [bf16.to_numpy(x) for x in (da, dprev_c)]
         for got, want_grad in zip(grads["uint16"], grads["float32"]):
             np.testing.assert_array_equal(got, want_grad)
@@ -355,7 +355,8 @@ def test_the_bf16_twin_keeps_looked_up_gates_as_rounded_pre_activations(cupy_bac
     bf16.lstm_gates_forward_sum(gates32, xp.zeros((N, 4 * H), np.float32), prev_c, c32, h32,
                                 tanh_c32)
     da32, dprev_c32 = xp.empty((N, 4 * H), np.float32), dnext_c.copy()
-    bf16.lstm_gates_backward_sum(dh, dh_extra, dprev_c32, gates32, prev_c, tanh_c32, da32)
+    bf16.lstm_gates_backward_sum(dh, dh_extra, dprev_c32, gates32, prev_c, c32, tanh_c32,
+                                 da32)
     for strided in (False, True):  # strided parts take the base class's passes
         gates = bf16.lookup_gates(N, 4 * H, np.float32)
         assert gates.dtype == bf16.operand_dtype and gates.shape == (N, 4 * H)
@@ -365,7 +366,7 @@ def test_the_bf16_twin_keeps_looked_up_gates_as_rounded_pre_activations(cupy_bac
         np.testing.assert_array_equal(bf16.to_numpy(gates), bf16.to_numpy(pre))
         da, dprev_c = xp.empty((N, 4 * H), np.float32), dnext_c.copy()
         bf16.lstm_gates_backward_sum(dh, xp.asfortranarray(dh_extra) if strided else dh_extra,
-                                     dprev_c, gates, prev_c, tanh_c, da)
+                                     dprev_c, gates, prev_c, c, tanh_c, da)
         got = [bf16.to_numpy(x) for x in (c, h, tanh_c, da, dprev_c)]
         want = [bf16.to_numpy(x) for x in (c32, h32, tanh_c32, da32, dprev_c32)]
         for name, g, w in zip(("c", "h", "tanh_c", "da", "dprev_c"), got, want):
