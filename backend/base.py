@@ -122,7 +122,8 @@ class Backend:
     # Extension point: whether the packed LSTM loops keep tanh(c) of every packed row for
     # the backward (a CPU spares the backward a tanh per unit). A backend that clears it
     # is given None for the loops' ``tanh_c`` and makes it again from ``next_c`` (a GPU's
-    # gate kernels are paced by the bytes they move: 2 bytes a unit written, 2 read).
+    # gate kernels are paced by the bytes they move: a kept tanh(c) is written, then read
+    # back, 4 bytes a unit each way in float32).
     keeps_tanh_c = True
 
     # Extension point: the dtype in which the LSTM recurrence and the vocabulary layer

@@ -58,7 +58,8 @@ _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up on
 
 
 def _contiguous(*arrays) -> bool:
-    """Whether the raw kernels may index all of these (but None) as flat C-ordered rows."""
+    """Whether the raw kernels may index all of these as flat C-ordered rows (a None,
+    an optional array left out, passes)."""
     return all(a is None or a.flags.c_contiguous for a in arrays)
 
 
