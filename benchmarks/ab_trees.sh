@@ -2,7 +2,8 @@
 # Unpack commits, oldest first, into .ab-1/, .ab-2/, ... at the repository root (git
 # ignores them) for an A/B on a GPU machine, which has no git: benchmarks/gpu_check.sh
 # (and benchmarks/gpu_ab.sh) measure each of them and this tree, in turns. Removes the
-# .ab-*/ trees left from before, then prints the device tool's carry list.
+# .ab-*/ trees left from before, then prints the device tool's carry list (with .whl/ where
+# it holds the MPI wheels gpu_check.sh installs).
 #   bash benchmarks/ab_trees.sh d5adf74 c5eb58d ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +25,6 @@ for rev in "$@"; do
     echo ".ab-$n: $(git log -1 --format='%h %s' "$rev")"
     carry+=("\".ab-$n\"")
 done
+# MPICH and mpi4py wheels for gpu_check.sh's MPI tests, where they were downloaded
+ls .whl/mpich-*.whl .whl/mpi4py-*.whl >/dev/null 2>&1 && carry+=('".whl"')
 echo "carry: [$(IFS=,; echo "${carry[*]}" | sed 's/,/, /g')]"
