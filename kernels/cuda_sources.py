@@ -62,6 +62,11 @@ __device__ __forceinline__ T extra_sum(const T* extra, const unsigned short* ext
     return sum;
 }
 
+// The gates' sigmoid, one definition for lstm_forward and lstm_backward: the backward
+// that activates kept pre-activations again must make the forward's gates bit for bit.
+template <typename T>
+__device__ __forceinline__ T sigmoid(T x) { return 1 / (1 + exp(-x)); }
+
 template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
                              const unsigned short* extra16, int extra_parts,
@@ -102,8 +107,7 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
             ao = widened(bo);
             ag = widened(bg);
         }
-        const T ig = 1 / (1 + exp(-ai)), fg = 1 / (1 + exp(-af)), og = 1 / (1 + exp(-ao));
-        const T gg = tanh(ag);
+        const T ig = sigmoid(ai), fg = sigmoid(af), og = sigmoid(ao), gg = tanh(ag);
         if (gates) {
             gates[base] = ig;
             gates[base + H] = fg;
@@ -184,9 +188,9 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
             og = gates[base + 2 * H];
             gg = gates[base + 3 * H];
         } else {
-            ig = 1 / (1 + exp(-(T)widened(gates16[base])));
-            fg = 1 / (1 + exp(-(T)widened(gates16[base + H])));
-            og = 1 / (1 + exp(-(T)widened(gates16[base + 2 * H])));
+            ig = sigmoid((T)widened(gates16[base]));
+            fg = sigmoid((T)widened(gates16[base + H]));
+            og = sigmoid((T)widened(gates16[base + 2 * H]));
             gg = tanh((T)widened(gates16[base + 3 * H]));
         }
         const T tc = tanh_c ? tanh_c[k] : tanh(next_c[k]);

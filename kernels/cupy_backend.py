@@ -534,7 +534,7 @@ class CupyBackend(Backend):
                                                          next_c, next_h, tanh_c)
             gates[...] = _rounded(table[words] + extra)  # kept rounded, and so used
             return super().lstm_gates_forward_sum(_widened(gates), 0, prev_c, next_c, next_h,
-                                                  tanh_c)
+                                                  tanh_c)  # (0: the product is in already)
         words = cp.ascontiguousarray(words, dtype=cp.int64)
         h, h16 = _pointers(next_h)
         _launch("lstm_forward", prev_c, table, words, *_addend(a_extra), prev_c,
