@@ -418,12 +418,14 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def rnn_forward_packed(self, a, h0, Wh, step_rows, words=None):
+    def rnn_forward_packed(self, a, h0, Wh, step_rows, words=None, previous=None):
         """The vanilla RNN's recurrence over packed sequences (see ``packed_steps``)
         from their input projections: a (P, H), x Wx + b of every packed row
         (overwritten: it becomes the pre-activations), h0 (N, H), step_rows (T,) ->
         (hs (P, H), every packed row's hidden state; cache). With ``words`` int (P,),
-        a is a table (V, H) and row p's projection is a[words[p]]."""
+        a is a table (V, H) and row p's projection is a[words[p]]. ``previous``
+        int (P,), each row's state before it, is kept for the backward's
+        ``previous_states`` (see there)."""
         if words is not None:
             a = a[words]
         steps = packed_steps(step_rows, len(a), len(h0))
@@ -435,19 +437,19 @@ class Backend:
             a[rows] += self.matmul(prev_h[:n], Wh, buf[:n])
             self.rnn_gates_forward(a[rows], hs[rows])
             prev_h = hs[rows]
-        return hs, (Wh, h0, hs, steps)
+        return hs, (Wh, h0, hs, steps, previous)
 
     def rnn_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, H), the
         gradient of rnn_forward_packed's input projections; dh0 (N, H); dWh (H, H)."""
-        Wh, h0, hs, steps = cache
+        Wh, h0, hs, steps, previous = cache
         da = self.xp.empty_like(hs)
         dnext_h = self.xp.zeros_like(h0)  # rows past a step's count stay zero
         for rows in reversed(steps):
             n = rows.stop - rows.start
             self.rnn_gates_backward(dh[rows] + dnext_h[:n], hs[rows], da[rows])
             self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
+        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, previous).T, da)
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
@@ -487,7 +489,7 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def lstm_forward_packed(self, a, h0, Wh, step_rows, words=None):
+    def lstm_forward_packed(self, a, h0, Wh, step_rows, words=None, previous=None):
         """The LSTM recurrence over packed sequences (see ``packed_steps``) from their
         input projections: a (P, 4H), x Wx + b of every packed row (overwritten: the
         gates are activated in place in it), h0 (N, H), step_rows (T,) -> (hs (P, H),
@@ -498,7 +500,7 @@ class Backend:
         (``looks_rows_up_in_gates``), else copied out of it once, first.
         Where the backend stores float32 operands apart (``stored_dtype``), hs are
         stored so (the gate kernels write them so), and the products read a copy of Wh
-        and of h0 made once."""
+        and of h0 made once. ``previous`` as rnn_forward_packed takes it."""
         xp = self.xp
         if words is not None and not self.looks_rows_up_in_gates:
             a, words = a[words], None
@@ -528,13 +530,14 @@ class Backend:
                 self.lstm_gates_forward_lookup(a, words[rows], extra, prev_c[:n],
                                                gates[rows], cs[rows], hs[rows], step_tanh_c)
             prev_h, prev_c = hs[rows], cs[rows]
-        return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps)
+        return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps,
+                    previous)
 
     def lstm_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the
         gradient of lstm_forward_packed's input projections (stored as the forward's hs
         were: ``stored_dtype``); dh0 (N, H); dWh (H, 4H)."""
-        Wh, h0, c0, hs, cs, gates, tanh_c, steps = cache  # Wh, h0 stored as hs are
+        Wh, h0, c0, hs, cs, gates, tanh_c, steps, previous = cache  # Wh, h0 stored as hs are
         xp = self.xp
         da = xp.empty(gates.shape, dtype=hs.dtype)
         dnext_h = xp.zeros_like(c0)  # rows past a step's count stay zero
@@ -551,7 +554,7 @@ class Backend:
                 product = self.recurrent_product(da[rows], Wh.T, dnext_h[:n])
             else:  # dh0, whole
                 self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps)
+        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, previous).T, da)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
@@ -573,14 +576,16 @@ class Backend:
         dx = self.matmul(da, Wx.T).reshape(-1, N, x_tm.shape[1]).transpose(1, 0, 2)
         return dx, self.matmul(x_tm.T, da), self.sum_rows(da)
 
-    def _recurrent_grad(self, da, h0, hs, steps):
-        """dWh from da (P, kH) in one matrix product: each packed row's da pairs with the
-        state before it, its sequence's row of the previous step (of h0 at the first).
-        Those states are copied into place a run of steps at a time: after the first
-        step of a run with equal row counts, each step's previous states are the whole
-        step before it, so the rest of the run is one block (a dense batch: two copies,
-        not T, which on a GPU are T kernels)."""
-        prev = self.xp.empty((len(da), h0.shape[1]), dtype=hs.dtype)
+    def previous_states(self, h0, hs, steps, previous=None):
+        """Each packed row's state before it, (P, H) as hs (the left operand of dWh =
+        previous^T da): its sequence's row of the step before (of h0 at the first).
+        ``previous`` int (P,) (captioning.packing.Packing's) says where each is: hs row
+        previous[p] where >= 0, else h0 row -1 - previous[p]; a backend that gathers
+        rows in one pass takes it. Here the rows are copied into place a run of steps at
+        a time, from ``steps`` alone: after the first step of a run with equal row
+        counts, each step's previous states are the whole step before it, so the rest of
+        the run is one block (a dense batch: two copies, not T)."""
+        prev = self.xp.empty((len(hs), h0.shape[1]), dtype=hs.dtype)
         t = 0
         while t < len(steps):
             n = steps[t].stop - steps[t].start
@@ -592,7 +597,7 @@ class Backend:
                 prev[steps[t + 1].start : steps[end - 1].stop] = (
                     hs[steps[t].start : steps[end - 2].stop])
             t = end
-        return self.matmul(prev.T, da)
+        return prev
 
     # ------------------------------------------------------------------ loss and update
     def softmax_loss(self, x, y, mask):

@@ -224,7 +224,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     captions = be.asarray(data["train_captions"][idx])
     packing = Packing.of(step_rows, be)
     flat = captions.reshape(-1)
-    words, targets = flat[packing.positions], flat[packing.positions + 1]
+    words, targets = flat[packing.positions], flat[packing.target_positions]
     weight = (targets != 0).astype(np.float32)
     forward, backward = ((be.lstm_forward_packed, be.lstm_backward_packed)
                          if sizes.cell == "lstm"
@@ -232,7 +232,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     # The model's own sequence (CaptioningRNN.loss), part by part, on its packed batch.
     h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
     table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
-    h, cache = forward(table, h0, p["Wh"], step_rows, words)
+    h, cache = forward(table, h0, p["Wh"], step_rows, words, packing.previous)
     _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets, weight,
                                         sizes.N)
     weight_grads()
@@ -261,7 +261,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             be.affine_forward(features, p["W_proj"], p["b_proj"]),
             be.affine_forward(p["W_embed"], p["Wx"], p["b"])),
         "table lookup + recurrence forward (16 steps)": lambda: forward(
-            table, h0, p["Wh"], step_rows, words),
+            table, h0, p["Wh"], step_rows, words, packing.previous),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], targets, weight, sizes.N)[2](),
         "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),

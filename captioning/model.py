@@ -126,7 +126,7 @@ class CaptioningRNN:
             raise ValueError(f"a packing of step rows {packing.step_rows} does not fit "
                              f"{N} captions of {T} steps: expected {T} counts of at most {N}")
         flat = xp.ascontiguousarray(captions).reshape(-1)
-        words, targets = flat[packing.positions], flat[packing.positions + 1]
+        words, targets = flat[packing.positions], flat[packing.target_positions]
         weight = (targets != self._null).astype(self.dtype)
         if caption_weights is not None:
             weight *= caption_weights[packing.caption]
@@ -134,7 +134,8 @@ class CaptioningRNN:
         h0, proj_cache = be.affine_forward(features, p["W_proj"], p["b_proj"])
         a, lookup, input_backward = self._input_projections(p, words)
         forward, backward = self._recurrence()
-        h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows, lookup)  # (P, H)
+        h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows, lookup,
+                               packing.previous)  # (P, H)
         loss, dh, vocab_weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets,
                                                      weight, N)
         if not grads:

@@ -75,13 +75,18 @@ class Packing:
     """Where each packed row of a batch of N captions (C-contiguous (N, T+1), sorted
     longest first) comes from: ``step_rows`` (T,) host ints, the captions computed at
     each step; ``positions`` (P,) device ints, packed row p's flat index n*(T+1) + t
-    into the captions (its input word; its target is the next); ``caption`` (P,) device
-    ints, its caption n. Made once per step_rows on the host and moved to the device, so
-    a recorded step reads them as fixed arrays."""
+    into the captions (its input word), and ``target_positions`` (P,) the same plus one
+    (its target word); ``caption`` (P,) device ints, its caption n; ``previous`` (P,)
+    device ints, the row holding the state before it: at t = 0 row n of the initial
+    states, written -1 - n, else its caption's packed row at step t - 1 (>= 0). Made
+    once per step_rows on the host and moved to the device, so a recorded step reads
+    them as fixed arrays."""
 
     step_rows: tuple[int, ...]
     positions: Any
+    target_positions: Any
     caption: Any
+    previous: Any
 
     @classmethod
     def of(cls, step_rows: tuple[int, ...], backend: Backend) -> Packing:
@@ -89,5 +94,9 @@ class Packing:
         caption = np.concatenate([np.arange(n, dtype=np.int64) for n in step_rows]
                                  or [np.zeros(0, np.int64)])
         step = np.repeat(np.arange(T, dtype=np.int64), step_rows)
-        return cls(tuple(int(n) for n in step_rows), backend.asarray(caption * (T + 1) + step),
-                   backend.asarray(caption))
+        starts = np.concatenate([[0], np.cumsum(step_rows, dtype=np.int64)])
+        previous = np.where(step == 0, -1 - caption, starts[np.maximum(step - 1, 0)] + caption)
+        positions = caption * (T + 1) + step
+        return cls(tuple(int(n) for n in step_rows), backend.asarray(positions),
+                   backend.asarray(positions + 1), backend.asarray(caption),
+                   backend.asarray(previous))

@@ -123,6 +123,19 @@ __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
     }
 }
 
+__global__ void previous_states(const unsigned int* h0, const unsigned int* hs,
+                                const long long* previous, unsigned int* out, long long rows,
+                                int width) {
+    // Backend.previous_states' gather: out (rows, width) row p = hs row previous[p] where
+    // that is >= 0, else h0 row -1 - previous[p]; rows of width 4-byte words (the bits of
+    // any dtype's values), all C-contiguous.
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < rows * width;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long source = previous[k / width], j = k % width;
+        out[k] = source < 0 ? h0[(-1 - source) * width + j] : hs[source * width + j];
+    }
+}
+
 template <typename T>
 __global__ void lstm_forward_halved(const T* a, const T* prev_c, T* next_c, T* next_h,
                                     long long NH, int H) {
@@ -213,7 +226,7 @@ __global__ void lstm_backward(const T* dh, long long dh_ld, const T* extra,
 }
 """
 GATE_KERNELS = ("round_to_bf16", "lstm_forward", "lstm_forward_halved", "lstm_decode",
-                "lstm_backward")
+                "lstm_backward", "previous_states")
 
 XENT_SOURCE = r"""
 template <typename T, typename S>
@@ -609,7 +622,7 @@ OPTIONS = ("-std=c++14",)
 
 
 # Kernels that are not templates (they touch no float data).
-UNTYPED_KERNELS = frozenset({"sort_rows_by_word"})
+UNTYPED_KERNELS = frozenset({"sort_rows_by_word", "previous_states"})
 
 
 def name_expressions(kernels: tuple[str, ...]) -> list[str]:

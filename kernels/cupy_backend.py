@@ -8,8 +8,9 @@ a time step costs one matrix product and one kernel each way, and one for decodi
 whole cell update (gather, word lookup, gates); one for the RNN's tanh backward, greedy
 decoding's biased argmax (a warp per row), the embedding scatter-add (rows sorted by
 word in one block, then an atomicAdd per run of rows of one word, zero sums skipped),
-the softmax cross-entropy and its gradient (a warp per row, in place), and Adam (one
-kernel for up to eight parameters). Matrix products are direct cuBLAS calls
+the softmax cross-entropy and its gradient (a warp per row, in place), Adam (one
+kernel for up to eight parameters), and the gather of each packed row's previous state
+for dWh (one kernel, where copies by runs of steps take one or two a run). Matrix products are direct cuBLAS calls
 (kernels/cublas.py), in full float32 or, on a ``with_precision`` twin, on TF32 or
 bfloat16 tensor cores; a small float32 step's recurrent product goes in parts along K,
 which its gate kernel adds, so that it fills the GPU. The bf16 twin stores the LSTM
@@ -439,6 +440,24 @@ class CupyBackend(Backend):
 
     def rnn_gates_backward(self, dnext_h, next_h, da):
         return _TANH_BACKWARD(dnext_h, next_h, da)
+
+    def previous_states(self, h0, hs, steps, previous=None):
+        """One gather kernel by ``previous`` (``previous_states``, rows moved as 4-byte
+        words: one graph node, where copying by runs takes one or two per run of steps
+        of equal row counts, ~10 in a batch of captions of many lengths); the base
+        class's copies without it."""
+        row_bytes = hs.shape[1] * hs.itemsize
+        if (previous is None or previous.dtype != np.int64 or h0.dtype != hs.dtype
+                or not _contiguous(h0, hs, previous) or len(previous) != len(hs)
+                or row_bytes % 4):
+            return super().previous_states(h0, hs, steps, previous)
+        out = cp.empty(hs.shape, dtype=hs.dtype)
+        if out.size:
+            words = (h0.view(cp.uint32), hs.view(cp.uint32), previous, out.view(cp.uint32))
+            _MODULES["gates"].get_function("previous_states")(
+                (_grid(out.nbytes // 4),), (256,),
+                (*words, np.int64(len(out)), np.int32(row_bytes // 4)))
+        return out
 
     def lstm_gates_forward(self, a, prev_c, gates, next_c, next_h, tanh_c):
         if not _contiguous(gates, next_c, next_h, tanh_c):  # the kernel writes flat rows

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from backend import available_backends, get_backend
+from backend.base import packed_steps
 from benchmarks import textbook
 from captioning import CaptioningRNN, CaptioningTrainer
 from captioning.packing import (
@@ -63,6 +64,47 @@ def test_capacity_covers_a_random_batch_in_whole_quanta():
     grown = capacity(lengths, 1024, 16, at_least=(1024,) * 16)
     assert grown == (1024,) * 16 and not covers(rows, grown)
     assert capacity(np.array([2, 2, 1]), 64, 4)[2:] == (0, 0)  # no caption reaches them
+
+
+def test_a_packing_points_each_row_at_its_word_its_target_and_the_state_before():
+    """Packed row p, caption n at step t: its word at captions[n, t], its target at
+    captions[n, t + 1], and the state before it h0[n] at t = 0 (written -1 - n), else
+    the packed row of caption n at step t - 1."""
+    step_rows, T = (5, 4, 4, 3, 3, 2), 6
+    packing = Packing.of(step_rows, get_backend("numpy"))
+    row_of = {}  # (t, n) -> packed row, counted out step by step
+    for t, count in enumerate(step_rows):
+        for n in range(count):
+            row_of[t, n] = len(row_of)
+    assert packing.caption.tolist() == [n for t, n in row_of]
+    assert packing.positions.tolist() == [n * (T + 1) + t for t, n in row_of]
+    assert packing.target_positions.tolist() == [n * (T + 1) + t + 1 for t, n in row_of]
+    assert packing.previous.tolist() == [row_of[t - 1, n] if t else -1 - n
+                                         for t, n in row_of]
+
+
+@pytest.mark.parametrize(("dtype", "H"), [(np.float32, 6), (np.float64, 5), (np.uint16, 6),
+                                          (np.uint16, 7)])
+def test_the_gpu_gathers_the_previous_states_the_copies_by_runs_give(cupy_backend, dtype, H):
+    """Backend.previous_states with a packing's ``previous``: the CuPy backend gathers
+    every row in one kernel (of 4-byte words: float32, float64, and bfloat16 bits of an
+    even width; 7 bfloat16 values a row take the copies), bit for bit what NumPy's
+    copies by runs of equal row counts make; h0 holds more rows than the first step."""
+    import cuda_on_cpu
+
+    rng = np.random.default_rng(4)
+    step_rows, N = (9, 9, 9, 6, 6, 2, 1), 11
+    P = sum(step_rows)
+    h0, hs = (rng.integers(0, 2**16, (rows, H)).astype(dtype) if dtype == np.uint16
+              else rng.standard_normal((rows, H)).astype(dtype) for rows in (N, P))
+    steps = packed_steps(step_rows, P, N)
+    want = get_backend("numpy").previous_states(h0, hs, steps)
+    cuda_on_cpu.launches.clear()
+    got = cupy_backend.previous_states(cupy_backend.asarray(h0), cupy_backend.asarray(hs),
+                                       steps, Packing.of(step_rows, cupy_backend).previous)
+    np.testing.assert_array_equal(cupy_backend.to_numpy(got), want)
+    on_cpu = cupy_backend.xp.__version__ == "stand-in"
+    assert not on_cpu or cuda_on_cpu.launches["previous_states"] == (H * hs.itemsize % 4 == 0)
 
 
 def _model(backend, dtype=np.float64, cell="lstm"):
