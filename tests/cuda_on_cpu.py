@@ -6,10 +6,15 @@ then checked against NumPy everywhere, not only where a GPU is lent.
 kernels/cuda_sources.py) is compiled by the host's C++ compiler behind a prelude that
 gives CUDA's built-ins a meaning on one host thread. Each thread of a block is a fiber
 (entered through ``ucontext``, switched by ``_setjmp``/``_longjmp``), run in a shuffled
-order between barriers, and the blocks of a grid run one after another, so
+order between barriers, and the blocks of a grid run one after another (all at once in a
+cooperative launch: a module made with ``enable_cooperative_groups=True``), so
 
-- ``__shared__`` is a function-local ``static`` (one block holds it at a time);
-- ``__syncthreads()`` makes a fiber wait until every thread of its block arrives;
+- ``__shared__`` is a function-local ``static`` (one block holds it at a time), and an
+  ``extern __shared__`` array the running block's dynamic shared memory (all-ones bytes
+  at first, as a GPU's holds anything);
+- ``__syncthreads()`` makes a fiber wait until every thread of its block arrives, and
+  ``grid_sync(counter)`` until every thread of the grid does (in a cooperative launch;
+  elsewhere it fails the launch, as on a GPU it may hang);
 - ``__shfl_down_sync`` and ``__shfl_xor_sync`` exchange values through the warp's slots
   between two waits of its 32 threads;
 - ``atomicAdd`` is a plain add (one fiber runs at a time);
@@ -83,10 +88,13 @@ inline float __uint_as_float(unsigned int bits) {
 }
 
 struct uint3 { unsigned int x, y, z; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
 typedef uint3 dim3;
 uint3 threadIdx, blockIdx, blockDim, gridDim;  // set by the scheduler for each fiber
 constexpr int warpSize = 32;
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -109,11 +117,15 @@ struct Fiber {
     unsigned long long generation = 0;
 };
 
-struct Block {
-    std::vector<Fiber> fibers;
-    Barrier all;
-    std::vector<Barrier> warps;
-    std::vector<unsigned long long> slots;  // one per thread, for shuffles
+struct Block {  // the blocks that run at once: one, or a cooperative launch's whole grid
+    std::vector<Fiber> fibers;  // resident block r's thread t at r * threads + t
+    std::vector<Barrier> blocks;  // each resident block's __syncthreads
+    Barrier grid;  // every fiber (grid_sync, in a cooperative launch)
+    std::vector<Barrier> warps;  // resident block r's warp w at r * warps_per_block + w
+    std::vector<unsigned long long> slots;  // one per fiber, for shuffles
+    std::vector<std::vector<char>> shared;  // each resident block's dynamic shared memory
+    unsigned threads = 0, warps_per_block = 0, first_block = 0;
+    bool cooperative = false;
     ucontext_t scheduler_context;
     jmp_buf scheduler;
     unsigned current = 0;
@@ -121,6 +133,8 @@ struct Block {
 };
 
 Block* block = nullptr;
+char* dynamic_shared = nullptr;  // the running fiber's block's (extern __shared__ arrays)
+const char* misuse = nullptr;  // why a launch cannot go on, where a kernel said so
 
 // Switches between fibers and the scheduler: swapcontext to enter a fiber the first
 // time, then _setjmp/_longjmp, which (unlike swapcontext) make no system call.
@@ -162,7 +176,7 @@ void fiber_main() {  // each fiber runs its thread of every block, one block at 
 // Each pass runs the threads in a new shuffled order, so that a kernel that reads what
 // another thread writes without a barrier between them sees a different answer than on
 // a GPU often enough for a test to catch it, rather than never in thread order.
-bool run_block(Block& b, unsigned threads) {
+bool run_block(Block& b, unsigned threads) {  // (threads: of every resident block)
     static unsigned long long state = 0x9E3779B97F4A7C15ull;  // xorshift64
     std::vector<unsigned> order(threads);
     for (unsigned t = 0; t < threads; ++t) {
@@ -180,7 +194,9 @@ bool run_block(Block& b, unsigned threads) {
             Fiber& f = b.fibers[t];
             if (f.done || (f.barrier && f.barrier->generation == f.generation)) continue;
             b.current = t;
-            threadIdx = {t, 0, 0};
+            threadIdx = {t % b.threads, 0, 0};
+            blockIdx = {b.first_block + t / b.threads, 0, 0};
+            dynamic_shared = b.shared[t / b.threads].data();
             resume(b, f);
             resumed = true;
             if (f.done) --live;
@@ -190,13 +206,17 @@ bool run_block(Block& b, unsigned threads) {
     return true;
 }
 
-int launch(unsigned grid, unsigned threads, const std::function<void()>& body, char* error,
-           int error_size) {
+// A launch of ``grid`` blocks of ``threads``, with ``shared_bytes`` of dynamic shared
+// memory a block: one block after another, or (``cooperative``) every block at once, so
+// that grid_sync can make them all wait for each other.
+int launch(unsigned grid, unsigned threads, unsigned long long shared_bytes, bool cooperative,
+           const std::function<void()>& body, char* error, int error_size) {
     static std::unique_ptr<Block> kept;  // fibers and stacks, reused by later launches
-    if (!kept || kept->fibers.size() < threads) {
+    const unsigned resident = cooperative ? grid : 1, fibers = resident * threads;
+    if (!kept || kept->fibers.size() < fibers) {
         kept.reset(new Block());
-        kept->fibers.resize(threads);
-        kept->slots.resize(threads);
+        kept->fibers.resize(fibers);
+        kept->slots.resize(fibers);
         for (auto& f : kept->fibers) {
             f.stack.resize(1 << 16);
             getcontext(&f.context);
@@ -208,20 +228,30 @@ int launch(unsigned grid, unsigned threads, const std::function<void()>& body, c
     }
     Block& b = *kept;
     b.body = &body;
-    b.all = Barrier{threads};
-    b.warps.assign((threads + 31) / 32, Barrier{});
-    for (unsigned w = 0; w < b.warps.size(); ++w)
-        b.warps[w].needed = std::min(32u, threads - 32 * w);
+    b.threads = threads;
+    b.cooperative = cooperative;
+    b.blocks.assign(resident, Barrier{threads});
+    b.grid = Barrier{fibers};
+    b.warps_per_block = (threads + 31) / 32;
+    b.warps.assign(resident * b.warps_per_block, Barrier{});
+    for (unsigned w = 0; w < b.warps.size(); ++w) {
+        const unsigned first = 32 * (w % b.warps_per_block);
+        b.warps[w].needed = std::min(32u, threads - first);
+    }
+    // As a GPU's, shared memory starts as whatever was there: all-ones bytes here.
+    b.shared.assign(resident, std::vector<char>(std::max(shared_bytes, 1ull), (char)0xFF));
     block = &b;
+    misuse = nullptr;
     blockDim = {threads, 1, 1};
     gridDim = {grid, 1, 1};
-    for (unsigned g = 0; g < grid; ++g) {
-        blockIdx = {g, 0, 0};
-        if (!run_block(b, threads)) {
-            std::snprintf(error, error_size,
-                          "block %u: its threads wait at barriers that not all of them reach "
-                          "(a __syncthreads or a shuffle in code that some threads skip); on a "
-                          "GPU this hangs or is undefined", g);
+    for (unsigned g = 0; g < grid; g += resident) {
+        b.first_block = g;
+        if (!run_block(b, fibers)) {
+            if (misuse) std::snprintf(error, error_size, "%s", misuse);
+            else std::snprintf(error, error_size,
+                               "block %u: its threads wait at barriers that not all of them "
+                               "reach (a __syncthreads, grid_sync or a shuffle in code that "
+                               "some threads skip); on a GPU this hangs or is undefined", g);
             block = nullptr;
             kept.reset();  // fibers left mid-kernel are dropped with their stacks
             return 1;
@@ -233,7 +263,26 @@ int launch(unsigned grid, unsigned threads, const std::function<void()>& body, c
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::wait_at(emu::block->all); }
+inline void __syncthreads() {
+    emu::wait_at(emu::block->blocks[emu::block->current / emu::block->threads]);
+}
+
+// A barrier of every thread of the grid, which only a cooperative launch may take (on a
+// GPU, other launches may not have every block running at once: it would hang). The
+// CUDA source defines its own (an atomic count, under __CUDACC__); this one stands for it.
+inline void grid_sync(unsigned int*) {
+    if (!emu::block->cooperative) {
+        emu::misuse = "grid_sync in a launch that is not cooperative: on a GPU its blocks "
+                      "need not all run at once, and it may hang; launch it from a module "
+                      "made with enable_cooperative_groups=True";
+        static emu::Barrier never{~0u};  // waits for ever: the launch stops with the above
+        emu::wait_at(never);
+    }
+    emu::wait_at(emu::block->grid);
+}
+
+// Loads that bypass L1 (a GPU's L1 does not see other blocks' stores): plain loads here.
+template <typename T> inline T __ldcg(const T* address) { return *address; }
 
 namespace emu {
 
@@ -243,13 +292,14 @@ template <typename T>
 inline T shuffle(T value, unsigned from, bool valid) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "a shuffle moves 8 bytes at most");
     Block& b = *block;
-    const unsigned tid = threadIdx.x, warp = tid / 32;
-    std::memcpy(&b.slots[tid], &value, sizeof(T));
-    wait_at(b.warps[warp]);
+    const unsigned me = b.current, lane0 = me - threadIdx.x % 32;  // (fiber indices)
+    Barrier& warp = b.warps[me / b.threads * b.warps_per_block + threadIdx.x / 32];
+    std::memcpy(&b.slots[me], &value, sizeof(T));
+    wait_at(warp);
     T out = value;
-    if (valid && from < b.warps[warp].needed)
-        std::memcpy(&out, &b.slots[32 * warp + from], sizeof(T));
-    wait_at(b.warps[warp]);
+    if (valid && from < warp.needed)
+        std::memcpy(&out, &b.slots[lane0 + from], sizeof(T));
+    wait_at(warp);
     return out;
 }
 
@@ -278,7 +328,14 @@ template <typename T> inline T atomicAdd(T* address, T value) {
 _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
             "unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned": np.uint32,
             "long long": np.int64, "unsigned long long": np.uint64, "bool": np.bool_}
-_KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*"
+                     r"\(([^)]*)\)", re.S)
+_EXTERN_C = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?'
+                       r"(\w+)")
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
+DEFAULT_SHARED_BYTES = 48 * 1024  # dynamic shared memory a launch may take unasked
+MOST_SHARED_BYTES = 227 * 1024  # a block's most on sm_90 (232,448 bytes)
+MOST_COOPERATIVE_THREADS = 8192  # fibers of 64 KiB stacks at once: 512 MiB
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
 _BUILD_DIR: list[Path] = []  # made on the first build, removed when the process ends
 # How many times each kernel ran ("name<type>", or an elementwise kernel's name), so that
@@ -318,26 +375,39 @@ def _concrete(ctype: str, template: str | None) -> str:
 
 class EmulatedKernel:
     """One instance of a kernel, called as CuPy calls a RawKernel:
-    ``kernel(grid, block, args)``."""
+    ``kernel(grid, block, args, shared_mem=0)``; cooperative (every block at once) where
+    its module was made so. ``max_dynamic_shared_size_bytes`` as CuPy's: a launch with
+    over 48 KiB of dynamic shared memory needs it set at least that high first."""
 
     def __init__(self, library: ctypes.CDLL, symbol: str, expression: str,
-                 params: list[tuple[str, str]], template: str | None) -> None:
-        self.expression = expression
+                 params: list[tuple[str, str]], template: str | None,
+                 cooperative: bool = False) -> None:
+        self.expression, self.cooperative = expression, cooperative
         self.params = [(_concrete(ctype, template), name) for ctype, name in params]
         self.function = getattr(library, symbol)
-        self.function.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
-                                  ctypes.c_char_p, ctypes.c_int]
+        self.function.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
+                                  ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         self.function.restype = ctypes.c_int
+        self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_BYTES
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         grid, block = tuple(grid), tuple(block)
-        if any(d != 1 for d in grid[1:] + block[1:]) or shared_mem:
-            raise EmulationError(f"{self.expression}: only one-dimensional launches without "
-                                 f"dynamic shared memory are emulated, got grid {grid}, "
-                                 f"block {block}, shared_mem {shared_mem}")
+        if any(d != 1 for d in grid[1:] + block[1:]):
+            raise EmulationError(f"{self.expression}: only one-dimensional launches are "
+                                 f"emulated, got grid {grid}, block {block}")
         if not 1 <= block[0] <= 1024 or grid[0] < 1:
             raise EmulationError(f"{self.expression}: launch of grid {grid}, block {block}: "
                                  f"a GPU takes 1 to 1024 threads a block and 1 block or more")
+        if shared_mem > min(self.max_dynamic_shared_size_bytes, MOST_SHARED_BYTES):
+            raise EmulationError(
+                f"{self.expression}: {shared_mem} bytes of dynamic shared memory, over the "
+                f"{self.max_dynamic_shared_size_bytes} allowed (set the kernel's "
+                f"max_dynamic_shared_size_bytes first; a block has {MOST_SHARED_BYTES} at "
+                "most on sm_90)")
+        if self.cooperative and grid[0] * block[0] > MOST_COOPERATIVE_THREADS:
+            raise EmulationError(f"{self.expression}: a cooperative launch of {grid[0]} x "
+                                 f"{block[0]} threads; the emulator runs at most "
+                                 f"{MOST_COOPERATIVE_THREADS} at once")
         if len(args) != len(self.params):
             raise TypeError(f"{self.expression} takes {len(self.params)} arguments "
                             f"({', '.join(n for _, n in self.params)}), given {len(args)}")
@@ -345,7 +415,8 @@ class EmulatedKernel:
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         error = ctypes.create_string_buffer(512)
         launches[self.expression] += 1
-        if self.function(grid[0], block[0], pointers, error, len(error)):
+        if self.function(grid[0], block[0], shared_mem, self.cooperative, pointers, error,
+                         len(error)):
             raise EmulationError(f"{self.expression}: {error.value.decode()}")
 
     def _value(self, index: int, arg) -> ctypes._SimpleCData | ctypes.Array:
@@ -387,12 +458,22 @@ class EmulatedKernel:
 
 
 class EmulatedModule:
-    """Like ``cupy.RawModule(code=..., options=..., name_expressions=...)``, compiled for
-    the CPU on the first ``get_function``."""
+    """Like ``cupy.RawModule(code=..., options=..., name_expressions=...,
+    enable_cooperative_groups=...)``, compiled for the CPU on the first ``get_function``.
+    A cooperative module's launches run every block at once, and so may use no static
+    ``__shared__`` array (one would be every block's): dynamic shared memory only."""
 
-    def __init__(self, code: str, options: tuple = (), name_expressions=()) -> None:
+    def __init__(self, code: str, options: tuple = (), name_expressions=(),
+                 enable_cooperative_groups: bool = False) -> None:
+        if enable_cooperative_groups and re.search(r"(?<!extern )__shared__", code):
+            raise EmulationError("a cooperative module with a static __shared__ array: the "
+                                 "emulator runs its blocks at once and would give them one "
+                                 "array; use extern __shared__ (dynamic) memory")
+        self.cooperative = enable_cooperative_groups
         self.code = code
-        self.expressions = list(name_expressions)
+        # CuPy finds an extern "C" kernel by its name, without a name expression.
+        self.expressions = list(name_expressions) + [
+            name for name in _EXTERN_C.findall(code) if name not in name_expressions]
         self.kernels = parameters(code)
         self._library: ctypes.CDLL | None = None
 
@@ -407,7 +488,7 @@ class EmulatedModule:
                            f"{self.expressions}; CuPy compiles only those")
         index = compiled.index(" ".join(expression.split()))
         return EmulatedKernel(self._build(), _symbol(index), expression, self.kernels[name],
-                              template)
+                              template, self.cooperative)
 
     def _build(self) -> ctypes.CDLL:
         if self._library is None:
@@ -433,8 +514,12 @@ def build(source: str, expressions: list[str]) -> ctypes.CDLL:
                          for i, (ctype, _) in enumerate(kernels[name]))
         call = f"{name}<{template}>({args})" if template else f"{name}({args})"
         stubs.append(f'extern "C" int {_symbol(index)}(unsigned grid, unsigned block, '
-                     f"void** args, char* error, int size) {{\n"
-                     f"    return emu::launch(grid, block, [args] {{ {call}; }}, error, size);\n}}")
+                     f"unsigned long long shared, int cooperative, void** args, char* error, "
+                     f"int size) {{\n    return emu::launch(grid, block, shared, cooperative, "
+                     f"[args] {{ {call}; }}, error, size);\n}}")
+    # An extern __shared__ array (the launch's dynamic shared memory) points at the
+    # running block's.
+    source = _EXTERN_SHARED.sub(r"\1* \2 = (\1*)emu::dynamic_shared;", source)
     text = PRELUDE + source + "\n" + "\n".join(stubs) + "\n"
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     if key not in _BUILT:

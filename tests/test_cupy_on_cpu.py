@@ -207,3 +207,45 @@ def test_the_emulator_catches_a_missing_barrier():
             block_sum((1,), (64,), (x, out, np.int32(synchronised)))
             sums[synchronised].append(float(out[0]) == float(x.sum()))
     assert all(sums[1]) and not all(sums[0])
+
+
+_GRID = r"""
+extern "C" __global__ void rotate(const int* x, int* out, unsigned int* arrived, int rounds) {
+    // Each block keeps its value in dynamic shared memory and, each round, takes the next
+    // block's: right only if every block has written before any reads (grid_sync).
+    extern __shared__ int kept[];
+    const int b = blockIdx.x, next = (b + 1) % gridDim.x;
+    if (threadIdx.x == 0) kept[0] = x[b];
+    __syncthreads();
+    for (int round = 0; round < rounds; ++round) {
+        if (threadIdx.x == 0) out[b] = kept[0];
+        grid_sync(arrived);
+        if (threadIdx.x == 0) kept[0] = out[next];
+        grid_sync(arrived);
+    }
+    if (threadIdx.x == 0) out[b] = kept[0];
+}
+"""
+
+
+def test_the_emulator_runs_a_cooperative_grid_with_each_blocks_shared_memory():
+    """A cooperative launch runs every block at once, each with dynamic shared memory of
+    its own, and grid_sync makes them all wait; elsewhere grid_sync fails the launch (a
+    GPU could hang), as does more dynamic shared memory than the kernel allows, or a
+    static __shared__ array in a cooperative module."""
+    x = np.arange(10, 70, 10, dtype=np.int32)
+    arrived = np.zeros(1, np.uint32)
+    rotate = EmulatedModule(_GRID, enable_cooperative_groups=True).get_function("rotate")
+    for rounds in (0, 1, 4):
+        out = np.zeros_like(x)
+        rotate((len(x),), (64,), (x, out, arrived, np.int32(rounds)), shared_mem=4)
+        assert out.tolist() == np.roll(x, -rounds).tolist()
+    plain = EmulatedModule(_GRID).get_function("rotate")
+    with pytest.raises(EmulationError, match="grid_sync in a launch that is not cooperative"):
+        plain((len(x),), (64,), (x, np.zeros_like(x), arrived, np.int32(1)), shared_mem=4)
+    with pytest.raises(EmulationError, match="set the kernel's max_dynamic_shared_size_bytes"):
+        rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
+    rotate.max_dynamic_shared_size_bytes = 64 << 10
+    rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
+    with pytest.raises(EmulationError, match="static __shared__"):
+        EmulatedModule(_TOY, enable_cooperative_groups=True)
