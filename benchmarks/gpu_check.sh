@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the
-# products' floor, the A/Bs of any earlier trees carried (below), the GPU tests, the
-# replayed step's kernel profile, the CuPy rows of the pytest-benchmark suite, the
-# bf16-vs-fp32 accuracy runs on the built-in dataset, then self-critical training on
-# CuPy. Installs nothing. The GPU tests' log, the benchmark JSON and the four runs'
-# parameters go to $GPU_OUT (default /tmp/gpu_check): six files, 60 MB.
+# products' floor, the A/Bs of any earlier trees carried (below), the persistent-
+# recurrence probe (benchmarks/persistent_probe.py), the GPU tests, the replayed step's
+# kernel profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy
+# runs on the built-in dataset, then self-critical training on CuPy. Installs nothing.
+# The GPU tests' log, the benchmark JSON and the four runs' parameters go to $GPU_OUT
+# (default /tmp/gpu_check): six files, 60 MB.
 #   bash benchmarks/gpu_check.sh [--skip-epoch]
 # With earlier commits unpacked into .ab-*/ (bash benchmarks/ab_trees.sh REV...; carried
 # by the device tool), it measures their steps and this tree's in turns,
@@ -41,6 +42,10 @@ if [ ${#trees[@]} -gt 0 ]; then
     echo "== the CuPy step of ${trees[*]} and this tree, in turns"
     bash benchmarks/gpu_ab.sh "${trees[@]}" .
 fi
+
+echo "== a persistent recurrence (Wh kept on chip, a grid barrier a step) against the"
+echo "   library's forward at N=128 fp32: the probe before any such kernel goes in"
+timeout 90 python3 -m benchmarks.persistent_probe
 
 echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
 ignore=()  # test modules whose CPU-only dependencies this machine lacks
