@@ -6,7 +6,7 @@ runs here); the precision of float32 matrix products with ``Backend.with_precisi
 ``CAPTION_PRECISION`` (fp32; tf32 and bf16 on cupy).
 """
 
-from backend.base import PRECISIONS, Backend, RecordingFailed
+from backend.base import PRECISIONS, Backend, PackedRows, RecordingFailed
 from backend.registry import (
     AUTO,
     ENV_VAR,
@@ -27,6 +27,7 @@ __all__ = [
     "PRECISIONS",
     "PRECISION_ENV_VAR",
     "Backend",
+    "PackedRows",
     "BackendStatus",
     "BackendUnavailable",
     "RecordingFailed",

@@ -24,6 +24,9 @@ How a backend subclass speeds things up: it overrides any operation of the contr
 and these extension points, which exist only to be overridden and which nothing outside
 a backend calls:
 
+- ``lstm_steps_forward``: the LSTM's packed forward steps whole (the CuPy backend: one
+  persistent kernel for a small float32 batch), and ``previous_states``: dWh's left
+  operand (the CuPy backend: one gather by the batch's PackedRows);
 - ``recurrent_product``: a packed loop's per-step recurrent product, which a backend may
   hand its gate calls in a form of its own (the CuPy backend: a small step's product in
   parts along K; on its bf16 twin, the product in bfloat16);
@@ -52,7 +55,7 @@ a backend calls:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,6 +78,18 @@ def check_precision(precision: str) -> str:
         raise ValueError(f"unknown precision {precision!r}; expected one of "
                          f"{', '.join(PRECISIONS)}")
     return precision
+
+
+class PackedRows(NamedTuple):
+    """A packed batch's layout as device arrays, made once per step_rows (captioning's
+    Packing makes them): ``starts`` int64 (T + 1,), each step's first packed row, then
+    P; ``previous`` int64 (P,), the row holding each packed row's state before it: hs
+    row previous[p] where that is >= 0, else h0 row -1 - previous[p]. A backend that
+    indexes rows on the device takes them (a gather, a kernel over every step); the
+    base class works from step_rows alone."""
+
+    starts: Any
+    previous: Any
 
 
 class Backend:
@@ -418,14 +433,13 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def rnn_forward_packed(self, a, h0, Wh, step_rows, words=None, previous=None):
+    def rnn_forward_packed(self, a, h0, Wh, step_rows, words=None, layout=None):
         """The vanilla RNN's recurrence over packed sequences (see ``packed_steps``)
         from their input projections: a (P, H), x Wx + b of every packed row
         (overwritten: it becomes the pre-activations), h0 (N, H), step_rows (T,) ->
         (hs (P, H), every packed row's hidden state; cache). With ``words`` int (P,),
-        a is a table (V, H) and row p's projection is a[words[p]]. ``previous``
-        int (P,), each row's state before it, is kept for the backward's
-        ``previous_states`` (see there)."""
+        a is a table (V, H) and row p's projection is a[words[p]]. ``layout`` (a
+        PackedRows of these step_rows, or None) is kept for the backward."""
         if words is not None:
             a = a[words]
         steps = packed_steps(step_rows, len(a), len(h0))
@@ -437,19 +451,19 @@ class Backend:
             a[rows] += self.matmul(prev_h[:n], Wh, buf[:n])
             self.rnn_gates_forward(a[rows], hs[rows])
             prev_h = hs[rows]
-        return hs, (Wh, h0, hs, steps, previous)
+        return hs, (Wh, h0, hs, steps, layout)
 
     def rnn_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, H), the
         gradient of rnn_forward_packed's input projections; dh0 (N, H); dWh (H, H)."""
-        Wh, h0, hs, steps, previous = cache
+        Wh, h0, hs, steps, layout = cache
         da = self.xp.empty_like(hs)
         dnext_h = self.xp.zeros_like(h0)  # rows past a step's count stay zero
         for rows in reversed(steps):
             n = rows.stop - rows.start
             self.rnn_gates_backward(dh[rows] + dnext_h[:n], hs[rows], da[rows])
             self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, previous).T, da)
+        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
@@ -489,7 +503,7 @@ class Backend:
         dx, dWx, db = self._input_grads(da, x_tm, Wx, dh.shape[0])
         return dx, dh0, dWx, dWh, db
 
-    def lstm_forward_packed(self, a, h0, Wh, step_rows, words=None, previous=None):
+    def lstm_forward_packed(self, a, h0, Wh, step_rows, words=None, layout=None):
         """The LSTM recurrence over packed sequences (see ``packed_steps``) from their
         input projections: a (P, 4H), x Wx + b of every packed row (overwritten: the
         gates are activated in place in it), h0 (N, H), step_rows (T,) -> (hs (P, H),
@@ -500,7 +514,8 @@ class Backend:
         (``looks_rows_up_in_gates``), else copied out of it once, first.
         Where the backend stores float32 operands apart (``stored_dtype``), hs are
         stored so (the gate kernels write them so), and the products read a copy of Wh
-        and of h0 made once. ``previous`` as rnn_forward_packed takes it."""
+        and of h0 made once. ``layout`` as rnn_forward_packed takes it; the steps are
+        ``lstm_steps_forward``'s."""
         xp = self.xp
         if words is not None and not self.looks_rows_up_in_gates:
             a, words = a[words], None
@@ -513,10 +528,21 @@ class Backend:
         if hs.dtype != a.dtype:
             Wh, h0 = self.as_operand(Wh), self.as_operand(h0)
         c0 = xp.zeros((len(h0), H), dtype=a.dtype)
-        buf = xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
+        gates = a
         if words is not None:
             gates = self.lookup_gates(P, a.shape[1], a.dtype)
             words = words.astype(np.int64, copy=False)
+        self.lstm_steps_forward(a, words, h0, c0, Wh, steps, layout, gates, cs, hs, tanh_c)
+        return hs, (Wh, h0, c0, hs, cs, gates, tanh_c, steps, layout)
+
+    def lstm_steps_forward(self, a, words, h0, c0, Wh, steps, layout, gates, cs, hs,
+                           tanh_c) -> None:
+        """Extension point: lstm_forward_packed's steps (``steps``, packed_steps' slices;
+        ``layout`` a PackedRows or None), filling gates (a itself where words is None),
+        cs, hs and tanh_c (where not None) row by row from a (or the table a and words),
+        h0, c0 and Wh as lstm_forward_packed prepared them. Here a step is one
+        recurrent product (``recurrent_product``) and one gate kernel."""
+        buf = self.xp.empty((len(h0), a.shape[1]), dtype=a.dtype)
         prev_h, prev_c = h0, c0
         for rows in steps:
             n = rows.stop - rows.start
@@ -530,14 +556,12 @@ class Backend:
                 self.lstm_gates_forward_lookup(a, words[rows], extra, prev_c[:n],
                                                gates[rows], cs[rows], hs[rows], step_tanh_c)
             prev_h, prev_c = hs[rows], cs[rows]
-        return hs, (Wh, h0, c0, hs, cs, a if words is None else gates, tanh_c, steps,
-                    previous)
 
     def lstm_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the
         gradient of lstm_forward_packed's input projections (stored as the forward's hs
         were: ``stored_dtype``); dh0 (N, H); dWh (H, 4H)."""
-        Wh, h0, c0, hs, cs, gates, tanh_c, steps, previous = cache  # Wh, h0 stored as hs are
+        Wh, h0, c0, hs, cs, gates, tanh_c, steps, layout = cache  # Wh, h0 stored as hs are
         xp = self.xp
         da = xp.empty(gates.shape, dtype=hs.dtype)
         dnext_h = xp.zeros_like(c0)  # rows past a step's count stay zero
@@ -554,7 +578,7 @@ class Backend:
                 product = self.recurrent_product(da[rows], Wh.T, dnext_h[:n])
             else:  # dh0, whole
                 self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, previous).T, da)
+        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):
@@ -576,15 +600,14 @@ class Backend:
         dx = self.matmul(da, Wx.T).reshape(-1, N, x_tm.shape[1]).transpose(1, 0, 2)
         return dx, self.matmul(x_tm.T, da), self.sum_rows(da)
 
-    def previous_states(self, h0, hs, steps, previous=None):
+    def previous_states(self, h0, hs, steps, layout=None):
         """Each packed row's state before it, (P, H) as hs (the left operand of dWh =
-        previous^T da): its sequence's row of the step before (of h0 at the first).
-        ``previous`` int (P,) (captioning.packing.Packing's) says where each is: hs row
-        previous[p] where >= 0, else h0 row -1 - previous[p]; a backend that gathers
-        rows in one pass takes it. Here the rows are copied into place a run of steps at
-        a time, from ``steps`` alone: after the first step of a run with equal row
-        counts, each step's previous states are the whole step before it, so the rest of
-        the run is one block (a dense batch: two copies, not T)."""
+        previous^T da): its sequence's row of the step before (of h0 at the first); a
+        backend that gathers rows in one pass takes ``layout.previous`` (PackedRows).
+        Here the rows are copied into place a run of steps at a time, from ``steps``
+        alone: after the first step of a run with equal row counts, each step's previous
+        states are the whole step before it, so the rest of the run is one block (a
+        dense batch: two copies, not T)."""
         prev = self.xp.empty((len(hs), h0.shape[1]), dtype=hs.dtype)
         t = 0
         while t < len(steps):

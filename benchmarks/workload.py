@@ -232,7 +232,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
     # The model's own sequence (CaptioningRNN.loss), part by part, on its packed batch.
     h0, _ = be.affine_forward(features, p["W_proj"], p["b_proj"])
     table, table_cache = be.affine_forward(p["W_embed"], p["Wx"], p["b"])
-    h, cache = forward(table, h0, p["Wh"], step_rows, words, packing.previous)
+    h, cache = forward(table, h0, p["Wh"], step_rows, words, packing.layout)
     _, dh, weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets, weight,
                                         sizes.N)
     weight_grads()
@@ -261,7 +261,7 @@ def step_breakdown(backend: str | Backend, sizes: Sizes, data: dict | None = Non
             be.affine_forward(features, p["W_proj"], p["b_proj"]),
             be.affine_forward(p["W_embed"], p["Wx"], p["b"])),
         "table lookup + recurrence forward (16 steps)": lambda: forward(
-            table, h0, p["Wh"], step_rows, words, packing.previous),
+            table, h0, p["Wh"], step_rows, words, packing.layout),
         "vocabulary scores + softmax loss (fwd + bwd)": lambda: be.vocab_loss(
             h, p["W_vocab"], p["b_vocab"], targets, weight, sizes.N)[2](),
         "recurrence backward (16 steps) + dWh": lambda: backward(dh, cache),

@@ -135,7 +135,7 @@ class CaptioningRNN:
         a, lookup, input_backward = self._input_projections(p, words)
         forward, backward = self._recurrence()
         h, rec_cache = forward(a, h0, p["Wh"], packing.step_rows, lookup,
-                               packing.previous)  # (P, H)
+                               packing.layout)  # (P, H)
         loss, dh, vocab_weight_grads = be.vocab_loss(h, p["W_vocab"], p["b_vocab"], targets,
                                                      weight, N)
         if not grads:

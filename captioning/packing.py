@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from backend import Backend
+from backend import Backend, PackedRows
 
 ROW_QUANTUM = 16  # a recording's step rows are rounded up to a multiple of this
 CAPACITY_SIGMAS = 4.0  # a recording's headroom above a random batch's expected rows
@@ -76,17 +76,17 @@ class Packing:
     longest first) comes from: ``step_rows`` (T,) host ints, the captions computed at
     each step; ``positions`` (P,) device ints, packed row p's flat index n*(T+1) + t
     into the captions (its input word), and ``target_positions`` (P,) the same plus one
-    (its target word); ``caption`` (P,) device ints, its caption n; ``previous`` (P,)
-    device ints, the row holding the state before it: at t = 0 row n of the initial
-    states, written -1 - n, else its caption's packed row at step t - 1 (>= 0). Made
-    once per step_rows on the host and moved to the device, so a recorded step reads
-    them as fixed arrays."""
+    (its target word); ``caption`` (P,) device ints, its caption n; ``layout`` the
+    backend's PackedRows (each step's first row; the row of each row's state before
+    it: at t = 0 row n of the initial states, written -1 - n, else its caption's packed
+    row at step t - 1). Made once per step_rows on the host and moved to the device, so
+    a recorded step reads them as fixed arrays."""
 
     step_rows: tuple[int, ...]
     positions: Any
     target_positions: Any
     caption: Any
-    previous: Any
+    layout: PackedRows
 
     @classmethod
     def of(cls, step_rows: tuple[int, ...], backend: Backend) -> Packing:
@@ -99,4 +99,4 @@ class Packing:
         positions = caption * (T + 1) + step
         return cls(tuple(int(n) for n in step_rows), backend.asarray(positions),
                    backend.asarray(positions + 1), backend.asarray(caption),
-                   backend.asarray(previous))
+                   PackedRows(backend.asarray(starts), backend.asarray(previous)))

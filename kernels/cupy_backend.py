@@ -442,16 +442,17 @@ class CupyBackend(Backend):
     def rnn_gates_backward(self, dnext_h, next_h, da):
         return _TANH_BACKWARD(dnext_h, next_h, da)
 
-    def previous_states(self, h0, hs, steps, previous=None):
-        """One gather kernel by ``previous`` (``previous_states``, rows moved as 4-byte
-        words: one graph node, where copying by runs takes one or two per run of steps
-        of equal row counts, ~10 in a batch of captions of many lengths); the base
+    def previous_states(self, h0, hs, steps, layout=None):
+        """One gather kernel by ``layout.previous`` (``previous_states``, rows moved as
+        4-byte words: one graph node, where copying by runs takes one or two per run of
+        steps of equal row counts, ~10 in a batch of captions of many lengths); the base
         class's copies without it."""
         row_bytes = hs.shape[1] * hs.itemsize
+        previous = None if layout is None else layout.previous
         if (previous is None or previous.dtype != np.int64 or h0.dtype != hs.dtype
                 or not _contiguous(h0, hs, previous) or len(previous) != len(hs)
                 or row_bytes % 4):
-            return super().previous_states(h0, hs, steps, previous)
+            return super().previous_states(h0, hs, steps, layout)
         out = cp.empty(hs.shape, dtype=hs.dtype)
         if out.size:
             words = (h0.view(cp.uint32), hs.view(cp.uint32), previous, out.view(cp.uint32))

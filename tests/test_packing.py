@@ -79,14 +79,15 @@ def test_a_packing_points_each_row_at_its_word_its_target_and_the_state_before()
     assert packing.caption.tolist() == [n for t, n in row_of]
     assert packing.positions.tolist() == [n * (T + 1) + t for t, n in row_of]
     assert packing.target_positions.tolist() == [n * (T + 1) + t + 1 for t, n in row_of]
-    assert packing.previous.tolist() == [row_of[t - 1, n] if t else -1 - n
-                                         for t, n in row_of]
+    assert packing.layout.previous.tolist() == [row_of[t - 1, n] if t else -1 - n
+                                                for t, n in row_of]
+    assert packing.layout.starts.tolist() == [0, 5, 9, 13, 16, 19, 21]
 
 
 @pytest.mark.parametrize(("dtype", "H"), [(np.float32, 6), (np.float64, 5), (np.uint16, 6),
                                           (np.uint16, 7)])
 def test_the_gpu_gathers_the_previous_states_the_copies_by_runs_give(cupy_backend, dtype, H):
-    """Backend.previous_states with a packing's ``previous``: the CuPy backend gathers
+    """Backend.previous_states with a packing's layout: the CuPy backend gathers
     every row in one kernel (of 4-byte words: float32, float64, and bfloat16 bits of an
     even width; 7 bfloat16 values a row take the copies), bit for bit what NumPy's
     copies by runs of equal row counts make; h0 holds more rows than the first step."""
@@ -101,7 +102,7 @@ def test_the_gpu_gathers_the_previous_states_the_copies_by_runs_give(cupy_backen
     want = get_backend("numpy").previous_states(h0, hs, steps)
     cuda_on_cpu.launches.clear()
     got = cupy_backend.previous_states(cupy_backend.asarray(h0), cupy_backend.asarray(hs),
-                                       steps, Packing.of(step_rows, cupy_backend).previous)
+                                       steps, Packing.of(step_rows, cupy_backend).layout)
     np.testing.assert_array_equal(cupy_backend.to_numpy(got), want)
     on_cpu = cupy_backend.xp.__version__ == "stand-in"
     assert not on_cpu or cuda_on_cpu.launches["previous_states"] == (H * hs.itemsize % 4 == 0)
