@@ -24,9 +24,10 @@ How a backend subclass speeds things up: it overrides any operation of the contr
 and these extension points, which exist only to be overridden and which nothing outside
 a backend calls:
 
-- ``lstm_steps_forward``: the LSTM's packed forward steps whole (the CuPy backend: one
-  persistent kernel for a small float32 batch), and ``previous_states``: dWh's left
-  operand (the CuPy backend: one gather by the batch's PackedRows);
+- ``lstm_steps_forward`` / ``lstm_steps_backward``: the LSTM's packed steps whole, each
+  way (the CuPy backend: one persistent kernel for a small float32 batch), and
+  ``previous_states``: dWh's left operand (the CuPy backend: one gather by the batch's
+  PackedRows);
 - ``recurrent_product``: a packed loop's per-step recurrent product, which a backend may
   hand its gate calls in a form of its own (the CuPy backend: a small step's product in
   parts along K; on its bf16 twin, the product in bfloat16);
@@ -560,12 +561,23 @@ class Backend:
     def lstm_backward_packed(self, dh, cache):
         """dh (P, H), the upstream gradient of every packed state -> da (P, 4H), the
         gradient of lstm_forward_packed's input projections (stored as the forward's hs
-        were: ``stored_dtype``); dh0 (N, H); dWh (H, 4H)."""
+        were: ``stored_dtype``); dh0 (N, H); dWh (H, 4H). The steps are
+        ``lstm_steps_backward``'s."""
         Wh, h0, c0, hs, cs, gates, tanh_c, steps, layout = cache  # Wh, h0 stored as hs are
-        xp = self.xp
-        da = xp.empty(gates.shape, dtype=hs.dtype)
-        dnext_h = xp.zeros_like(c0)  # rows past a step's count stay zero
-        dnext_c = xp.zeros_like(c0)
+        da = self.xp.empty(gates.shape, dtype=hs.dtype)
+        dh0 = self.xp.zeros_like(c0)  # rows past the first step's count stay zero
+        self.lstm_steps_backward(dh, gates, cs, c0, Wh, steps, layout, tanh_c, da, dh0)
+        return da, dh0, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
+
+    def lstm_steps_backward(self, dh, gates, cs, c0, Wh, steps, layout, tanh_c, da,
+                            dh0) -> None:
+        """Extension point: lstm_backward_packed's steps, last first, filling da row by
+        row and dh0 (zeros on entry) from dh and what the forward kept (gates, cs,
+        tanh_c; c0 the zero initial cells). Here a step is one gate kernel and one
+        recurrent product (the carried gradient, in dh0's buffer until the last product
+        writes dh0 itself)."""
+        dnext_h = dh0  # rows past a step's count stay zero
+        dnext_c = self.xp.zeros_like(c0)
         product = None  # the later step's carried gradient, where not in dnext_h
         for t in reversed(range(len(steps))):
             rows = steps[t]
@@ -578,7 +590,6 @@ class Backend:
                 product = self.recurrent_product(da[rows], Wh.T, dnext_h[:n])
             else:  # dh0, whole
                 self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
 
     # ------------------------------------------------------------------ shared gradient tails
     def _step_weight_grads(self, da, x, prev_h, Wx, Wh):

@@ -30,6 +30,14 @@ __device__ __forceinline__ float widened(float x) { return x; }
 __device__ __forceinline__ double widened(double x) { return x; }
 """
 
+# The gates' sigmoid, one definition for every kernel that makes gates (lstm_forward,
+# lstm_backward, lstm_persistent_forward): the backward that activates kept
+# pre-activations again must make the forward's gates bit for bit.
+SIGMOID_SOURCE = r"""
+template <typename T>
+__device__ __forceinline__ T sigmoid(T x) { return 1 / (1 + exp(-x)); }
+"""
+
 # The LSTM gate kernels, one thread per (row n, hidden unit j) handling that unit's four
 # gates (blocks i, f, o, g). Raw kernels rather than ElementwiseKernels: a small batch is
 # paced by the host's launches, and a raw launch costs the host less. (N, H) operands
@@ -61,11 +69,6 @@ __device__ __forceinline__ T extra_sum(const T* extra, const unsigned short* ext
     for (int p = 1; p < parts; ++p) sum += extra[p * stride + at];
     return sum;
 }
-
-// The gates' sigmoid, one definition for lstm_forward and lstm_backward: the backward
-// that activates kept pre-activations again must make the forward's gates bit for bit.
-template <typename T>
-__device__ __forceinline__ T sigmoid(T x) { return 1 / (1 + exp(-x)); }
 
 template <typename T>
 __global__ void lstm_forward(const T* a, const long long* words, const T* extra,
@@ -613,16 +616,341 @@ __global__ void adam_many(const T* hyper,
 """
 ADAM_KERNELS = ("adam_many",)
 
+# The LSTM's packed forward over every step in one launch, for a small float32 batch
+# (CupyBackend.lstm_steps_forward): a block keeps its slice of Wh (PERSISTENT_UNITS hidden
+# units' four gates) in dynamic shared memory for the whole launch, makes PERSISTENT_ROWS
+# rows of those units, each thread 2 rows x 2 units x 4 gates, keeps their cells in
+# registers, and waits for every other block between steps: a cooperative launch.
+PERSISTENT_ROWS = 32
+PERSISTENT_UNITS = 16
+PERSISTENT_THREADS = 128  # (PERSISTENT_ROWS / 2) x (PERSISTENT_UNITS / 2)
+PERSISTENT_K = 32  # columns of h staged in shared memory at a time
+PERSISTENT_STRIDE = PERSISTENT_ROWS + 2  # a staged chunk's pitch: even, 2-way conflicts
+
+
+PERSISTENT_BACKWARD_K = 64  # columns of da (4H of them) staged at a time
+PERSISTENT_BACKWARD_STRIDE = PERSISTENT_ROWS + 4  # a multiple of 4: 4 rows a 16-byte load
+
+
+def persistent_shared_bytes(H: int) -> int:
+    """lstm_persistent_forward's dynamic shared memory at hidden size H (Wh's slice and
+    two staged chunks of h)."""
+    return 4 * (H * 4 * PERSISTENT_UNITS + 2 * PERSISTENT_K * PERSISTENT_STRIDE)
+
+
+def persistent_backward_shared_bytes(H: int) -> int:
+    """lstm_persistent_backward's: Wh's rows of a block's units, two staged chunks of da,
+    and the four quarters' sums."""
+    return 4 * (H * 4 * PERSISTENT_UNITS + 2 * PERSISTENT_BACKWARD_K * PERSISTENT_BACKWARD_STRIDE
+                + 4 * PERSISTENT_ROWS * PERSISTENT_UNITS)
+
+
+PERSISTENT_SOURCE = f"""
+#define PF_ROWS {PERSISTENT_ROWS}
+#define PF_UNITS {PERSISTENT_UNITS}
+#define PF_THREADS {PERSISTENT_THREADS}
+#define PF_K {PERSISTENT_K}
+#define PF_STRIDE {PERSISTENT_STRIDE}
+#define PB_K {PERSISTENT_BACKWARD_K}
+#define PB_STRIDE {PERSISTENT_BACKWARD_STRIDE}
+#define PB_STAGED {PERSISTENT_ROWS * PERSISTENT_BACKWARD_K // PERSISTENT_THREADS}
+""" + r"""
+
+#ifdef __CUDACC__
+// Every block of a cooperative launch waits here until all have arrived; arrived counts
+// arrivals over the launch and starts at 0. A block's stores before it are seen by every
+// block after it (fences either side of the count, as cooperative groups' grid sync).
+__device__ void grid_sync(unsigned int* arrived) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned int ticket = atomicAdd(arrived, 1u);
+        const unsigned int goal = (ticket / gridDim.x + 1) * gridDim.x;
+        while ((int)(goal - *(volatile unsigned int*)arrived) > 0) {}
+        __threadfence();
+    }
+    __syncthreads();
+}
+#endif
+
+// Stage h rows row0 .. row0 + 31 (zeros from row n on), columns k0 .. k0 + 31, of prev
+// (rows of H floats) into registers: thread i takes elements i, i + 128, ... of the
+// 32 x 32 chunk, row by row, so that a warp reads one row's 128 contiguous bytes.
+__device__ __forceinline__ void load_chunk(const float* prev, int row0, int n, int H, int k0,
+                                           float (&staged)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / PF_K, k = e % PF_K;
+        staged[j] = row0 + r < n ? __ldcg(prev + (long long)(row0 + r) * H + k0 + k) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void store_chunk(float* h_s, const float (&staged)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / PF_K, k = e % PF_K;
+        h_s[k * PF_STRIDE + r] = staged[j];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+lstm_persistent_forward(const float* a, const long long* words, const float* h0,
+                        const float* Wh, const long long* starts, float* hs, float* cs,
+                        float* gates, unsigned int* arrived, int first_step, int last_step,
+                        int H) {
+    // The LSTM forward over packed steps first_step .. last_step - 1 (step t's rows are
+    // starts[t] .. starts[t + 1] - 1, at most as many as step t - 1's), float32, all
+    // arrays C-contiguous: gates (P, 4H) = the activated gates of a (P, 4H) pre-
+    // activations (a table (V, 4H) looked up by words (P,) where words is not null) +
+    // prev_h Wh (Wh (H, 4H)); cs, hs (P, H) the cell and hidden states; prev_h is h0
+    // (N, H) at step 0, else the step before's rows of hs, and prev_c zero at step 0,
+    // else the step before's rows of cs. Blocks: (rows / 32) x (H / 16), block b taking
+    // rows 32 (b / (H / 16)) .. + 31 and units 16 (b % (H / 16)) .. + 15; dynamic shared
+    // memory (H * 64 + 2 * 32 * 34) floats. Over several steps, a cooperative launch
+    // (grid_sync between steps), arrived zero.
+    extern __shared__ float shared[];
+    float* w_s = shared;                  // [k][2 halves][8 units][4 gates]
+    float* h_s = shared + H * 4 * PF_UNITS;  // two chunks [k][row], row pitch PF_STRIDE
+    const int groups = H / PF_UNITS;
+    const int row0 = blockIdx.x / groups * PF_ROWS, unit0 = blockIdx.x % groups * PF_UNITS;
+    const int pair = threadIdx.x % 8, rows2 = threadIdx.x / 8;  // units pair, pair + 8
+    for (int e = threadIdx.x; e < H * 4 * PF_UNITS; e += PF_THREADS) {
+        // (read along Wh's rows: 16 units of a gate are 64 contiguous bytes)
+        const int k = e / (4 * PF_UNITS), g = e / PF_UNITS % 4, u = e % PF_UNITS;
+        w_s[k * 4 * PF_UNITS + u / 8 * 32 + u % 8 * 4 + g] =
+            Wh[(long long)k * 4 * H + g * H + unit0 + u];
+    }
+    float c_kept[2][2];  // this thread's cells, carried from step to step in registers
+    for (int t = first_step; t < last_step; ++t) {
+        const long long start = starts[t];
+        const int n = (int)(starts[t + 1] - start);
+        const float* prev = t ? hs + starts[t - 1] * H : h0;
+        if (t == first_step) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int row = row0 + 2 * rows2 + i, unit = unit0 + pair + 8 * j;
+                    c_kept[i][j] = t && row < n ? cs[(starts[t - 1] + row) * H + unit] : 0.0f;
+                }
+        }
+        __syncthreads();  // (w_s written; the last step's chunks all read)
+        if (row0 < n) {  // (the whole block alike: its barriers are all or none)
+            float sum[2][2][4] = {};
+            float staged[8];
+            load_chunk(prev, row0, n, H, 0, staged);
+            store_chunk(h_s, staged);
+            __syncthreads();
+            const int chunks = H / PF_K;
+            for (int c = 0; c < chunks; ++c) {
+                if (c + 1 < chunks) load_chunk(prev, row0, n, H, (c + 1) * PF_K, staged);
+                const float* h_c = h_s + (c % 2) * PF_K * PF_STRIDE;
+                const float* w_c = w_s + c * PF_K * 4 * PF_UNITS;
+#pragma unroll 8
+                for (int k = 0; k < PF_K; ++k) {
+                    const float2 h = *(const float2*)(h_c + k * PF_STRIDE + 2 * rows2);
+                    const float4 w0 = *(const float4*)(w_c + k * 4 * PF_UNITS + pair * 4);
+                    const float4 w1 = *(const float4*)(w_c + k * 4 * PF_UNITS + 32 + pair * 4);
+                    sum[0][0][0] += h.x * w0.x; sum[0][0][1] += h.x * w0.y;
+                    sum[0][0][2] += h.x * w0.z; sum[0][0][3] += h.x * w0.w;
+                    sum[0][1][0] += h.x * w1.x; sum[0][1][1] += h.x * w1.y;
+                    sum[0][1][2] += h.x * w1.z; sum[0][1][3] += h.x * w1.w;
+                    sum[1][0][0] += h.y * w0.x; sum[1][0][1] += h.y * w0.y;
+                    sum[1][0][2] += h.y * w0.z; sum[1][0][3] += h.y * w0.w;
+                    sum[1][1][0] += h.y * w1.x; sum[1][1][1] += h.y * w1.y;
+                    sum[1][1][2] += h.y * w1.z; sum[1][1][3] += h.y * w1.w;
+                }
+                if (c + 1 < chunks) store_chunk(h_s + ((c + 1) % 2) * PF_K * PF_STRIDE, staged);
+                __syncthreads();
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int row = row0 + 2 * rows2 + i;
+                if (row >= n) continue;
+                const long long p = start + row;
+                const float* x = a + (words ? words[p] : p) * 4 * H;
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int unit = unit0 + pair + 8 * j;
+                    const float ig = sigmoid(x[unit] + sum[i][j][0]);
+                    const float fg = sigmoid(x[H + unit] + sum[i][j][1]);
+                    const float og = sigmoid(x[2 * H + unit] + sum[i][j][2]);
+                    const float gg = tanh(x[3 * H + unit] + sum[i][j][3]);
+                    const float c = fg * c_kept[i][j] + ig * gg;
+                    c_kept[i][j] = c;
+                    cs[p * H + unit] = c;
+                    hs[p * H + unit] = og * tanh(c);
+                    float* out = gates + p * 4 * H + unit;
+                    out[0] = ig;
+                    out[H] = fg;
+                    out[2 * H] = og;
+                    out[3 * H] = gg;
+                }
+            }
+        }
+        if (t + 1 < last_step) grid_sync(arrived);
+    }
+}
+
+// The backward's staged chunk of da: rows row0 .. row0 + 31 (zeros from row n on) of the
+// rows at src (rows of width floats), columns k0 .. k0 + PB_K - 1, a warp reading one
+// row's contiguous floats.
+__device__ __forceinline__ void load_da_chunk(const float* src, int row0, int n, int width,
+                                              int k0, float (&staged)[PB_STAGED]) {
+#pragma unroll
+    for (int j = 0; j < PB_STAGED; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / PB_K, k = e % PB_K;
+        staged[j] = row0 + r < n ? __ldcg(src + (long long)(row0 + r) * width + k0 + k) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void store_da_chunk(float* d_s, const float (&staged)[PB_STAGED]) {
+#pragma unroll
+    for (int j = 0; j < PB_STAGED; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / PB_K, k = e % PB_K;
+        d_s[k * PB_STRIDE + r] = staged[j];
+    }
+}
+
+// carry[i][j] = (da's rows row0 + 2 rows2 + i) . (Wh's row of unit unit0 + pair + 8 j),
+// the gradient the later step carries back to this block's rows and units, from the n
+// rows of da at src (4H wide; rows from n on count as zero). The block's threads split
+// K four ways (a warp each), each making 4 rows x 4 units, then add their four parts
+// through shared memory. The whole block calls it (its barriers).
+__device__ void carried(const float* src, int row0, int n, int H, const float* w_s,
+                        float* d_s, float* r_s, float (&carry)[2][2]) {
+    const int quarter = threadIdx.x / 32, tile = threadIdx.x % 32;
+    const int rows4 = tile / 4, units4 = tile % 4;
+    const int K = 4 * H, chunks = K / PB_K;
+    float sum[4][4] = {};
+    float staged[PB_STAGED];
+    load_da_chunk(src, row0, n, K, 0, staged);
+    store_da_chunk(d_s, staged);
+    __syncthreads();
+    for (int c = 0; c < chunks; ++c) {
+        if (c + 1 < chunks) load_da_chunk(src, row0, n, K, (c + 1) * PB_K, staged);
+        const float* d_c = d_s + (c % 2) * PB_K * PB_STRIDE;
+        const float* w_c = w_s + c * PB_K * PF_UNITS;
+#pragma unroll 4
+        for (int kk = 0; kk < PB_K / 4; ++kk) {
+            const int k = quarter * (PB_K / 4) + kk;
+            const float4 d = *(const float4*)(d_c + k * PB_STRIDE + 4 * rows4);
+            const float4 w = *(const float4*)(w_c + k * PF_UNITS + 4 * units4);
+            sum[0][0] += d.x * w.x; sum[0][1] += d.x * w.y; sum[0][2] += d.x * w.z;
+            sum[0][3] += d.x * w.w; sum[1][0] += d.y * w.x; sum[1][1] += d.y * w.y;
+            sum[1][2] += d.y * w.z; sum[1][3] += d.y * w.w; sum[2][0] += d.z * w.x;
+            sum[2][1] += d.z * w.y; sum[2][2] += d.z * w.z; sum[2][3] += d.z * w.w;
+            sum[3][0] += d.w * w.x; sum[3][1] += d.w * w.y; sum[3][2] += d.w * w.z;
+            sum[3][3] += d.w * w.w;
+        }
+        if (c + 1 < chunks) store_da_chunk(d_s + ((c + 1) % 2) * PB_K * PB_STRIDE, staged);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            r_s[(quarter * PF_ROWS + 4 * rows4 + i) * PF_UNITS + 4 * units4 + j] = sum[i][j];
+    __syncthreads();
+    const int pair = threadIdx.x % 8, rows2 = threadIdx.x / 8;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int at = (2 * rows2 + i) * PF_UNITS + pair + 8 * j;
+            carry[i][j] = r_s[at] + r_s[PF_ROWS * PF_UNITS + at]
+                          + r_s[2 * PF_ROWS * PF_UNITS + at] + r_s[3 * PF_ROWS * PF_UNITS + at];
+        }
+    __syncthreads();  // (r_s and d_s free for the next call)
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+lstm_persistent_backward(const float* dh, const float* gates, const float* cs,
+                         const float* Wh, const long long* starts, float* da, float* dh0,
+                         unsigned int* arrived, int steps, int H) {
+    // The LSTM backward over packed steps steps - 1 down to 0 (step t's rows starts[t]
+    // .. starts[t + 1] - 1, as lstm_persistent_forward takes them), float32, all arrays
+    // C-contiguous, in one cooperative launch: from dh (P, H), every packed state's
+    // upstream gradient, the activated gates (P, 4H) and cell states cs (P, H) that the
+    // forward kept, and Wh (H, 4H) -> da (P, 4H), the gates' pre-activations' gradient,
+    // and dh0 (N, H) rows 0 .. starts[1] - 1, the initial states' (the rest left as they
+    // are: zeros). The carried dc stays in registers; tanh(c) is made again from c.
+    // Blocks as the forward's (rows / 32) x (H / 16); dynamic shared memory
+    // (64 H + 2 * PB_K * PB_STRIDE + 4 * 32 * 16) floats: Wh's rows of the block's units.
+    extern __shared__ float shared[];
+    float* w_s = shared;                          // [k < 4H][16 units]
+    float* d_s = shared + 4 * H * PF_UNITS;       // two chunks of da [k][row]
+    float* r_s = d_s + 2 * PB_K * PB_STRIDE;      // [4 quarters][32 rows][16 units]
+    const int groups = H / PF_UNITS;
+    const int row0 = blockIdx.x / groups * PF_ROWS, unit0 = blockIdx.x % groups * PF_UNITS;
+    const int pair = threadIdx.x % 8, rows2 = threadIdx.x / 8;  // units pair, pair + 8
+    for (int e = threadIdx.x; e < 4 * H * PF_UNITS; e += PF_THREADS) {
+        const int u = e / (4 * H), k = e % (4 * H);  // (read along Wh's rows)
+        w_s[k * PF_UNITS + u] = Wh[(long long)(unit0 + u) * 4 * H + k];
+    }
+    __syncthreads();
+    float dnext_c[2][2] = {};  // the cells' gradient carried from the later step
+    for (int t = steps - 1; t >= -1; --t) {
+        // t = -1: dh0 from step 0's da, the last carried product.
+        const int later = t + 1 < steps ? (int)(starts[t + 2] - starts[t + 1]) : 0;
+        float carry[2][2] = {};
+        if (row0 < later)  // (the whole block alike)
+            carried(da + starts[t + 1] * 4 * H, row0, later, H, w_s, d_s, r_s, carry);
+        if (t < 0) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int row = row0 + 2 * rows2 + i;
+                    if (row < later) dh0[(long long)row * H + unit0 + pair + 8 * j] = carry[i][j];
+                }
+            break;
+        }
+        const long long start = starts[t];
+        const int n = (int)(starts[t + 1] - start);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = row0 + 2 * rows2 + i;
+            if (row >= n) continue;
+            const long long p = start + row;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int unit = unit0 + pair + 8 * j;
+                const float* g = gates + p * 4 * H + unit;
+                const float ig = g[0], fg = g[H], og = g[2 * H], gg = g[3 * H];
+                const float tc = tanh(cs[p * H + unit]);
+                const float pc = t ? cs[(starts[t - 1] + row) * H + unit] : 0.0f;
+                const float dnext_h = dh[p * H + unit] + carry[i][j];
+                const float dc = dnext_c[i][j] + dnext_h * og * (1 - tc * tc);
+                float* d = da + p * 4 * H + unit;
+                d[0] = dc * gg * ig * (1 - ig);
+                d[H] = dc * pc * fg * (1 - fg);
+                d[2 * H] = dnext_h * tc * og * (1 - og);
+                d[3 * H] = dc * ig * (1 - gg * gg);
+                dnext_c[i][j] = dc * fg;
+            }
+        }
+        grid_sync(arrived);  // (step t's da whole before any block reads it)
+    }
+}
+"""
+PERSISTENT_KERNELS = ("lstm_persistent_forward", "lstm_persistent_backward")
+
 # Every module: (source, its kernels), each kernel instantiated for every type in CTYPES.
-MODULES = {"gates": (BF16_SOURCE + GATES_SOURCE, GATE_KERNELS),
+MODULES = {"gates": (BF16_SOURCE + SIGMOID_SOURCE + GATES_SOURCE, GATE_KERNELS),
            "xent": (BF16_SOURCE + XENT_SOURCE, XENT_KERNELS),
            "scatter": (BF16_SOURCE + SCATTER_SOURCE, SCATTER_KERNELS),
-           "decode": (DECODE_SOURCE, DECODE_KERNELS), "adam": (ADAM_SOURCE, ADAM_KERNELS)}
+           "decode": (DECODE_SOURCE, DECODE_KERNELS), "adam": (ADAM_SOURCE, ADAM_KERNELS),
+           "persistent": (SIGMOID_SOURCE + PERSISTENT_SOURCE, PERSISTENT_KERNELS)}
+# Modules whose kernels are launched cooperatively (every block running at once), as
+# CuPy's enable_cooperative_groups makes them.
+COOPERATIVE_MODULES = frozenset({"persistent"})
 OPTIONS = ("-std=c++14",)
 
 
 # Kernels that are not templates (they touch no float data).
-UNTYPED_KERNELS = frozenset({"sort_rows_by_word", "previous_states"})
+UNTYPED_KERNELS = frozenset({"sort_rows_by_word", "previous_states",
+                             "lstm_persistent_forward", "lstm_persistent_backward"})
 
 
 def name_expressions(kernels: tuple[str, ...]) -> list[str]:

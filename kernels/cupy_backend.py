@@ -34,6 +34,7 @@ whole training step from a CUDA graph (kernels/cuda_graph.py).
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import cupy as cp
@@ -44,17 +45,24 @@ from kernels.cublas import BF16, gemm, gemm_parts, give_own_handle
 from kernels.cuda_graph import GraphRecording
 from kernels.cuda_sources import (
     ADAM_TENSORS,
+    COOPERATIVE_MODULES,
     CTYPES,
     MODULES,
     OPTIONS,
+    PERSISTENT_ROWS,
+    PERSISTENT_THREADS,
+    PERSISTENT_UNITS,
     SORT_MOST_WORDS,
     SORT_THREADS,
     name_expressions,
+    persistent_backward_shared_bytes,
+    persistent_shared_bytes,
 )
 
 # One compiled module per source of kernels/cuda_sources.py (compiled on first use).
 _MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
-                               name_expressions=name_expressions(kernels))
+                               name_expressions=name_expressions(kernels),
+                               enable_cooperative_groups=name in COOPERATIVE_MODULES)
             for name, (source, kernels) in MODULES.items()}
 _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
 
@@ -104,6 +112,16 @@ def _whole(extra, rows: int):
 
 
 _SM_COUNTS: dict[int, int] = {}  # device id -> its multiprocessors
+
+
+def _multiprocessors() -> int:
+    """The current GPU's multiprocessors (SMs), asked once."""
+    device = cp.cuda.runtime.getDevice()
+    if device not in _SM_COUNTS:
+        _SM_COUNTS[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
+    return _SM_COUNTS[device]
+
+
 _SPLIT_TILE = 64  # the output tile counted per block (cuBLAS took 64 x 64 for these products whole)
 _SPLIT_MIN_K = 256  # the least depth of a part of a split product
 
@@ -115,15 +133,59 @@ def _split_count(rows: int, cols: int, depth: int) -> int:
     deep; 1 for a product that already fills the GPU. (Split past one wave, a batch of
     1,024 captions' backward products, 128 tiles on 132 SMs, went 2.5% slower on the
     H200.)"""
-    device = cp.cuda.runtime.getDevice()
-    if device not in _SM_COUNTS:
-        _SM_COUNTS[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
     blocks = -(-rows // _SPLIT_TILE) * -(-cols // _SPLIT_TILE)
     parts = 1
-    while (blocks * 2 * parts <= _SM_COUNTS[device] and depth % (2 * parts) == 0
+    while (blocks * 2 * parts <= _multiprocessors() and depth % (2 * parts) == 0
            and depth // (2 * parts) >= _SPLIT_MIN_K):
         parts *= 2
     return parts
+
+
+# A block's most dynamic shared memory on the GPUs this runs on (sm_80: 163 KiB; sm_90:
+# 227 KiB): the persistent kernels keep a slice of Wh in it, ~64 H floats.
+_MOST_SHARED_BYTES = 163 * 1024
+
+
+def persistent_blocks(rows: int, H: int, shared_bytes: int) -> int:
+    """A persistent LSTM kernel's grid for steps of at most ``rows`` rows at hidden size
+    H, taking ``shared_bytes`` of shared memory a block; 0 where it does not take them:
+    H a multiple of 32, the shared memory within a block's (the forward's up to H = 608,
+    the backward's up to 544), and no more blocks than the GPU has multiprocessors (a
+    cooperative launch runs every block at once; one a multiprocessor always fits)."""
+    if H % 32 or H == 0 or shared_bytes > _MOST_SHARED_BYTES:
+        return 0
+    blocks = -(-rows // PERSISTENT_ROWS) * (H // PERSISTENT_UNITS)
+    return blocks if 0 < blocks <= _multiprocessors() else 0
+
+
+_PERSISTENT: dict[str, Any] = {}  # kernel name -> compiled, or None where that failed
+
+
+def _persistent_kernel(name: str):
+    """A persistent kernel (``lstm_persistent_forward`` / ``_backward``), compiled
+    (cooperatively) on first use; None, with one RuntimeWarning, where that fails (CuPy
+    links CUDA's device runtime for cooperative kernels), so that the steps go a
+    product and a gate kernel at a time."""
+    if name not in _PERSISTENT:
+        try:
+            _PERSISTENT[name] = _MODULES["persistent"].get_function(name)
+        except Exception as exc:  # CuPy raises several kinds; any means it cannot be had
+            _PERSISTENT[name] = None
+            warnings.warn(f"the persistent LSTM kernel {name} could not be built "
+                          f"({type(exc).__name__}: {exc}); small float32 batches take a "
+                          "product and a gate kernel a step", RuntimeWarning, stacklevel=3)
+    return _PERSISTENT[name]
+
+
+def _launch_persistent(kernel, blocks: int, shared: int, arrays: tuple, sizes: tuple
+                       ) -> None:
+    """One cooperative launch of a persistent kernel, with ``shared`` bytes of dynamic
+    shared memory (allowed first, once): its arrays, a fresh zero count for its grid
+    barrier, then its sizes."""
+    if kernel.max_dynamic_shared_size_bytes < shared:
+        kernel.max_dynamic_shared_size_bytes = shared
+    arrived = cp.zeros(1, cp.uint32)
+    kernel((blocks,), (PERSISTENT_THREADS,), (*arrays, arrived, *sizes), shared_mem=shared)
 
 
 def _addend(extra) -> tuple:
@@ -544,6 +606,59 @@ class CupyBackend(Backend):
         self.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
         cp.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
         return a
+
+    persistent_steps = True  # small float32 batches' LSTM steps in one kernel each way
+
+    def _persistent(self, name: str, rows: int, H: int, shared: int, layout, tanh_c,
+                    arrays) -> tuple[Any, int]:
+        """(kernel, blocks) where the persistent kernel ``name`` takes this batch: full
+        float32 precision (this twin's and ``arrays``', all C-contiguous), its
+        PackedRows, no kept tanh(c), ``persistent_blocks``; else (None, 0)."""
+        blocks = persistent_blocks(rows, H, shared)
+        if (self.persistent_steps and blocks and self.precision == "fp32"
+                and tanh_c is None and layout is not None
+                and all(x.dtype == np.float32 for x in arrays) and _contiguous(*arrays)):
+            kernel = _persistent_kernel(name)
+            if kernel is not None:
+                return kernel, blocks
+        return None, 0
+
+    def lstm_steps_forward(self, a, words, h0, c0, Wh, steps, layout, gates, cs, hs,
+                           tanh_c) -> None:
+        """For a batch of at most 32 rows a multiprocessor (128 at H = 512 on a 132-SM
+        H100/H200) at full float32 precision, with its PackedRows: every step in one
+        cooperative launch of ``lstm_persistent_forward``, each block keeping its slice
+        of Wh on chip and its cells in registers, a grid barrier between steps (where a
+        product and a gate kernel a step leave most of the GPU idle and wait for each
+        other). Else, or with ``persistent_steps`` off, the base class's steps."""
+        H = h0.shape[1]
+        shared = persistent_shared_bytes(H)
+        kernel, blocks = self._persistent(
+            "lstm_persistent_forward", steps[0].stop - steps[0].start if steps else 0, H,
+            shared, layout, tanh_c, (a, h0, Wh, gates, cs, hs))
+        if kernel is None or (words is not None and (words.dtype != np.int64
+                                                     or not _contiguous(words))):
+            return super().lstm_steps_forward(a, words, h0, c0, Wh, steps, layout, gates,
+                                              cs, hs, tanh_c)
+        _launch_persistent(kernel, blocks, shared,
+                           (a, _optional(words), h0, Wh, layout.starts, hs, cs, gates),
+                           (np.int32(0), np.int32(len(layout.starts) - 1), np.int32(H)))
+
+    def lstm_steps_backward(self, dh, gates, cs, c0, Wh, steps, layout, tanh_c, da,
+                            dh0) -> None:
+        """The same batches' backward steps in one cooperative launch of
+        ``lstm_persistent_backward``: each block keeps its units' rows of Wh on chip
+        and carries their cells' gradient in registers; else the base class's."""
+        H = c0.shape[1]
+        shared = persistent_backward_shared_bytes(H)
+        kernel, blocks = self._persistent(
+            "lstm_persistent_backward", steps[0].stop - steps[0].start if steps else 0, H,
+            shared, layout, tanh_c, (dh, gates, cs, Wh, da, dh0))
+        if kernel is None:
+            return super().lstm_steps_backward(dh, gates, cs, c0, Wh, steps, layout,
+                                               tanh_c, da, dh0)
+        _launch_persistent(kernel, blocks, shared, (dh, gates, cs, Wh, layout.starts, da, dh0),
+                           (np.int32(len(layout.starts) - 1), np.int32(H)))
 
     def lstm_gates_forward_lookup(self, table, words, a_extra, prev_c, gates, next_c, next_h,
                                   tanh_c):

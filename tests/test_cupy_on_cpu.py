@@ -73,6 +73,10 @@ def test_a_step_and_decoding_launch_every_kernel_of_the_backend(cupy, dtype):
                           dtype=dtype, seed=3, backend=cupy, precision="bf16"
                           ).loss(np.tile(features, (6, 1)), np.tile(captions, (6, 1)))
         _, grads = lstm.loss(features, captions)
+        # 32 float32 units: the forward steps in one persistent kernel
+        CaptioningRNN(WORDS, input_dim=20, wordvec_dim=6, hidden_dim=32, cell_type="lstm",
+                      dtype=np.float32, seed=3, backend=cupy
+                      ).loss(features.astype(np.float32), captions)
         rnn.loss(features, captions)
         lstm.sample(features, 9)
         beam_decode(lstm, features, 3, 9)

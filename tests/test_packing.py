@@ -278,9 +278,10 @@ def test_the_gates_of_looked_up_rows_are_those_of_the_rows_given(backend, dtype)
             np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
 
 
-def _packed_lstm(be, N, H, lookup, dtype=np.float32):
+def _packed_lstm(be, N, H, lookup, dtype=np.float32, layout=False):
     """The packed LSTM's forward and backward on ``be`` over steps of N, N, N-3, N//2, 7
-    and 1 rows (fixed random inputs) -> hs, da, dh0, dWh on the host."""
+    and 1 rows (fixed random inputs), given their PackedRows where ``layout`` -> hs,
+    da, dh0, dWh on the host."""
     rng = np.random.default_rng(13)
     step_rows = (N, N, N - 3, N // 2, 7, 1)
     P, V = sum(step_rows), 11
@@ -289,7 +290,8 @@ def _packed_lstm(be, N, H, lookup, dtype=np.float32):
     h0, Wh = (rng.standard_normal(s).astype(dtype) / 3 for s in ((N, H), (H, 4 * H)))
     dh = rng.standard_normal((P, H)).astype(dtype)
     hs, cache = be.lstm_forward_packed(be.asarray(table), be.asarray(h0), be.asarray(Wh),
-                                       step_rows, be.asarray(words) if lookup else None)
+                                       step_rows, be.asarray(words) if lookup else None,
+                                       Packing.of(step_rows, be).layout if layout else None)
     grads = be.lstm_backward_packed(be.asarray(dh), cache)
     return [be.to_numpy(x) for x in (hs, *grads)]
 
@@ -334,3 +336,50 @@ def test_small_float32_steps_split_their_products_to_fill_the_gpu():
         cupy_stand_in.cublas.batch_counts.clear()
         _packed_lstm(backend.with_precision("tf32"), 70, 512, lookup=True)
         assert cupy_stand_in.cublas.batch_counts == []
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize(("N", "H"), [(40, 32), (70, 96), (128, 512)])
+def test_a_small_float32_batch_takes_its_steps_in_one_persistent_kernel_each_way(
+        cupy_backend, lookup, N, H):
+    """Given its PackedRows, a float32 batch of at most 32 rows a multiprocessor runs the
+    LSTM's forward steps in one cooperative launch and its backward steps in another:
+    what a product and a gate kernel a step give, each way, to float32's
+    rounding of sums in another order. 128 x 512 is the size the step benchmarks (on
+    the CPU, 16,384 threads run at once as fibers)."""
+    import cuda_on_cpu
+
+    on_cpu = cupy_backend.xp.__version__ == "stand-in"
+    per_step = copy.copy(cupy_backend)
+    per_step.persistent_steps = False
+    want = _packed_lstm(per_step, N, H, lookup, layout=True)
+    cuda_on_cpu.launches.clear()
+    got = _packed_lstm(cupy_backend, N, H, lookup, layout=True)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+    if on_cpu:
+        assert cuda_on_cpu.launches["lstm_persistent_forward"] == 1
+        assert cuda_on_cpu.launches["lstm_persistent_backward"] == 1
+        assert not cuda_on_cpu.launches["lstm_forward<float>"]
+        assert not cuda_on_cpu.launches["lstm_backward<float>"]
+
+
+def test_the_persistent_forward_is_left_to_batches_and_precisions_it_serves():
+    """Not taken without PackedRows, in float64, on the TF32 and bf16 twins, at a hidden
+    size that is not a multiple of 32, or for more rows than 32 a multiprocessor (132
+    on the stand-in's GPU): those take a product and a gate kernel a step."""
+    import cuda_on_cpu
+    import cupy_stand_in
+
+    with cupy_stand_in.cupy_backend_on_cpu() as be:
+        for backend, N, H, dtype, layout in [(be, 40, 32, np.float32, False),
+                                             (be, 40, 32, np.float64, True),
+                                             (be.with_precision("tf32"), 40, 32, np.float32, True),
+                                             (be.with_precision("bf16"), 40, 32, np.float32, True),
+                                             (be, 40, 24, np.float32, True),
+                                             (be, 66 * 32 + 1, 32, np.float32, True)]:
+            cuda_on_cpu.launches.clear()
+            _packed_lstm(backend, N, H, lookup=True, dtype=dtype, layout=layout)
+            assert not cuda_on_cpu.launches["lstm_persistent_forward"], (N, H, dtype)
+            ctype = "float" if dtype == np.float32 else "double"
+            assert cuda_on_cpu.launches[f"lstm_forward<{ctype}>"], (N, H, dtype)

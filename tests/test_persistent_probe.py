@@ -1,7 +1,8 @@
-"""The persistent-kernel probe (benchmarks/persistent_probe.py): its kernel makes the
-packed LSTM forward, one launch a step and one cooperative launch for all of them (run
-on the CPU by tests/cuda_on_cpu.py), builds for the GPU with nothing in local memory,
-and refuses sizes it does not take."""
+"""The persistent LSTM forward kernel (kernels/cuda_sources.py) and its probe
+(benchmarks/persistent_probe.py): the kernel makes the packed LSTM forward, one launch
+a step and one cooperative launch for all of them (run on the CPU by
+tests/cuda_on_cpu.py); the probe refuses sizes the kernel does not take and runs end to
+end. (tests/test_cuda_sources.py builds it for the GPU, as every module.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import re
 
 import numpy as np
 import pytest
-from test_cuda_sources import compile_log, needs_nvrtc
 
 from benchmarks import persistent_probe as probe
 from cuda_on_cpu import COMPILER, EmulatedModule
+from kernels.cuda_sources import PERSISTENT_THREADS, persistent_shared_bytes
 
 
 def _reference(a, words, h0, Wh, step_rows):
@@ -35,12 +36,14 @@ def _reference(a, words, h0, Wh, step_rows):
 
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
                     "kernels on the CPU; apt-get install g++")
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("cooperative", [False, True])
 @pytest.mark.parametrize("lookup", [False, True])
-def test_the_probe_kernel_makes_the_packed_lstm_forward(persistent, lookup):
+def test_the_kernel_makes_the_packed_lstm_forward_a_step_or_all_steps_a_launch(lookup,
+                                                                              cooperative):
     """Two tiles of rows (the second idle from step 3 on, as steps shrink), two groups of
-    units, words looked up in a table or rows given; the cell state carried in registers
-    across a cooperative launch's steps, or read back at each launch's first."""
+    units, words looked up in a table or rows given: launched once a step (each launch
+    reading its cells back from cs), and once for every step (cooperative: the cells
+    carried in registers across grid barriers), against NumPy."""
     rng = np.random.default_rng(3)
     step_rows, H, V = (40, 40, 33, 17, 5), 32, 9
     P = sum(step_rows)
@@ -48,21 +51,21 @@ def test_the_probe_kernel_makes_the_packed_lstm_forward(persistent, lookup):
     a = rng.standard_normal((V if lookup else P, 4 * H)).astype(np.float32)
     h0 = rng.standard_normal((44, H)).astype(np.float32) / 2
     Wh = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
-    module = EmulatedModule(probe.SOURCE, enable_cooperative_groups=persistent)
-    got = probe.forward(module, a, words, h0, Wh, step_rows, probe.step_starts(step_rows),
-                        np, persistent)
+    starts = probe.step_starts(step_rows)
+    if cooperative:
+        kernel = EmulatedModule(probe.SOURCE, enable_cooperative_groups=True).get_function(
+            "lstm_persistent_forward")
+        got = [np.empty((P, H), np.float32), np.empty((P, H), np.float32),
+               np.empty((P, 4 * H), np.float32)]
+        kernel((probe.blocks(40, H),), (PERSISTENT_THREADS,),
+               (a, np.uint64(0) if words is None else words, h0, Wh, starts, got[0], got[1],
+                got[2], np.zeros(1, np.uint32), np.int32(0), np.int32(len(step_rows)),
+                np.int32(H)), shared_mem=persistent_shared_bytes(H))
+    else:
+        got = probe.forward_a_launch_a_step(EmulatedModule(probe.SOURCE), a, words, h0, Wh,
+                                            step_rows, starts, np)
     for g, want in zip(got, _reference(a, words, h0, Wh, step_rows)):
         np.testing.assert_allclose(g, want, rtol=2e-5, atol=2e-5)
-
-
-@needs_nvrtc
-def test_the_probe_kernel_builds_with_nothing_in_local_memory():
-    for arch in ("sm_80", "sm_90"):
-        status, log = compile_log(probe.SOURCE, "persistent_probe", [], arch,
-                                  ("--ptxas-options=-v",))
-        assert status == 0, log
-        assert re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
-                          r"(\d+) bytes spill loads", log) == [("0", "0", "0")], log
 
 
 def test_the_probe_refuses_sizes_its_kernel_does_not_take():
@@ -70,20 +73,23 @@ def test_the_probe_refuses_sizes_its_kernel_does_not_take():
         probe.check_sizes((4, 2), 48)
     with pytest.raises(ValueError, match="non-increasing"):
         probe.check_sizes((4, 5), 64)
-    assert probe.blocks(128, 512) == 128 and probe.shared_bytes(512) == 139_776
+    assert probe.blocks(128, 512) == 128
 
 
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
                     "kernels on the CPU; apt-get install g++")
 def test_the_probe_runs_end_to_end_on_the_cpu_stand_in(capsys):
     """The probe's command, as the GPU machine runs it, over the CuPy stand-in (which
-    refuses graph capture, so every row is timed as the host issues it): both launches
-    of the kernel agree with the library's forward, and each of the three rows is timed."""
+    refuses graph capture, so every row is timed as the host issues it): the backend's
+    persistent steps agree with its per-step ones each way, and each of the five rows
+    is timed."""
     from cupy_stand_in import cupy_backend_on_cpu
 
     with cupy_backend_on_cpu():
         probe.main(["--batch", "40", "--hidden", "32", "--repeats", "1"])
     out = capsys.readouterr().out
-    errors = re.findall(r"h (\S+), c (\S+), gates (\S+)\n", out)
-    assert len(errors) == 2 and all(float(e) < 1e-5 for row in errors for e in row), out
-    assert out.count("us a step") == 3 and out.count("issued by the host") == 3, out
+    errors = re.findall(r"h (\S+), c (\S+), gates (\S+), da (\S+), dh0 (\S+), dWh (\S+)\n",
+                        out)
+    assert len(errors) == 1 and all(0 < float(e) < 1e-5 for e in errors[0]), out
+    assert out.count("us a step") == 5 and out.count("issued by the host") == 5, out
+    assert "the backend takes a product" not in out
