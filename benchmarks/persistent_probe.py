@@ -134,7 +134,9 @@ def _median_ms(cp, fn, repeats: int) -> tuple[float, str]:
     return 1e3 * float(np.median(times)), how
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, backend=None) -> None:
+    """The probe's command; ``backend`` a CuPy backend to run it on (default: the
+    registry's ``cupy``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128, help="captions (default 128)")
     parser.add_argument("--hidden", type=int, default=512, help="H (default 512)")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     from captioning.packing import Packing, longest_first, scored_lengths
     from kernels.cupy_backend import persistent_blocks
 
-    persistent = get_backend("cupy")
+    persistent = backend or get_backend("cupy")
     per_step = copy.copy(persistent)
     per_step.persistent_steps = False
     sizes = Sizes(N=args.batch, H=args.hidden)

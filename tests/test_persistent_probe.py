@@ -85,8 +85,8 @@ def test_the_probe_runs_end_to_end_on_the_cpu_stand_in(capsys):
     is timed."""
     from cupy_stand_in import cupy_backend_on_cpu
 
-    with cupy_backend_on_cpu():
-        probe.main(["--batch", "40", "--hidden", "32", "--repeats", "1"])
+    with cupy_backend_on_cpu() as backend:
+        probe.main(["--batch", "40", "--hidden", "32", "--repeats", "1"], backend)
     out = capsys.readouterr().out
     errors = re.findall(r"h (\S+), c (\S+), gates (\S+), da (\S+), dh0 (\S+), dWh (\S+)\n",
                         out)
