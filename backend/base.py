@@ -464,7 +464,7 @@ class Backend:
             n = rows.stop - rows.start
             self.rnn_gates_backward(dh[rows] + dnext_h[:n], hs[rows], da[rows])
             self.matmul(da[rows], Wh.T, dnext_h[:n])
-        return da, dnext_h, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
+        return da, dnext_h, self._recurrent_grad(da, h0, hs, steps, layout)
 
     # ------------------------------------------------------------------ LSTM
     def lstm_step_forward(self, x, prev_h, prev_c, Wx, Wh, b):
@@ -567,7 +567,7 @@ class Backend:
         da = self.xp.empty(gates.shape, dtype=hs.dtype)
         dh0 = self.xp.zeros_like(c0)  # rows past the first step's count stay zero
         self.lstm_steps_backward(dh, gates, cs, c0, Wh, steps, layout, tanh_c, da, dh0)
-        return da, dh0, self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
+        return da, dh0, self._recurrent_grad(da, h0, hs, steps, layout)
 
     def lstm_steps_backward(self, dh, gates, cs, c0, Wh, steps, layout, tanh_c, da,
                             dh0) -> None:
@@ -610,6 +610,11 @@ class Backend:
         time-major inputs x_tm (T*N, D), one matrix product each."""
         dx = self.matmul(da, Wx.T).reshape(-1, N, x_tm.shape[1]).transpose(1, 0, 2)
         return dx, self.matmul(x_tm.T, da), self.sum_rows(da)
+
+    def _recurrent_grad(self, da, h0, hs, steps, layout):
+        """dWh from da (P, kH) in one matrix product, each packed row's da paired with
+        the state before it (``previous_states``)."""
+        return self.matmul(self.previous_states(h0, hs, steps, layout).T, da)
 
     def previous_states(self, h0, hs, steps, layout=None):
         """Each packed row's state before it, (P, H) as hs (the left operand of dWh =

@@ -616,10 +616,11 @@ __global__ void adam_many(const T* hyper,
 """
 ADAM_KERNELS = ("adam_many",)
 
-# The LSTM's packed forward over every step in one launch, for a small float32 batch
-# (CupyBackend.lstm_steps_forward): a block keeps its slice of Wh (PERSISTENT_UNITS hidden
-# units' four gates) in dynamic shared memory for the whole launch, makes PERSISTENT_ROWS
-# rows of those units, each thread 2 rows x 2 units x 4 gates, keeps their cells in
+# The LSTM's packed steps in one launch each way, for a small float32 batch
+# (CupyBackend.lstm_steps_forward / _backward): a block keeps its slice of Wh
+# (PERSISTENT_UNITS hidden units' four gates; backward, those units' rows) in dynamic
+# shared memory for the whole launch, makes PERSISTENT_ROWS rows of those units (forward,
+# each thread 2 rows x 2 units x 4 gates), keeps their cells (their gradient) in
 # registers, and waits for every other block between steps: a cooperative launch.
 PERSISTENT_ROWS = 32
 PERSISTENT_UNITS = 16

@@ -14,7 +14,9 @@ for dWh (one kernel, where copies by runs of steps take one or two a run). Matri
 products are direct cuBLAS calls (kernels/cublas.py), in full float32 or, on a
 ``with_precision`` twin, on TF32 or bfloat16 tensor cores; a small float32 step's
 recurrent product goes in parts along K, which its gate kernel adds, so that it fills
-the GPU. The bf16 twin stores the LSTM
+the GPU, and a float32 batch of at most 32 rows a multiprocessor takes the LSTM's steps
+in one persistent kernel each way (``lstm_steps_forward`` / ``_backward``: Wh on chip,
+a cooperative launch with a grid barrier between steps). The bf16 twin stores the LSTM
 step's big operands in bfloat16 (``operand_dtype``): copies of Wh and W_vocab (its
 vocabulary padded with zero words to a multiple of 8, for cuBLAS's aligned kernels), and
 the hidden states, the gates' gradient and the scores' gradient as their kernels write
