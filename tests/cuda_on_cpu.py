@@ -178,21 +178,28 @@ void fiber_main() {  // each fiber runs its thread of every block, one block at 
 // a GPU often enough for a test to catch it, rather than never in thread order.
 bool run_block(Block& b, unsigned threads) {  // (threads: of every resident block)
     static unsigned long long state = 0x9E3779B97F4A7C15ull;  // xorshift64
+    auto next = [] { state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                     return state; };
     std::vector<unsigned> order(threads);
     for (unsigned t = 0; t < threads; ++t) {
         b.fibers[t].done = false;
         order[t] = t;
     }
+    // Of a cooperative grid's blocks, a random half sits each pass out, so that blocks
+    // run ahead of each other by barriers of their own: one that reads another block's
+    // writes with no grid barrier between goes wrong often enough for a test to see it.
+    const unsigned blocks = threads / b.threads;
+    std::vector<char> held(blocks, 0);
+    bool hold = blocks > 1;
     unsigned live = threads;
     while (live) {
-        for (unsigned i = threads - 1; i > 0; --i) {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
-            std::swap(order[i], order[state % (i + 1)]);
-        }
+        for (unsigned i = threads - 1; i > 0; --i) std::swap(order[i], order[next() % (i + 1)]);
+        for (unsigned r = 0; r < blocks; ++r) held[r] = hold && (next() & 1);
         bool resumed = false;
         for (unsigned t : order) {
             Fiber& f = b.fibers[t];
-            if (f.done || (f.barrier && f.barrier->generation == f.generation)) continue;
+            if (held[t / b.threads] || f.done ||
+                (f.barrier && f.barrier->generation == f.generation)) continue;
             b.current = t;
             threadIdx = {t % b.threads, 0, 0};
             blockIdx = {b.first_block + t / b.threads, 0, 0};
@@ -201,7 +208,12 @@ bool run_block(Block& b, unsigned threads) {  // (threads: of every resident blo
             resumed = true;
             if (f.done) --live;
         }
-        if (live && !resumed) return false;  // everyone left waits: none can go on
+        if (live && !resumed) {
+            if (!hold) return false;  // everyone left waits: none can go on
+            hold = false;  // (the ones that can go on may all have sat out: once more)
+        } else {
+            hold = blocks > 1;
+        }
     }
     return true;
 }
