@@ -42,26 +42,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import numpy as np
 
+from backend import RecordingFailed
+from benchmarks.workload import median_time, synced
 from kernels.cuda_sources import (
     MODULES,
     OPTIONS,
     PERSISTENT_K,
-    PERSISTENT_ROWS,
     PERSISTENT_THREADS,
     PERSISTENT_UNITS,
+    persistent_grid,
     persistent_shared_bytes,
 )
 
 SOURCE = MODULES["persistent"][0]  # the library's kernel (kernels/cuda_sources.py)
-
-
-def blocks(rows: int, H: int) -> int:
-    """The kernel's grid for steps of at most ``rows`` rows."""
-    return -(-rows // PERSISTENT_ROWS) * (H // PERSISTENT_UNITS)
 
 
 def check_sizes(step_rows: tuple[int, ...], H: int) -> None:
@@ -73,18 +69,12 @@ def check_sizes(step_rows: tuple[int, ...], H: int) -> None:
         raise ValueError(f"step rows {step_rows}: expected a packing (non-increasing)")
 
 
-def step_starts(step_rows: tuple[int, ...]) -> np.ndarray:
-    """(T + 1,) int64: each step's first packed row, then the rows in all (the kernel's
-    ``starts``, PackedRows.starts)."""
-    return np.concatenate([[0], np.cumsum(step_rows)]).astype(np.int64)
-
-
 def forward_a_launch_a_step(module, a, words, h0, Wh, step_rows: tuple[int, ...], starts,
                             xp):
     """The kernel launched once for each step (``module``: a RawModule of SOURCE, not
     cooperative: no grid barrier is reached) -> hs, cs, gates (P, H), (P, H), (P, 4H);
     a (P or V, 4H), words (P,) int64 or None, h0 (N, H), Wh (H, 4H) float32 and starts
-    (``step_starts``) device arrays."""
+    (PackedRows.starts) device arrays."""
     H = Wh.shape[0]
     check_sizes(step_rows, H)
     if any(x.dtype != np.float32 for x in (a, h0, Wh)):
@@ -98,41 +88,25 @@ def forward_a_launch_a_step(module, a, words, h0, Wh, step_rows: tuple[int, ...]
     unused = xp.zeros(1, np.uint32)  # (the grid barrier's count)
     null = np.uint64(0)
     for t in range(len(step_rows)):
-        kernel((blocks(step_rows[0], H),), (PERSISTENT_THREADS,),
+        kernel((persistent_grid(step_rows[0], H),), (PERSISTENT_THREADS,),
                (a, null if words is None else words, h0, Wh, starts, hs, cs, gates, unused,
                 np.int32(t), np.int32(t + 1), np.int32(H)),
                shared_mem=persistent_shared_bytes(H))
     return hs, cs, gates
 
 
-def _median_ms(cp, fn, repeats: int) -> tuple[float, str]:
-    """Median milliseconds of ``fn`` (run once first, so that everything compiles outside
-    a capture) replayed from a CUDA graph, or, where it cannot be captured, issued by
-    the host; and which of the two."""
-    fn()
-    stream = cp.cuda.Stream(non_blocking=True)
+def _median_ms(backend, fn, repeats: int) -> tuple[float, str]:
+    """Median milliseconds of ``fn`` replayed from a CUDA graph as the training step is
+    (``backend.record``: once op by op, then recorded), or, where it cannot be
+    recorded, issued by the host; and which of the two."""
+    run, how = backend.record(fn), "replayed from a graph"
     try:
-        with stream:
-            stream.begin_capture()
-            try:
-                fn()
-            finally:
-                graph = stream.end_capture()
-        run, how = (lambda: graph.launch(stream)), "replayed from a graph"
-    except Exception as exc:  # a capture refused is a finding too: say it, time plainly
-        print(f"  (not captured: {type(exc).__name__}: {exc})")
-        run, how = fn, "issued by the host"
-    with stream:
         run()
-    stream.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with stream:
-            run()
-        stream.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times)), how
+        run()
+    except RecordingFailed as exc:  # a capture refused is a finding too: say it
+        print(f"  (not recorded: {exc})")
+        run, how = fn, "issued by the host"
+    return 1e3 * median_time(synced(backend, run), repeats=repeats), how
 
 
 def main(argv: list[str] | None = None, backend=None) -> None:
@@ -165,7 +139,8 @@ def main(argv: list[str] | None = None, backend=None) -> None:
     words = cp.asarray(rng.integers(0, V, P).astype(np.int64))
     h0 = cp.asarray(rng.standard_normal((sizes.N, H)).astype(np.float32) / 2)
     Wh = cp.asarray((rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32))
-    print(f"N={sizes.N} H={H} step rows {step_rows} (P={P}): {blocks(step_rows[0], H)} "
+    print(f"N={sizes.N} H={H} step rows {step_rows} (P={P}): "
+          f"{persistent_grid(step_rows[0], H)} "
           f"blocks of {PERSISTENT_THREADS}, {persistent_shared_bytes(H) // 1024} KiB of "
           f"shared memory a block, {cp.cuda.Device().attributes['MultiProcessorCount']} SMs")
     if not persistent_blocks(step_rows[0], H, persistent_shared_bytes(H)):
@@ -189,19 +164,18 @@ def main(argv: list[str] | None = None, backend=None) -> None:
           "largest value: " + ", ".join(f"{name} {error:.1e}" for name, error in zip(
               ("h", "c", "gates", "da", "dh0", "dWh"), errors)))
     plain = cp.RawModule(code=SOURCE, options=OPTIONS)
-    starts = cp.asarray(step_starts(step_rows))
     rows = {"forward, a product and a gate kernel a step (persistent_steps off)":
             forward_on(per_step),
             "forward, one cooperative launch (the backend now)": forward_on(persistent),
             "forward, the same kernel launched once a step": lambda: forward_a_launch_a_step(
-                plain, table, words, h0, Wh, step_rows, starts, cp),
+                plain, table, words, h0, Wh, step_rows, layout.starts, cp),
             "backward and dWh, a gate kernel and a product a step (persistent_steps off)":
             backward["per step"],
             "backward and dWh, one cooperative launch (the backend now)":
             backward["persistent"]}
     steps = len(step_rows)
     for name, fn in rows.items():
-        ms, how = _median_ms(cp, fn, args.repeats)
+        ms, how = _median_ms(persistent, fn, args.repeats)
         print(f"{name}: {ms:.3f} ms for {steps} steps ({how}), "
               f"{1e3 * ms / steps:.1f} us a step")
 

@@ -633,6 +633,12 @@ PERSISTENT_BACKWARD_K = 64  # columns of da (4H of them) staged at a time
 PERSISTENT_BACKWARD_STRIDE = PERSISTENT_ROWS + 4  # a multiple of 4: 4 rows a 16-byte load
 
 
+def persistent_grid(rows: int, H: int) -> int:
+    """A persistent kernel's blocks for steps of at most ``rows`` rows at hidden size H
+    (a multiple of PERSISTENT_UNITS): PERSISTENT_ROWS rows x PERSISTENT_UNITS units each."""
+    return -(-rows // PERSISTENT_ROWS) * (H // PERSISTENT_UNITS)
+
+
 def persistent_shared_bytes(H: int) -> int:
     """lstm_persistent_forward's dynamic shared memory at hidden size H (Wh's slice and
     two staged chunks of h)."""

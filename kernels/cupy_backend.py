@@ -51,13 +51,12 @@ from kernels.cuda_sources import (
     CTYPES,
     MODULES,
     OPTIONS,
-    PERSISTENT_ROWS,
     PERSISTENT_THREADS,
-    PERSISTENT_UNITS,
     SORT_MOST_WORDS,
     SORT_THREADS,
     name_expressions,
     persistent_backward_shared_bytes,
+    persistent_grid,
     persistent_shared_bytes,
 )
 
@@ -156,7 +155,7 @@ def persistent_blocks(rows: int, H: int, shared_bytes: int) -> int:
     cooperative launch runs every block at once; one a multiprocessor always fits)."""
     if H % 32 or H == 0 or shared_bytes > _MOST_SHARED_BYTES:
         return 0
-    blocks = -(-rows // PERSISTENT_ROWS) * (H // PERSISTENT_UNITS)
+    blocks = persistent_grid(rows, H)
     return blocks if 0 < blocks <= _multiprocessors() else 0
 
 

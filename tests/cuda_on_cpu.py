@@ -341,10 +341,9 @@ template <typename T> inline T atomicAdd(T* address, T value) {
 _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
             "unsigned short": np.uint16, "unsigned int": np.uint32, "unsigned": np.uint32,
             "long long": np.int64, "unsigned long long": np.uint64, "bool": np.bool_}
-_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*"
-                     r"\(([^)]*)\)", re.S)
-_EXTERN_C = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?'
-                       r"(\w+)")
+_KERNEL_NAME = r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)"
+_KERNEL = re.compile(_KERNEL_NAME + r"\s*\(([^)]*)\)", re.S)
+_EXTERN_C = re.compile(r'extern\s+"C"\s+' + _KERNEL_NAME)
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
 DEFAULT_SHARED_BYTES = 48 * 1024  # dynamic shared memory a launch may take unasked
 MOST_SHARED_BYTES = 227 * 1024  # a block's most on sm_90 (232,448 bytes)

@@ -11,9 +11,11 @@ import re
 import numpy as np
 import pytest
 
+from backend import get_backend
 from benchmarks import persistent_probe as probe
+from captioning.packing import Packing
 from cuda_on_cpu import COMPILER, EmulatedModule
-from kernels.cuda_sources import PERSISTENT_THREADS, persistent_shared_bytes
+from kernels.cuda_sources import PERSISTENT_THREADS, persistent_grid, persistent_shared_bytes
 
 
 def _reference(a, words, h0, Wh, step_rows):
@@ -51,13 +53,13 @@ def test_the_kernel_makes_the_packed_lstm_forward_a_step_or_all_steps_a_launch(l
     a = rng.standard_normal((V if lookup else P, 4 * H)).astype(np.float32)
     h0 = rng.standard_normal((44, H)).astype(np.float32) / 2
     Wh = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
-    starts = probe.step_starts(step_rows)
+    starts = Packing.of(step_rows, get_backend("numpy")).layout.starts
     if cooperative:
         kernel = EmulatedModule(probe.SOURCE, enable_cooperative_groups=True).get_function(
             "lstm_persistent_forward")
         got = [np.empty((P, H), np.float32), np.empty((P, H), np.float32),
                np.empty((P, 4 * H), np.float32)]
-        kernel((probe.blocks(40, H),), (PERSISTENT_THREADS,),
+        kernel((persistent_grid(40, H),), (PERSISTENT_THREADS,),
                (a, np.uint64(0) if words is None else words, h0, Wh, starts, got[0], got[1],
                 got[2], np.zeros(1, np.uint32), np.int32(0), np.int32(len(step_rows)),
                 np.int32(H)), shared_mem=persistent_shared_bytes(H))
@@ -73,7 +75,7 @@ def test_the_probe_refuses_sizes_its_kernel_does_not_take():
         probe.check_sizes((4, 2), 48)
     with pytest.raises(ValueError, match="non-increasing"):
         probe.check_sizes((4, 5), 64)
-    assert probe.blocks(128, 512) == 128
+    assert persistent_grid(128, 512) == 128
 
 
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
