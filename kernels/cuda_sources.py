@@ -621,7 +621,9 @@ ADAM_KERNELS = ("adam_many",)
 # (PERSISTENT_UNITS hidden units' four gates; backward, those units' rows) in dynamic
 # shared memory for the whole launch, makes PERSISTENT_ROWS rows of those units (forward,
 # each thread 2 rows x 2 units x 4 gates), keeps their cells (their gradient) in
-# registers, and waits for every other block between steps: a cooperative launch.
+# registers, and waits for every other block between steps: a cooperative launch (the
+# launch's flag; the module is built as any other, as its own grid_sync needs none of
+# cooperative groups' device runtime).
 PERSISTENT_ROWS = 32
 PERSISTENT_UNITS = 16
 PERSISTENT_THREADS = 128  # (PERSISTENT_ROWS / 2) x (PERSISTENT_UNITS / 2)
@@ -667,13 +669,20 @@ PERSISTENT_SOURCE = f"""
 // Every block of a cooperative launch waits here until all have arrived; arrived counts
 // arrivals over the launch and starts at 0. A block's stores before it are seen by every
 // block after it (fences either side of the count, as cooperative groups' grid sync).
+// A wait of over GRID_SYNC_PATIENCE clock cycles (~5 s; a step's takes microseconds)
+// can only be a block that never arrives: the kernel traps, and the launch fails with
+// an error where it would hang the process.
+#define GRID_SYNC_PATIENCE 10000000000ll
 __device__ void grid_sync(unsigned int* arrived) {
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
         const unsigned int ticket = atomicAdd(arrived, 1u);
         const unsigned int goal = (ticket / gridDim.x + 1) * gridDim.x;
-        while ((int)(goal - *(volatile unsigned int*)arrived) > 0) {}
+        const long long give_up = clock64() + GRID_SYNC_PATIENCE;
+        while ((int)(goal - *(volatile unsigned int*)arrived) > 0) {
+            if (clock64() > give_up) __trap();
+        }
         __threadfence();
     }
     __syncthreads();
@@ -949,9 +958,6 @@ MODULES = {"gates": (BF16_SOURCE + SIGMOID_SOURCE + GATES_SOURCE, GATE_KERNELS),
            "scatter": (BF16_SOURCE + SCATTER_SOURCE, SCATTER_KERNELS),
            "decode": (DECODE_SOURCE, DECODE_KERNELS), "adam": (ADAM_SOURCE, ADAM_KERNELS),
            "persistent": (SIGMOID_SOURCE + PERSISTENT_SOURCE, PERSISTENT_KERNELS)}
-# Modules whose kernels are launched cooperatively (every block running at once), as
-# CuPy's enable_cooperative_groups makes them.
-COOPERATIVE_MODULES = frozenset({"persistent"})
 OPTIONS = ("-std=c++14",)
 
 

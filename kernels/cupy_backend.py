@@ -47,7 +47,6 @@ from kernels.cublas import BF16, gemm, gemm_parts, give_own_handle
 from kernels.cuda_graph import GraphRecording
 from kernels.cuda_sources import (
     ADAM_TENSORS,
-    COOPERATIVE_MODULES,
     CTYPES,
     MODULES,
     OPTIONS,
@@ -62,8 +61,7 @@ from kernels.cuda_sources import (
 
 # One compiled module per source of kernels/cuda_sources.py (compiled on first use).
 _MODULES = {name: cp.RawModule(code=source, options=OPTIONS,
-                               name_expressions=name_expressions(kernels),
-                               enable_cooperative_groups=name in COOPERATIVE_MODULES)
+                               name_expressions=name_expressions(kernels))
             for name, (source, kernels) in MODULES.items()}
 _FUNCTIONS: dict = {}  # (kernel, dtype name) -> compiled function, looked up once
 
@@ -163,9 +161,8 @@ _PERSISTENT: dict[str, Any] = {}  # kernel name -> compiled, or None where that 
 
 
 def _persistent_kernel(name: str):
-    """A persistent kernel (``lstm_persistent_forward`` / ``_backward``), compiled
-    (cooperatively) on first use; None, with one RuntimeWarning, where that fails (CuPy
-    links CUDA's device runtime for cooperative kernels), so that the steps go a
+    """A persistent kernel (``lstm_persistent_forward`` / ``_backward``), compiled on
+    first use; None, with one RuntimeWarning, where that fails, so that the steps go a
     product and a gate kernel at a time."""
     if name not in _PERSISTENT:
         try:
@@ -182,11 +179,15 @@ def _launch_persistent(kernel, blocks: int, shared: int, arrays: tuple, sizes: t
                        ) -> None:
     """One cooperative launch of a persistent kernel, with ``shared`` bytes of dynamic
     shared memory (allowed first, once): its arrays, a fresh zero count for its grid
-    barrier, then its sizes."""
+    barrier, then its sizes. The flag goes with the launch (the compiled function's
+    call), not the module: CuPy links a module made with ``enable_cooperative_groups``
+    with CUDA's device runtime, which it cannot find without the CUDA toolkit, and which
+    these kernels do not use."""
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
     arrived = cp.zeros(1, cp.uint32)
-    kernel((blocks,), (PERSISTENT_THREADS,), (*arrays, arrived, *sizes), shared_mem=shared)
+    kernel.kernel((blocks,), (PERSISTENT_THREADS,), (*arrays, arrived, *sizes),
+                  shared_mem=shared, enable_cooperative_groups=True)
 
 
 def _addend(extra) -> tuple:

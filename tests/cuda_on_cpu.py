@@ -7,7 +7,8 @@ kernels/cuda_sources.py) is compiled by the host's C++ compiler behind a prelude
 gives CUDA's built-ins a meaning on one host thread. Each thread of a block is a fiber
 (entered through ``ucontext``, switched by ``_setjmp``/``_longjmp``), run in a shuffled
 order between barriers, and the blocks of a grid run one after another (all at once in a
-cooperative launch: a module made with ``enable_cooperative_groups=True``), so
+cooperative launch: ``kernel.kernel(..., enable_cooperative_groups=True)``, as CuPy's
+compiled function takes it), so
 
 - ``__shared__`` is a function-local ``static`` (one block holds it at a time), and an
   ``extern __shared__`` array the running block's dynamic shared memory (all-ones bytes
@@ -44,6 +45,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -286,8 +288,8 @@ inline void __syncthreads() {
 inline void grid_sync(unsigned int*) {
     if (!emu::block->cooperative) {
         emu::misuse = "grid_sync in a launch that is not cooperative: on a GPU its blocks "
-                      "need not all run at once, and it may hang; launch it from a module "
-                      "made with enable_cooperative_groups=True";
+                      "need not all run at once, and it may hang; launch it with "
+                      "enable_cooperative_groups=True";
         static emu::Barrier never{~0u};  // waits for ever: the launch stops with the above
         emu::wait_at(never);
     }
@@ -387,14 +389,17 @@ def _concrete(ctype: str, template: str | None) -> str:
 
 class EmulatedKernel:
     """One instance of a kernel, called as CuPy calls a RawKernel:
-    ``kernel(grid, block, args, shared_mem=0)``; cooperative (every block at once) where
-    its module was made so. ``max_dynamic_shared_size_bytes`` as CuPy's: a launch with
-    over 48 KiB of dynamic shared memory needs it set at least that high first."""
+    ``kernel(grid, block, args, shared_mem=0)``, or through its compiled function, which
+    also launches cooperatively (every block at once): ``kernel.kernel(grid, block, args,
+    shared_mem=0, enable_cooperative_groups=True)``. ``max_dynamic_shared_size_bytes``
+    as CuPy's: a launch with over 48 KiB of dynamic shared memory needs it set at least
+    that high first. A cooperative launch of a kernel whose module has a static
+    ``__shared__`` array is refused: the emulator would give every block that one array."""
 
     def __init__(self, library: ctypes.CDLL, symbol: str, expression: str,
                  params: list[tuple[str, str]], template: str | None,
-                 cooperative: bool = False) -> None:
-        self.expression, self.cooperative = expression, cooperative
+                 static_shared: bool = False) -> None:
+        self.expression, self.static_shared = expression, static_shared
         self.params = [(_concrete(ctype, template), name) for ctype, name in params]
         self.function = getattr(library, symbol)
         self.function.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
@@ -403,6 +408,18 @@ class EmulatedKernel:
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_BYTES
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
+        self._launch(grid, block, args, shared_mem, cooperative=False)
+
+    @property
+    def kernel(self) -> Callable[..., None]:
+        """The compiled function, as CuPy's ``RawKernel.kernel``: called as
+        ``(grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False)``."""
+        def function(grid, block, args, shared_mem: int = 0, stream=None,
+                     enable_cooperative_groups: bool = False) -> None:
+            self._launch(grid, block, args, shared_mem, enable_cooperative_groups)
+        return function
+
+    def _launch(self, grid, block, args, shared_mem: int, cooperative: bool) -> None:
         grid, block = tuple(grid), tuple(block)
         if any(d != 1 for d in grid[1:] + block[1:]):
             raise EmulationError(f"{self.expression}: only one-dimensional launches are "
@@ -416,7 +433,12 @@ class EmulatedKernel:
                 f"{self.max_dynamic_shared_size_bytes} allowed (set the kernel's "
                 f"max_dynamic_shared_size_bytes first; a block has {MOST_SHARED_BYTES} at "
                 "most on sm_90)")
-        if self.cooperative and grid[0] * block[0] > MOST_COOPERATIVE_THREADS:
+        if cooperative and self.static_shared:
+            raise EmulationError(f"{self.expression}: a cooperative launch from a module "
+                                 "with a static __shared__ array: the emulator runs every "
+                                 "block at once and would give them one array; use extern "
+                                 "__shared__ (dynamic) memory")
+        if cooperative and grid[0] * block[0] > MOST_COOPERATIVE_THREADS:
             raise EmulationError(f"{self.expression}: a cooperative launch of {grid[0]} x "
                                  f"{block[0]} threads; the emulator runs at most "
                                  f"{MOST_COOPERATIVE_THREADS} at once")
@@ -427,7 +449,7 @@ class EmulatedKernel:
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         error = ctypes.create_string_buffer(512)
         launches[self.expression] += 1
-        if self.function(grid[0], block[0], shared_mem, self.cooperative, pointers, error,
+        if self.function(grid[0], block[0], shared_mem, cooperative, pointers, error,
                          len(error)):
             raise EmulationError(f"{self.expression}: {error.value.decode()}")
 
@@ -470,18 +492,11 @@ class EmulatedKernel:
 
 
 class EmulatedModule:
-    """Like ``cupy.RawModule(code=..., options=..., name_expressions=...,
-    enable_cooperative_groups=...)``, compiled for the CPU on the first ``get_function``.
-    A cooperative module's launches run every block at once, and so may use no static
-    ``__shared__`` array (one would be every block's): dynamic shared memory only."""
+    """Like ``cupy.RawModule(code=..., options=..., name_expressions=...)``, compiled for
+    the CPU on the first ``get_function``."""
 
-    def __init__(self, code: str, options: tuple = (), name_expressions=(),
-                 enable_cooperative_groups: bool = False) -> None:
-        if enable_cooperative_groups and re.search(r"(?<!extern )__shared__", code):
-            raise EmulationError("a cooperative module with a static __shared__ array: the "
-                                 "emulator runs its blocks at once and would give them one "
-                                 "array; use extern __shared__ (dynamic) memory")
-        self.cooperative = enable_cooperative_groups
+    def __init__(self, code: str, options: tuple = (), name_expressions=()) -> None:
+        self.static_shared = bool(re.search(r"(?<!extern )__shared__", code))
         self.code = code
         # CuPy finds an extern "C" kernel by its name, without a name expression.
         self.expressions = list(name_expressions) + [
@@ -500,7 +515,7 @@ class EmulatedModule:
                            f"{self.expressions}; CuPy compiles only those")
         index = compiled.index(" ".join(expression.split()))
         return EmulatedKernel(self._build(), _symbol(index), expression, self.kernels[name],
-                              template, self.cooperative)
+                              template, self.static_shared)
 
     def _build(self) -> ctypes.CDLL:
         if self._library is None:

@@ -233,23 +233,31 @@ extern "C" __global__ void rotate(const int* x, int* out, unsigned int* arrived,
 
 
 def test_the_emulator_runs_a_cooperative_grid_with_each_blocks_shared_memory():
-    """A cooperative launch runs every block at once, each with dynamic shared memory of
-    its own, and grid_sync makes them all wait; elsewhere grid_sync fails the launch (a
-    GPU could hang), as does more dynamic shared memory than the kernel allows, or a
-    static __shared__ array in a cooperative module."""
+    """A cooperative launch (the compiled function's flag, as CuPy's) runs every block at
+    once, each with dynamic shared memory of its own, and grid_sync makes them all wait;
+    elsewhere grid_sync fails the launch (a GPU could hang), as does more dynamic shared
+    memory than the kernel allows, or a cooperative launch from a module with a static
+    __shared__ array."""
     x = np.arange(10, 70, 10, dtype=np.int32)
     arrived = np.zeros(1, np.uint32)
-    rotate = EmulatedModule(_GRID, enable_cooperative_groups=True).get_function("rotate")
+    rotate = EmulatedModule(_GRID).get_function("rotate")
     for rounds in (0, 1, 4):
         out = np.zeros_like(x)
-        rotate((len(x),), (64,), (x, out, arrived, np.int32(rounds)), shared_mem=4)
+        rotate.kernel((len(x),), (64,), (x, out, arrived, np.int32(rounds)), shared_mem=4,
+                      enable_cooperative_groups=True)
         assert out.tolist() == np.roll(x, -rounds).tolist()
-    plain = EmulatedModule(_GRID).get_function("rotate")
     with pytest.raises(EmulationError, match="grid_sync in a launch that is not cooperative"):
-        plain((len(x),), (64,), (x, np.zeros_like(x), arrived, np.int32(1)), shared_mem=4)
+        rotate((len(x),), (64,), (x, np.zeros_like(x), arrived, np.int32(1)), shared_mem=4)
+    with pytest.raises(EmulationError, match="grid_sync in a launch that is not cooperative"):
+        rotate.kernel((len(x),), (64,), (x, np.zeros_like(x), arrived, np.int32(1)),
+                      shared_mem=4)
     with pytest.raises(EmulationError, match="set the kernel's max_dynamic_shared_size_bytes"):
         rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
     rotate.max_dynamic_shared_size_bytes = 64 << 10
     rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
+    fill = EmulatedModule(_TOY, name_expressions=_TOY_KERNELS).get_function("fill<float>")
+    out = np.zeros(4, np.float32)
+    fill((1,), (32,), (out, np.int64(4), np.int32(5)))  # (a plain launch takes it)
     with pytest.raises(EmulationError, match="static __shared__"):
-        EmulatedModule(_TOY, enable_cooperative_groups=True)
+        fill.kernel((1,), (32,), (out, np.int64(4), np.int32(5)),
+                    enable_cooperative_groups=True)

@@ -55,14 +55,14 @@ def test_the_kernel_makes_the_packed_lstm_forward_a_step_or_all_steps_a_launch(l
     Wh = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
     starts = Packing.of(step_rows, get_backend("numpy")).layout.starts
     if cooperative:
-        kernel = EmulatedModule(probe.SOURCE, enable_cooperative_groups=True).get_function(
-            "lstm_persistent_forward")
+        kernel = EmulatedModule(probe.SOURCE).get_function("lstm_persistent_forward").kernel
         got = [np.empty((P, H), np.float32), np.empty((P, H), np.float32),
                np.empty((P, 4 * H), np.float32)]
         kernel((persistent_grid(40, H),), (PERSISTENT_THREADS,),
                (a, np.uint64(0) if words is None else words, h0, Wh, starts, got[0], got[1],
                 got[2], np.zeros(1, np.uint32), np.int32(0), np.int32(len(step_rows)),
-                np.int32(H)), shared_mem=persistent_shared_bytes(H))
+                np.int32(H)), shared_mem=persistent_shared_bytes(H),
+               enable_cooperative_groups=True)
     else:
         got = probe.forward_a_launch_a_step(EmulatedModule(probe.SOURCE), a, words, h0, Wh,
                                             step_rows, starts, np)
