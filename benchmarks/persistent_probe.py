@@ -10,24 +10,24 @@ FP32 peak allows) and more in the gate kernel and the graph's gap after each; is
 chip across the time steps, with a grid-wide barrier between steps.
 
 The CuPy backend now does that for such batches (``lstm_persistent_forward``,
-kernels/cuda_sources.py; ``CupyBackend.lstm_steps_forward``): each block keeps 16
-hidden units' slice of Wh (64 columns, 128 KiB at H = 512) in shared memory for the
-whole launch and makes 32 rows of them, so N=128, H=512 is 4 x 32 = 128 blocks, one an
-SM; a thread makes 2 rows x 2 units x 4 gates (16 sums; per step of K two 16-byte loads
-of Wh and one 8-byte load of h from shared memory for 16 FMAs), adds the input
-projection, applies the cell and keeps c in registers for the next step; the previous
-step's h comes through L2 in chunks of 32 of K, double buffered. Counted at N=128,
-H=512, per step: 134 M FMAs, 4.1 us at an H100/H200's FP32 peak (~5 us with the
+kernels/cuda_sources.py; ``CupyBackend.lstm_steps_forward``): each block keeps 16 hidden
+units' slice of Wh (64 columns, 128 KiB at H = 512) in shared memory for the whole
+launch and makes 32 rows of them, so N=128, H=512 is 4 x 32 = 128 blocks, one an SM; a
+thread makes 2 rows x 2 units x 4 gates (16 sums; per step of K two 16-byte loads of Wh
+and one 8-byte load of h from shared memory for 16 FMAs), adds the input projection,
+applies the cell and keeps c in registers for the next step; the previous step's h comes
+through L2 in chunks of 32 of K, two chunks on their way while one is used. Counted at
+N=128, H=512, per step: 134 M FMAs, 4.1 us at an H100/H200's FP32 peak (~5 us with the
 shared-memory loads beside them), h's 8 MB of L2 reads (overlapped), the barrier (~1-2
 us): ~7-9 us, against ~15 us of product, a gate kernel and two graph gaps (~21 us).
 
 The backward (``lstm_persistent_backward``) is its twin: a block keeps its 16 units'
-rows of Wh (2,048 columns, 128 KiB at H = 512), reads the later step's whole da rows
-(32 x 2,048) through L2 in chunks of 64, its four warps each take a quarter of K with 4
-rows x 4 units a thread, and the cells' gradient stays in registers; after step 0 one
-more product gives dh0. Counted per step: the same 134 M FMAs (~5 us), 32 MB of L2
-reads (~5.5 us at L2's bandwidth, more if its latency is not hidden), the barrier:
-~7-12 us.
+rows of Wh (2,048 columns, 128 KiB at H = 512), reads the later step's whole da rows (32
+x 2,048) through L2 in chunks of 64 (two on their way while one is used), its four warps
+each take a quarter of K with 4 rows x 4 units a thread, and the cells' gradient stays
+in registers; after step 0 one more product gives dh0. Counted per step: the same 134 M
+FMAs (~5 us), 32 MB of L2 reads (~5.5 us at L2's bandwidth, more if its latency is not
+hidden), the barrier: ~7-12 us.
 
 Printed, median of ``--repeats`` replays each, forward and backward (with dWh's
 product): the backend with ``persistent_steps`` off (a product and a gate kernel a step,

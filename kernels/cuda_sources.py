@@ -662,7 +662,6 @@ PERSISTENT_SOURCE = f"""
 #define PF_STRIDE {PERSISTENT_STRIDE}
 #define PB_K {PERSISTENT_BACKWARD_K}
 #define PB_STRIDE {PERSISTENT_BACKWARD_STRIDE}
-#define PB_STAGED {PERSISTENT_ROWS * PERSISTENT_BACKWARD_K // PERSISTENT_THREADS}
 """ + r"""
 
 #ifdef __CUDACC__
@@ -689,27 +688,68 @@ __device__ void grid_sync(unsigned int* arrived) {
 }
 #endif
 
-// Stage h rows row0 .. row0 + 31 (zeros from row n on), columns k0 .. k0 + 31, of prev
-// (rows of H floats) into registers: thread i takes elements i, i + 128, ... of the
-// 32 x 32 chunk, row by row, so that a warp reads one row's 128 contiguous bytes.
-__device__ __forceinline__ void load_chunk(const float* prev, int row0, int n, int H, int k0,
-                                           float (&staged)[8]) {
+// A chunk of a block's rows of a matrix that other blocks write (h forward, da
+// backward): rows row0 .. row0 + 31 (zeros from row n on) of the rows at src, each
+// width floats, columns k0 .. k0 + KC - 1, into registers. Thread i takes elements i,
+// i + 128, ... row by row, so that a warp reads one row's contiguous floats, from L2
+// (__ldcg: this SM's L1 may hold none of another block's writes).
+template <int KC>
+__device__ __forceinline__ void load_rows(const float* src, int row0, int n, int width, int k0,
+                                          float (&staged)[PF_ROWS * KC / PF_THREADS]) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int e = threadIdx.x + PF_THREADS * j, r = e / PF_K, k = e % PF_K;
-        staged[j] = row0 + r < n ? __ldcg(prev + (long long)(row0 + r) * H + k0 + k) : 0.0f;
+    for (int j = 0; j < PF_ROWS * KC / PF_THREADS; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / KC, k = e % KC;
+        staged[j] = row0 + r < n ? __ldcg(src + (long long)(row0 + r) * width + k0 + k) : 0.0f;
     }
 }
 
-__device__ __forceinline__ void store_chunk(float* h_s, const float (&staged)[8]) {
+// The chunk from registers into shared memory, transposed: [k][row], row pitch PITCH.
+template <int KC, int PITCH>
+__device__ __forceinline__ void store_rows(float* s,
+                                           const float (&staged)[PF_ROWS * KC / PF_THREADS]) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int e = threadIdx.x + PF_THREADS * j, r = e / PF_K, k = e % PF_K;
-        h_s[k * PF_STRIDE + r] = staged[j];
+    for (int j = 0; j < PF_ROWS * KC / PF_THREADS; ++j) {
+        const int e = threadIdx.x + PF_THREADS * j, r = e / KC, k = e % KC;
+        s[k * PITCH + r] = staged[j];
     }
 }
 
-extern "C" __global__ void __launch_bounds__(PF_THREADS)
+// One chunk of over_chunks: chunk c + 2's loads sent (into ``spare``, whose chunk is
+// in shared memory already), chunk c used, chunk c + 1 (``next``) put in shared memory.
+template <int KC, int PITCH, typename Use>
+__device__ __forceinline__ void chunk_step(const float* src, int row0, int n, int width,
+                                           int chunks, float* stage, int c,
+                                           float (&spare)[PF_ROWS * KC / PF_THREADS],
+                                           const float (&next)[PF_ROWS * KC / PF_THREADS],
+                                           Use& use) {
+    if (c + 2 < chunks) load_rows<KC>(src, row0, n, width, (c + 2) * KC, spare);
+    use(c, (const float*)(stage + (c % 2) * KC * PITCH));
+    if (c + 1 < chunks) store_rows<KC, PITCH>(stage + ((c + 1) % 2) * KC * PITCH, next);
+    __syncthreads();
+}
+
+// use(c, chunk) for the chunks c = 0 .. chunks - 1 (columns c KC .. c KC + KC - 1) of
+// the block's rows at src, each in shared memory as [k][row] (stage: two chunks' room,
+// 2 KC PITCH floats) when used. Two chunks are on their way from L2 while one is used
+// (their registers alternate, so the loop goes two chunks a turn): L2's latency under
+// the load of every SM (~0.3-0.5 us) is longer than one chunk's arithmetic. The whole
+// block calls it (its barriers).
+template <int KC, int PITCH, typename Use>
+__device__ __forceinline__ void over_chunks(const float* src, int row0, int n, int width,
+                                            int chunks, float* stage, Use use) {
+    float even[PF_ROWS * KC / PF_THREADS], odd[PF_ROWS * KC / PF_THREADS];
+    load_rows<KC>(src, row0, n, width, 0, even);
+    if (chunks > 1) load_rows<KC>(src, row0, n, width, KC, odd);
+    store_rows<KC, PITCH>(stage, even);
+    __syncthreads();
+    for (int c = 0; c < chunks; c += 2) {
+        chunk_step<KC, PITCH>(src, row0, n, width, chunks, stage, c, even, odd, use);
+        if (c + 1 < chunks)
+            chunk_step<KC, PITCH>(src, row0, n, width, chunks, stage, c + 1, odd, even, use);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS, 1)
 lstm_persistent_forward(const float* a, const long long* words, const float* h0,
                         const float* Wh, const long long* starts, float* hs, float* cs,
                         float* gates, unsigned int* arrived, int first_step, int last_step,
@@ -753,14 +793,8 @@ lstm_persistent_forward(const float* a, const long long* words, const float* h0,
         __syncthreads();  // (w_s written; the last step's chunks all read)
         if (row0 < n) {  // (the whole block alike: its barriers are all or none)
             float sum[2][2][4] = {};
-            float staged[8];
-            load_chunk(prev, row0, n, H, 0, staged);
-            store_chunk(h_s, staged);
-            __syncthreads();
-            const int chunks = H / PF_K;
-            for (int c = 0; c < chunks; ++c) {
-                if (c + 1 < chunks) load_chunk(prev, row0, n, H, (c + 1) * PF_K, staged);
-                const float* h_c = h_s + (c % 2) * PF_K * PF_STRIDE;
+            over_chunks<PF_K, PF_STRIDE>(prev, row0, n, H, H / PF_K, h_s,
+                                         [&](int c, const float* h_c) {
                 const float* w_c = w_s + c * PF_K * 4 * PF_UNITS;
 #pragma unroll 8
                 for (int k = 0; k < PF_K; ++k) {
@@ -776,9 +810,7 @@ lstm_persistent_forward(const float* a, const long long* words, const float* h0,
                     sum[1][1][0] += h.y * w1.x; sum[1][1][1] += h.y * w1.y;
                     sum[1][1][2] += h.y * w1.z; sum[1][1][3] += h.y * w1.w;
                 }
-                if (c + 1 < chunks) store_chunk(h_s + ((c + 1) % 2) * PF_K * PF_STRIDE, staged);
-                __syncthreads();
-            }
+            });
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int row = row0 + 2 * rows2 + i;
@@ -808,26 +840,6 @@ lstm_persistent_forward(const float* a, const long long* words, const float* h0,
     }
 }
 
-// The backward's staged chunk of da: rows row0 .. row0 + 31 (zeros from row n on) of the
-// rows at src (rows of width floats), columns k0 .. k0 + PB_K - 1, a warp reading one
-// row's contiguous floats.
-__device__ __forceinline__ void load_da_chunk(const float* src, int row0, int n, int width,
-                                              int k0, float (&staged)[PB_STAGED]) {
-#pragma unroll
-    for (int j = 0; j < PB_STAGED; ++j) {
-        const int e = threadIdx.x + PF_THREADS * j, r = e / PB_K, k = e % PB_K;
-        staged[j] = row0 + r < n ? __ldcg(src + (long long)(row0 + r) * width + k0 + k) : 0.0f;
-    }
-}
-
-__device__ __forceinline__ void store_da_chunk(float* d_s, const float (&staged)[PB_STAGED]) {
-#pragma unroll
-    for (int j = 0; j < PB_STAGED; ++j) {
-        const int e = threadIdx.x + PF_THREADS * j, r = e / PB_K, k = e % PB_K;
-        d_s[k * PB_STRIDE + r] = staged[j];
-    }
-}
-
 // carry[i][j] = (da's rows row0 + 2 rows2 + i) . (Wh's row of unit unit0 + pair + 8 j),
 // the gradient the later step carries back to this block's rows and units, from the n
 // rows of da at src (4H wide; rows from n on count as zero). The block's threads split
@@ -837,15 +849,9 @@ __device__ void carried(const float* src, int row0, int n, int H, const float* w
                         float* d_s, float* r_s, float (&carry)[2][2]) {
     const int quarter = threadIdx.x / 32, tile = threadIdx.x % 32;
     const int rows4 = tile / 4, units4 = tile % 4;
-    const int K = 4 * H, chunks = K / PB_K;
+    const int K = 4 * H;
     float sum[4][4] = {};
-    float staged[PB_STAGED];
-    load_da_chunk(src, row0, n, K, 0, staged);
-    store_da_chunk(d_s, staged);
-    __syncthreads();
-    for (int c = 0; c < chunks; ++c) {
-        if (c + 1 < chunks) load_da_chunk(src, row0, n, K, (c + 1) * PB_K, staged);
-        const float* d_c = d_s + (c % 2) * PB_K * PB_STRIDE;
+    over_chunks<PB_K, PB_STRIDE>(src, row0, n, K, K / PB_K, d_s, [&](int c, const float* d_c) {
         const float* w_c = w_s + c * PB_K * PF_UNITS;
 #pragma unroll 4
         for (int kk = 0; kk < PB_K / 4; ++kk) {
@@ -859,9 +865,7 @@ __device__ void carried(const float* src, int row0, int n, int H, const float* w
             sum[3][0] += d.w * w.x; sum[3][1] += d.w * w.y; sum[3][2] += d.w * w.z;
             sum[3][3] += d.w * w.w;
         }
-        if (c + 1 < chunks) store_da_chunk(d_s + ((c + 1) % 2) * PB_K * PB_STRIDE, staged);
-        __syncthreads();
-    }
+    });
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -880,7 +884,7 @@ __device__ void carried(const float* src, int row0, int n, int H, const float* w
     __syncthreads();  // (r_s and d_s free for the next call)
 }
 
-extern "C" __global__ void __launch_bounds__(PF_THREADS)
+extern "C" __global__ void __launch_bounds__(PF_THREADS, 1)
 lstm_persistent_backward(const float* dh, const float* gates, const float* cs,
                          const float* Wh, const long long* starts, float* da, float* dh0,
                          unsigned int* arrived, int steps, int H) {
