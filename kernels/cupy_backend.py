@@ -160,7 +160,7 @@ def persistent_blocks(rows: int, H: int, shared_bytes: int) -> int:
 _PERSISTENT: dict[str, Any] = {}  # kernel name -> compiled, or None where that failed
 
 
-def _persistent_kernel(name: str):
+def persistent_kernel(name: str):
     """A persistent kernel (``lstm_persistent_forward`` / ``_backward``), compiled on
     first use; None, with one RuntimeWarning, where that fails, so that the steps go a
     product and a gate kernel at a time."""
@@ -620,7 +620,7 @@ class CupyBackend(Backend):
         if (self.persistent_steps and blocks and self.precision == "fp32"
                 and tanh_c is None and layout is not None
                 and all(x.dtype == np.float32 for x in arrays) and _contiguous(*arrays)):
-            kernel = _persistent_kernel(name)
+            kernel = persistent_kernel(name)
             if kernel is not None:
                 return kernel, blocks
         return None, 0

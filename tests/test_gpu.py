@@ -83,6 +83,40 @@ def test_recorded_training_matches_op_by_op_training(dtype, rtol, hidden):
 
 @pytest.mark.gpu
 @gpu
+def test_the_persistent_kernels_build_and_a_barrier_that_never_fills_fails_the_launch():
+    """Both persistent LSTM kernels build here (else small float32 batches quietly take a
+    product and a gate kernel a step); and a grid barrier that can never fill (its count
+    starts at 1, so the last block to arrive waits for one more) ends the launch with an
+    error within seconds instead of hanging. In a process of its own: the error spoils
+    its CUDA context."""
+    from kernels.cupy_backend import persistent_kernel
+
+    for name in ("lstm_persistent_forward", "lstm_persistent_backward"):
+        assert persistent_kernel(name) is not None, f"{name} did not build (see the warning)"
+    code = """
+import cupy as cp, numpy as np
+from kernels.cupy_backend import persistent_kernel
+from kernels.cuda_sources import PERSISTENT_THREADS, persistent_grid, persistent_shared_bytes
+H, N = 32, 32
+f = lambda *shape: cp.zeros(shape, cp.float32)
+starts = cp.asarray([0, N, 2 * N], cp.int64)  # two steps of N rows: one barrier between
+args = (f(2 * N, 4 * H), np.uint64(0), f(N, H), f(H, 4 * H), starts, f(2 * N, H),
+        f(2 * N, H), f(2 * N, 4 * H), cp.ones(1, cp.uint32), np.int32(0), np.int32(2),
+        np.int32(H))
+persistent_kernel("lstm_persistent_forward").kernel(
+    (persistent_grid(N, H),), (PERSISTENT_THREADS,), args,
+    shared_mem=persistent_shared_bytes(H), enable_cooperative_groups=True)
+cp.cuda.runtime.deviceSynchronize()
+print("the launch ended without an error")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "ended without an error" not in out.stdout, out.stdout
+    assert "CUDA" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@gpu
 def test_a_recording_that_synchronises_fails_and_nothing_of_it_runs():
     import cupy as cp
 
