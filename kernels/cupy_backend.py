@@ -270,6 +270,8 @@ _SCATTER_ROWS_PER_THREAD = 32
 
 
 _SIDE_STREAMS: dict[int, cp.cuda.Stream] = {}  # device id -> the stream ``beside`` uses
+# device id -> the event after the latest work put beside, until that work is joined
+_SIDE_DONE: dict[int, cp.cuda.Event] = {}
 
 
 def _side_stream() -> cp.cuda.Stream:
@@ -280,6 +282,17 @@ def _side_stream() -> cp.cuda.Stream:
         give_own_handle(stream)
         _SIDE_STREAMS[device] = stream
     return _SIDE_STREAMS[device]
+
+
+def _wait_for_work_beside() -> None:
+    """Make the current stream wait for the work put ``beside`` and not yet joined (all
+    of it: the second stream runs it in order). For a kernel that needs every
+    multiprocessor to itself: a product beside it would either share its SMs and slow
+    every one of its steps (each waits at a grid barrier for the slowest block) or be
+    left a few SMs and finish long after it."""
+    done = _SIDE_DONE.pop(cp.cuda.runtime.getDevice(), None)
+    if done is not None:
+        cp.cuda.get_current_stream().wait_event(done)
 
 
 class CupyBackend(Backend):
@@ -423,9 +436,13 @@ class CupyBackend(Backend):
             result = work()
         done = cp.cuda.Event(disable_timing=True)
         done.record(side)
+        device = cp.cuda.runtime.getDevice()
+        _SIDE_DONE[device] = done
 
         def join(_inputs=work):
             cp.cuda.get_current_stream().wait_event(done)
+            if _SIDE_DONE.get(device) is done:
+                del _SIDE_DONE[device]
             return result
 
         return join
@@ -650,7 +667,9 @@ class CupyBackend(Backend):
                             dh0) -> None:
         """The same batches' backward steps in one cooperative launch of
         ``lstm_persistent_backward``: each block keeps its units' rows of Wh on chip
-        and carries their cells' gradient in registers; else the base class's."""
+        and carries their cells' gradient in registers; else the base class's. Work
+        put ``beside`` before it (the vocabulary layer's weight gradients) finishes
+        first: the launch takes all but a few multiprocessors."""
         H = c0.shape[1]
         shared = persistent_backward_shared_bytes(H)
         kernel, blocks = self._persistent(
@@ -659,6 +678,7 @@ class CupyBackend(Backend):
         if kernel is None:
             return super().lstm_steps_backward(dh, gates, cs, c0, Wh, steps, layout,
                                                tanh_c, da, dh0)
+        _wait_for_work_beside()  # (the vocabulary layer's weight gradients, in a step)
         _launch_persistent(kernel, blocks, shared, (dh, gates, cs, Wh, layout.starts, da, dh0),
                            (np.int32(len(layout.starts) - 1), np.int32(H)))
 

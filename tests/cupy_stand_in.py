@@ -104,10 +104,12 @@ class _Stream:
         _Stream.current = self._outer.pop()
 
     def wait_event(self, event) -> None:
-        pass
+        waits.append((self, event))
 
     def record(self, event=None):
-        return event or _Event()
+        event = event or _Event()
+        event.record(self)
+        return event
 
     def synchronize(self) -> None:
         pass
@@ -117,14 +119,17 @@ class _Stream:
 
 
 _Stream.current = _Stream()
+# (stream, event) of every wait_event, in order: the only trace of the streams' order
+# here, where every call has finished when it returns
+waits: list[tuple[_Stream, _Event]] = []
 
 
 class _Event:
     def __init__(self, *args, **kwargs) -> None:
-        pass
+        self.stream: _Stream | None = None  # where it was last recorded
 
     def record(self, stream=None) -> None:
-        pass
+        self.stream = stream or _Stream.current
 
     def synchronize(self) -> None:
         pass

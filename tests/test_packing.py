@@ -364,6 +364,29 @@ def test_a_small_float32_batch_takes_its_steps_in_one_persistent_kernel_each_way
         assert not cuda_on_cpu.launches["lstm_backward<float>"]
 
 
+def test_work_beside_finishes_before_the_persistent_backward_and_not_the_per_step_one():
+    """The persistent backward takes all but a few multiprocessors, so the work put
+    ``beside`` before it (in a step, the vocabulary layer's weight gradients) is waited
+    for first; a product and a gate kernel a step run beside that work, as before. (The
+    stand-in runs every call when issued: its streams' waits are all there is to see.)"""
+    import cupy_stand_in
+
+    with cupy_stand_in.cupy_backend_on_cpu() as backend:
+        for persistent in (True, False):
+            be = copy.copy(backend)
+            be.persistent_steps = persistent
+            be.beside(lambda xp=be.xp: xp.zeros(3))()  # joined at once: nothing to wait for
+            cupy_stand_in.waits.clear()
+            _packed_lstm(be, 40, 32, lookup=True, layout=True)
+            assert not cupy_stand_in.waits
+            join = be.beside(lambda xp=be.xp: xp.zeros(3))
+            cupy_stand_in.waits.clear()
+            _packed_lstm(be, 40, 32, lookup=True, layout=True)
+            on_side = [e for stream, e in cupy_stand_in.waits if e.stream is not stream]
+            assert len(on_side) == persistent, persistent
+            join()
+
+
 def test_the_persistent_forward_is_left_to_batches_and_precisions_it_serves():
     """Not taken without PackedRows, in float64, on the TF32 and bf16 twins, at a hidden
     size that is not a multiple of 32, or for more rows than 32 a multiprocessor (132
