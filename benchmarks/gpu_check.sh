@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (CuPy, Numba, h5py, pytest and PyTorch preinstalled, no
 # network): the device check's table (CuPy vs PyTorch in fp32, tf32 and bf16), the
-# products' floor, the A/Bs of any earlier trees carried (below), the persistent-
-# recurrence probe (benchmarks/persistent_probe.py), the GPU tests, the replayed step's
+# products' floor, the persistent LSTM kernels' probe (benchmarks/persistent_probe.py),
+# the A/Bs of any earlier trees carried (below), the GPU tests, the replayed step's
 # kernel profile, the CuPy rows of the pytest-benchmark suite, the bf16-vs-fp32 accuracy
 # runs on the built-in dataset, then self-critical training on CuPy. Installs nothing.
 # The GPU tests' log, the benchmark JSON and the four runs' parameters go to $GPU_OUT
@@ -35,6 +35,10 @@ bench_rc=$?
 echo "== the step's products alone, per precision (bf16 operands beside tf32's float32 ones)"
 timeout 60 python3 -m benchmarks.gemm_floor
 
+echo "== the persistent LSTM kernels (Wh kept on chip, a grid barrier a step) against a"
+echo "   product and a gate kernel a step, each way, at N=128 fp32"
+timeout 90 python3 -m benchmarks.persistent_probe
+
 # The unmeasured changes, apart, before the re-checks below (a timeout cuts those first).
 shopt -s nullglob
 trees=(.ab-*/)  # earlier commits, oldest first by name; then this tree
@@ -42,10 +46,6 @@ if [ ${#trees[@]} -gt 0 ]; then
     echo "== the CuPy step of ${trees[*]} and this tree, in turns"
     bash benchmarks/gpu_ab.sh "${trees[@]}" .
 fi
-
-echo "== a persistent recurrence (Wh kept on chip, a grid barrier a step) against the"
-echo "   library's forward at N=128 fp32: the probe before any such kernel goes in"
-timeout 90 python3 -m benchmarks.persistent_probe
 
 echo "== GPU tests (every backend-parametrised test on cupy, plus the gpu-marked ones)"
 ignore=()  # test modules whose CPU-only dependencies this machine lacks
