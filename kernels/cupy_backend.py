@@ -181,8 +181,8 @@ def _launch_persistent(kernel, blocks: int, shared: int, arrays: tuple, sizes: t
     shared memory (allowed first, once): its arrays, a fresh zero count for its grid
     barrier, then its sizes. The flag goes with the launch (the compiled function's
     call), not the module: CuPy links a module made with ``enable_cooperative_groups``
-    with CUDA's device runtime, which it cannot find without the CUDA toolkit, and which
-    these kernels do not use."""
+    with CUDA's device runtime (libcudadevrt.a, from the CUDA toolkit, which a CuPy
+    installed from wheels may not have), and these kernels use none of it."""
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
     arrived = cp.zeros(1, cp.uint32)
