@@ -160,7 +160,7 @@ def persistent_blocks(rows: int, H: int, shared_bytes: int) -> int:
 _PERSISTENT: dict[str, Any] = {}  # kernel name -> compiled, or None where that failed
 
 
-def persistent_kernel(name: str):
+def persistent_kernel(name: str) -> Any:
     """A persistent kernel (``lstm_persistent_forward`` / ``_backward``), compiled on
     first use; None, with one RuntimeWarning, where that fails, so that the steps go a
     product and a gate kernel at a time."""
@@ -628,11 +628,13 @@ class CupyBackend(Backend):
 
     persistent_steps = True  # small float32 batches' LSTM steps in one kernel each way
 
-    def _persistent(self, name: str, rows: int, H: int, shared: int, layout, tanh_c,
+    def _persistent(self, name: str, steps, H: int, shared: int, layout, tanh_c,
                     arrays) -> tuple[Any, int]:
-        """(kernel, blocks) where the persistent kernel ``name`` takes this batch: full
-        float32 precision (this twin's and ``arrays``', all C-contiguous), its
-        PackedRows, no kept tanh(c), ``persistent_blocks``; else (None, 0)."""
+        """(kernel, blocks) where the persistent kernel ``name`` takes this batch of
+        packed ``steps``: full float32 precision (this twin's and ``arrays``', all
+        C-contiguous), its PackedRows, no kept tanh(c), ``persistent_blocks`` for its
+        first (largest) step; else (None, 0)."""
+        rows = steps[0].stop - steps[0].start if steps else 0
         blocks = persistent_blocks(rows, H, shared)
         if (self.persistent_steps and blocks and self.precision == "fp32"
                 and tanh_c is None and layout is not None
@@ -652,9 +654,8 @@ class CupyBackend(Backend):
         other). Else, or with ``persistent_steps`` off, the base class's steps."""
         H = h0.shape[1]
         shared = persistent_shared_bytes(H)
-        kernel, blocks = self._persistent(
-            "lstm_persistent_forward", steps[0].stop - steps[0].start if steps else 0, H,
-            shared, layout, tanh_c, (a, h0, Wh, gates, cs, hs))
+        kernel, blocks = self._persistent("lstm_persistent_forward", steps, H, shared, layout,
+                                          tanh_c, (a, h0, Wh, gates, cs, hs))
         if kernel is None or (words is not None and (words.dtype != np.int64
                                                      or not _contiguous(words))):
             return super().lstm_steps_forward(a, words, h0, c0, Wh, steps, layout, gates,
@@ -672,9 +673,8 @@ class CupyBackend(Backend):
         first: the launch takes all but a few multiprocessors."""
         H = c0.shape[1]
         shared = persistent_backward_shared_bytes(H)
-        kernel, blocks = self._persistent(
-            "lstm_persistent_backward", steps[0].stop - steps[0].start if steps else 0, H,
-            shared, layout, tanh_c, (dh, gates, cs, Wh, da, dh0))
+        kernel, blocks = self._persistent("lstm_persistent_backward", steps, H, shared, layout,
+                                          tanh_c, (dh, gates, cs, Wh, da, dh0))
         if kernel is None:
             return super().lstm_steps_backward(dh, gates, cs, c0, Wh, steps, layout,
                                                tanh_c, da, dh0)
