@@ -120,7 +120,7 @@ class _Stream:
 
 _Stream.current = _Stream()
 # (stream, event) of every wait_event, in order: the only trace of the streams' order
-# here, where every call has finished when it returns
+# here, where every call has finished when it returns; kept for one cupy_backend_on_cpu
 waits: list[tuple[_Stream, _Event]] = []
 
 
@@ -311,10 +311,12 @@ def cupy_backend_on_cpu():
             sys.modules.pop(name, None)
         sys.modules["cupy"] = _stand_in()
         cublas = _Cublas()
+        waits.clear()
         importlib.import_module("kernels.cublas").use_library(cublas)
         yield importlib.import_module("kernels.cupy_backend").CupyBackend()
     finally:
         cublas = outer_cublas
+        waits.clear()
         for name, kept in saved.items():
             if kept is None:
                 sys.modules.pop(name, None)
