@@ -110,15 +110,20 @@ def _whole(extra, rows: int):
     return whole
 
 
-_SM_COUNTS: dict[int, int] = {}  # device id -> its multiprocessors
+_ATTRIBUTES: dict[int, dict[str, int]] = {}  # device id -> its attributes, as CuPy names them
+
+
+def _attribute(name: str) -> int:
+    """The current GPU's attribute ``name`` (CUDA's cudaDevAttr<name>), asked once."""
+    device = cp.cuda.runtime.getDevice()
+    if device not in _ATTRIBUTES:
+        _ATTRIBUTES[device] = cp.cuda.Device(device).attributes
+    return _ATTRIBUTES[device][name]
 
 
 def _multiprocessors() -> int:
-    """The current GPU's multiprocessors (SMs), asked once."""
-    device = cp.cuda.runtime.getDevice()
-    if device not in _SM_COUNTS:
-        _SM_COUNTS[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
-    return _SM_COUNTS[device]
+    """The current GPU's multiprocessors (SMs)."""
+    return _attribute("MultiProcessorCount")
 
 
 _SPLIT_TILE = 64  # the output tile counted per block (cuBLAS took 64 x 64 for these products whole)
@@ -140,18 +145,15 @@ def _split_count(rows: int, cols: int, depth: int) -> int:
     return parts
 
 
-# A block's most dynamic shared memory on the GPUs this runs on (sm_80: 163 KiB; sm_90:
-# 227 KiB): the persistent kernels keep a slice of Wh in it, ~64 H floats.
-_MOST_SHARED_BYTES = 163 * 1024
-
-
 def persistent_blocks(rows: int, H: int, shared_bytes: int) -> int:
     """A persistent LSTM kernel's grid for steps of at most ``rows`` rows at hidden size
     H, taking ``shared_bytes`` of shared memory a block; 0 where it does not take them:
-    H a multiple of 32, the shared memory within a block's (the forward's up to H = 608,
-    the backward's up to 544), and no more blocks than the GPU has multiprocessors (a
-    cooperative launch runs every block at once; one a multiprocessor always fits)."""
-    if H % 32 or H == 0 or shared_bytes > _MOST_SHARED_BYTES:
+    H a multiple of 32, the shared memory within what this GPU lets a block have (the
+    forward's up to H = 864 and the backward's up to 800 in an H100's 227 KiB, 608 and
+    544 in an A100's 163 KiB, 352 and 288 in the 99 KiB of the RTX 30 and 40 cards),
+    and no more blocks than the GPU has multiprocessors (a cooperative launch runs every
+    block at once; one a multiprocessor always fits)."""
+    if H % 32 or H == 0 or shared_bytes > _attribute("MaxSharedMemoryPerBlockOptin"):
         return 0
     blocks = persistent_grid(rows, H)
     return blocks if 0 < blocks <= _multiprocessors() else 0

@@ -348,7 +348,9 @@ _KERNEL = re.compile(_KERNEL_NAME + r"\s*\(([^)]*)\)", re.S)
 _EXTERN_C = re.compile(r'extern\s+"C"\s+' + _KERNEL_NAME)
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
 DEFAULT_SHARED_BYTES = 48 * 1024  # dynamic shared memory a launch may take unasked
-MOST_SHARED_BYTES = 227 * 1024  # a block's most on sm_90 (232,448 bytes)
+# A block's most (opted in) on the emulated GPU: an H100's 232,448 bytes; a test may set
+# a smaller card's (an RTX 4090's 101,376) before it makes a module.
+MOST_SHARED_BYTES = 227 * 1024
 MOST_COOPERATIVE_THREADS = 32768  # fibers at once (64 KiB of stack each, mostly untouched)
 _BUILT: dict[str, ctypes.CDLL] = {}  # source hash -> the loaded library
 _BUILD_DIR: list[Path] = []  # made on the first build, removed when the process ends
@@ -393,8 +395,9 @@ class EmulatedKernel:
     also launches cooperatively (every block at once): ``kernel.kernel(grid, block, args,
     shared_mem=0, enable_cooperative_groups=True)``. ``max_dynamic_shared_size_bytes``
     as CuPy's: a launch with over 48 KiB of dynamic shared memory needs it set at least
-    that high first. A cooperative launch of a kernel whose module has a static
-    ``__shared__`` array is refused: the emulator would give every block that one array."""
+    that high first, and setting it over the GPU's MOST_SHARED_BYTES fails. A
+    cooperative launch of a kernel whose module has a static ``__shared__`` array is
+    refused: the emulator would give every block that one array."""
 
     def __init__(self, library: ctypes.CDLL, symbol: str, expression: str,
                  params: list[tuple[str, str]], template: str | None,
@@ -405,7 +408,19 @@ class EmulatedKernel:
         self.function.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
                                   ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         self.function.restype = ctypes.c_int
-        self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_BYTES
+        self._most_dynamic_shared = DEFAULT_SHARED_BYTES
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self._most_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, size: int) -> None:
+        if size > MOST_SHARED_BYTES:  # (cuFuncSetAttribute's CUDA_ERROR_INVALID_VALUE)
+            raise EmulationError(f"{self.expression}: max_dynamic_shared_size_bytes "
+                                 f"{size}, over the {MOST_SHARED_BYTES} bytes this GPU "
+                                 "gives a block at most")
+        self._most_dynamic_shared = size
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         self._launch(grid, block, args, shared_mem, cooperative=False)
@@ -427,12 +442,12 @@ class EmulatedKernel:
         if not 1 <= block[0] <= 1024 or grid[0] < 1:
             raise EmulationError(f"{self.expression}: launch of grid {grid}, block {block}: "
                                  f"a GPU takes 1 to 1024 threads a block and 1 block or more")
-        if shared_mem > min(self.max_dynamic_shared_size_bytes, MOST_SHARED_BYTES):
+        if shared_mem > self.max_dynamic_shared_size_bytes:
             raise EmulationError(
                 f"{self.expression}: {shared_mem} bytes of dynamic shared memory, over the "
                 f"{self.max_dynamic_shared_size_bytes} allowed (set the kernel's "
                 f"max_dynamic_shared_size_bytes first; a block has {MOST_SHARED_BYTES} at "
-                "most on sm_90)")
+                "most on this GPU)")
         if cooperative and self.static_shared:
             raise EmulationError(f"{self.expression}: a cooperative launch from a module "
                                  "with a static __shared__ array: the emulator runs every "

@@ -26,6 +26,7 @@ import types
 
 import numpy as np
 
+import cuda_on_cpu
 from cuda_on_cpu import EmulatedElementwiseKernel, EmulatedModule
 
 _BACKEND_MODULES = ("kernels.cuda_graph", "kernels.cublas", "kernels.cupy_backend")
@@ -168,7 +169,9 @@ def _stand_in() -> types.ModuleType:
         runtime=runtime, Stream=_Stream, Event=_Event,
         get_current_stream=lambda: _Stream.current,
         Device=lambda index=0: types.SimpleNamespace(
-            use=lambda: None, attributes={"MultiProcessorCount": 132}),  # an H100's
+            use=lambda: None, attributes={"MultiProcessorCount": 132,  # an H100's
+                                          "MaxSharedMemoryPerBlockOptin":
+                                              cuda_on_cpu.MOST_SHARED_BYTES}),
         MemoryPool=lambda: types.SimpleNamespace(malloc=None),
         memory=types.SimpleNamespace(Memory=lambda size: types.SimpleNamespace(ptr=0)),
         using_allocator=lambda allocator=None: contextlib.nullcontext())

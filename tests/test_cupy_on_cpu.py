@@ -253,6 +253,8 @@ def test_the_emulator_runs_a_cooperative_grid_with_each_blocks_shared_memory():
                       shared_mem=4)
     with pytest.raises(EmulationError, match="set the kernel's max_dynamic_shared_size_bytes"):
         rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
+    with pytest.raises(EmulationError, match="over the 232448 bytes this GPU gives"):
+        rotate.max_dynamic_shared_size_bytes = 232448 + 4
     rotate.max_dynamic_shared_size_bytes = 64 << 10
     rotate((2,), (64,), (x, np.zeros_like(x), arrived, np.int32(0)), shared_mem=64 << 10)
     fill = EmulatedModule(_TOY, name_expressions=_TOY_KERNELS).get_function("fill<float>")

@@ -387,6 +387,28 @@ def test_work_beside_finishes_before_the_persistent_backward_and_not_the_per_ste
             join()
 
 
+def test_the_persistent_kernels_take_only_the_shared_memory_the_gpu_has(monkeypatch):
+    """On a GPU that gives a block 99 KiB of shared memory (an RTX 4090, where an H100
+    gives 227), 320 hidden units' slices of Wh fit the persistent forward's block but not
+    the backward's: the backward takes a product and a gate kernel a step, and both
+    agree with NumPy's; at 512 units neither is launched (setting more shared memory
+    than the GPU has would fail)."""
+    import cuda_on_cpu
+    import cupy_stand_in
+
+    monkeypatch.setattr(cuda_on_cpu, "MOST_SHARED_BYTES", 99 * 1024)
+    with cupy_stand_in.cupy_backend_on_cpu() as be:
+        for H, persistent_forward in ((320, 1), (512, 0)):
+            cuda_on_cpu.launches.clear()
+            got = _packed_lstm(be, 40, H, lookup=True, layout=True)
+            assert cuda_on_cpu.launches["lstm_persistent_forward"] == persistent_forward, H
+            assert not cuda_on_cpu.launches["lstm_persistent_backward"], H
+            assert cuda_on_cpu.launches["lstm_backward<float>"], H
+            want = _packed_lstm(get_backend("numpy"), 40, H, lookup=True)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+
+
 def test_the_persistent_forward_is_left_to_batches_and_precisions_it_serves():
     """Not taken without PackedRows, in float64, on the TF32 and bf16 twins, at a hidden
     size that is not a multiple of 32, or for more rows than 32 a multiprocessor (132
