@@ -126,6 +126,15 @@ def _multiprocessors() -> int:
     return _attribute("MultiProcessorCount")
 
 
+# TF32 and bfloat16 tensor-core products: NVIDIA GPUs from Ampere (A100, RTX 30) on.
+_TENSOR_CORE_CAPABILITY = (8, 0)
+
+
+def _capability() -> tuple[int, int]:
+    """The current GPU's compute capability, (major, minor)."""
+    return _attribute("ComputeCapabilityMajor"), _attribute("ComputeCapabilityMinor")
+
+
 _SPLIT_TILE = 64  # the output tile counted per block (cuBLAS took 64 x 64 for these products whole)
 _SPLIT_MIN_K = 256  # the least depth of a part of a split product
 
@@ -366,9 +375,17 @@ class CupyBackend(Backend):
     def with_precision(self, precision: str) -> CupyBackend:
         """A twin of this backend whose float32 products use TF32 or bfloat16 tensor
         cores (kernels/cublas.py); one twin per precision, made once. The bf16 twin
-        also stores the training step's big operands in bfloat16 (``operand_dtype``)."""
+        also stores the training step's big operands in bfloat16 (``operand_dtype``).
+        ValueError for tf32 or bf16 on a GPU older than compute capability 8.0, whose
+        tensor cores take neither."""
         if check_precision(precision) == self.precision:
             return self
+        if precision != "fp32" and _capability() < _TENSOR_CORE_CAPABILITY:
+            raise ValueError(
+                f"precision {precision!r} needs an NVIDIA GPU of compute capability "
+                f"{'.'.join(map(str, _TENSOR_CORE_CAPABILITY))} or newer (A100, RTX 30 "
+                f"and later), whose tensor cores multiply TF32 and bfloat16; this GPU's is "
+                f"{'.'.join(map(str, _capability()))}: use precision fp32")
         twins = self.__dict__.setdefault("_twins", {self.precision: self})
         if precision not in twins:
             twin = copy.copy(self)

@@ -153,6 +153,11 @@ def _uninitialised(make):
     return uninitialised
 
 
+# The GPU the stand-in reports (CUDA's device attributes, as CuPy names them): an H100's.
+# A test may set another card's before it makes a stand-in backend.
+GPU = {"MultiProcessorCount": 132, "ComputeCapabilityMajor": 9, "ComputeCapabilityMinor": 0}
+
+
 def _stand_in() -> types.ModuleType:
     """A ``cupy`` module: NumPy's namespace, plus what the backend takes from CuPy."""
     cupy = types.ModuleType("cupy")
@@ -169,9 +174,8 @@ def _stand_in() -> types.ModuleType:
         runtime=runtime, Stream=_Stream, Event=_Event,
         get_current_stream=lambda: _Stream.current,
         Device=lambda index=0: types.SimpleNamespace(
-            use=lambda: None, attributes={"MultiProcessorCount": 132,  # an H100's
-                                          "MaxSharedMemoryPerBlockOptin":
-                                              cuda_on_cpu.MOST_SHARED_BYTES}),
+            use=lambda: None, attributes={**GPU, "MaxSharedMemoryPerBlockOptin":
+                                          cuda_on_cpu.MOST_SHARED_BYTES}),
         MemoryPool=lambda: types.SimpleNamespace(malloc=None),
         memory=types.SimpleNamespace(Memory=lambda size: types.SimpleNamespace(ptr=0)),
         using_allocator=lambda allocator=None: contextlib.nullcontext())

@@ -131,6 +131,24 @@ def test_the_precision_twins_share_one_device_backend(cupy_backend):
     assert cupy_backend.precision == "fp32" and bf16.name == "cupy"
 
 
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) here to run the CUDA "
+                    "kernels on the CPU; apt-get install g++")
+def test_a_gpu_without_tf32_and_bfloat16_tensor_cores_refuses_those_precisions(monkeypatch):
+    """On a Tesla T4 (compute capability 7.5, Colab's usual GPU) tf32 and bf16 are
+    refused with what they need and what the GPU is; fp32 trains as everywhere."""
+    import cupy_stand_in
+
+    monkeypatch.setitem(cupy_stand_in.GPU, "ComputeCapabilityMajor", 7)
+    monkeypatch.setitem(cupy_stand_in.GPU, "ComputeCapabilityMinor", 5)
+    with cupy_stand_in.cupy_backend_on_cpu() as backend:
+        for precision in ("tf32", "bf16"):
+            with pytest.raises(ValueError, match=rf"precision '{precision}' needs an NVIDIA "
+                               r"GPU of compute capability 8\.0 or newer .* this GPU's is "
+                               r"7\.5: use precision fp32"):
+                backend.with_precision(precision)
+        assert backend.with_precision("fp32") is backend
+
+
 @pytest.mark.parametrize(("precision", "tolerance"), [("tf32", 5e-3), ("bf16", 3e-2)])
 @pytest.mark.parametrize(("hidden", "words"), [(24, 40), (512, 40), (24, 37)])
 def test_the_loss_and_gradients_in_reduced_precision_are_near_fp32(cupy_backend, precision,
