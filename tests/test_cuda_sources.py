@@ -15,7 +15,8 @@ import pytest
 
 from kernels.cuda_sources import MODULES, OPTIONS, name_expressions
 
-ARCHITECTURES = ("compute_80", "compute_90")  # A100; H100 and H200
+# Tesla T4 (Colab); A100; RTX 30 and A6000; H100 and H200
+ARCHITECTURES = ("compute_75", "compute_80", "compute_86", "compute_90")
 
 
 def _nvrtc() -> ctypes.CDLL | None:
