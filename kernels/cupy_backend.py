@@ -381,11 +381,12 @@ class CupyBackend(Backend):
         if check_precision(precision) == self.precision:
             return self
         if precision != "fp32" and _capability() < _TENSOR_CORE_CAPABILITY:
+            (need_major, need_minor), (major, minor) = _TENSOR_CORE_CAPABILITY, _capability()
             raise ValueError(
                 f"precision {precision!r} needs an NVIDIA GPU of compute capability "
-                f"{'.'.join(map(str, _TENSOR_CORE_CAPABILITY))} or newer (A100, RTX 30 "
-                f"and later), whose tensor cores multiply TF32 and bfloat16; this GPU's is "
-                f"{'.'.join(map(str, _capability()))}: use precision fp32")
+                f"{need_major}.{need_minor} or newer (A100, RTX 30 and later), whose tensor "
+                f"cores multiply TF32 and bfloat16; this GPU's is {major}.{minor}: use "
+                "precision fp32")
         twins = self.__dict__.setdefault("_twins", {self.precision: self})
         if precision not in twins:
             twin = copy.copy(self)
